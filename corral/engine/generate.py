@@ -1,0 +1,196 @@
+"""The single-sequence, KV-cached generate loop behind `corral generate` and `corral chat`.
+
+Token ids in, token ids out; text only through `Detokenizer` at the edge. The cache is allocated once per
+`Generator` and reused across calls: a new prompt that starts with what the cache already holds (a chat's
+history) only prefills its new tokens. The decode loop reads each sampled id on the host one step late, after the
+next step is queued, so on CUDA the host never waits for the device between steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from corral.engine.sampling import SamplingParams, sample
+from corral.errors import InvalidArgumentError
+from corral.model.llama import KVCache, LlamaForCausalLM
+from corral.tokenizer import Tokenizer
+
+PREFILL_CHUNK = 512
+KV_BUCKET = 256  # attend over a multiple of this many cache entries: few shapes for compilers, little waste
+
+
+class Detokenizer:
+    """Streaming ids → text that never emits half a UTF-8 character.
+
+    Each new id is decoded together with a few earlier ones (tokenizers strip or merge at piece boundaries); text
+    is released only once it no longer ends in U+FFFD, the mark of an incomplete byte sequence.
+    """
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.ids, self.prefix, self.read = tok, [], 0, 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tok.decode(self.ids[self.prefix:self.read])
+        after = self.tok.decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+
+class StopStrings:
+    """Cuts the text at the first stop string, holding back any tail that could still become one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text, self.sent, self.hit = "", 0, False
+
+    def feed(self, delta: str) -> str:
+        """Add text; return what may be shown now."""
+        self.text += delta
+        start = max(0, self.sent - self.hold)
+        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit, self.text = True, self.text[:cut]
+            end = len(self.text)
+        else:
+            end = len(self.text) - self.hold
+        out = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+    def flush(self) -> str:
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (stop token or string) or "length"
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens whose KV was reused from the previous call
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.completion_tokens - 1) / self.decode_s if self.decode_s > 0 and self.completion_tokens > 1 else 0.0
+
+    @property
+    def prefill_tps(self) -> float:
+        new = self.prompt_tokens - self.cached_tokens
+        return new / self.prefill_s if self.prefill_s > 0 else 0.0
+
+
+@dataclass
+class Generator:
+    """Owns a model, its tokenizer and one KV cache slot of `max_seq_len` entries."""
+
+    model: LlamaForCausalLM
+    tokenizer: Tokenizer
+    max_seq_len: int = 0
+    cache: KVCache | None = None
+    cached_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        ctx = self.model.config.max_position_embeddings
+        self.max_seq_len = min(self.max_seq_len or 4096, ctx)
+
+    def _ensure_cache(self) -> KVCache:
+        if self.cache is None:
+            self.cache = KVCache.allocate(self.model.config, 1, self.max_seq_len, self.model.dtype, self.model.device)
+        return self.cache
+
+    def _forward(self, ids: list[int] | torch.Tensor, start: int) -> torch.Tensor:
+        """Feed ids at positions start.. into the cache; return the last position's logits (1, V)."""
+        dev = self.model.device
+        t = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, device=dev)
+        n = t.numel()
+        pos = torch.arange(start, start + n, device=dev).view(1, n)
+        kv_len = min(self.max_seq_len, -(-(start + n) // KV_BUCKET) * KV_BUCKET)
+        out = self.model(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=True)
+        return out[:, -1]
+
+    def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[str | GenerationResult]:
+        """Yield text deltas as they become final, then one `GenerationResult`."""
+        if not prompt_ids:
+            raise InvalidArgumentError("the prompt is empty: give at least one token of text")
+        if len(prompt_ids) >= self.max_seq_len:
+            raise InvalidArgumentError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context here is {self.max_seq_len} "
+                f"(raise --max-seq-len up to {self.model.config.max_position_embeddings}, or shorten the prompt)")
+        max_new = min(params.max_tokens, self.max_seq_len - len(prompt_ids))
+        dev = self.model.device
+        gen = torch.Generator(device=dev)
+        gen.manual_seed(params.seed if params.seed is not None else int(time.time_ns() % (2**31)))
+        stop_ids = set() if params.ignore_eos else self.tokenizer.stop_ids
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            # Reuse the cached prefix; always re-feed at least the last prompt token to get its logits.
+            reuse = 0
+            for a, b in zip(self.cached_ids, prompt_ids[:-1], strict=False):
+                if a != b:
+                    break
+                reuse += 1
+            self.cached_ids = self.cached_ids[:reuse]
+            for s in range(reuse, len(prompt_ids), PREFILL_CHUNK):
+                chunk = prompt_ids[s:s + PREFILL_CHUNK]
+                logits = self._forward(chunk, s)
+                self.cached_ids += chunk
+            seen = None
+            if params.repetition_penalty != 1.0:
+                seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
+                seen[0, torch.tensor(prompt_ids, device=dev)] = True
+            nxt = sample(logits, params, gen, seen)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t1 = time.perf_counter()
+            detok, stops = Detokenizer(self.tokenizer), StopStrings(params.stop)
+            out_ids: list[int] = []
+            finish = "length"
+            for i in range(max_new):
+                pending = nxt
+                pos = len(self.cached_ids)
+                if i + 1 < max_new and pos < self.max_seq_len:
+                    if seen is not None:
+                        seen[0, pending] = True
+                    logits = self._forward(pending, pos)  # queued before we read `pending` on the host
+                    self.cached_ids.append(-1)  # its id is filled in below, once read
+                    nxt = sample(logits, params, gen, seen)
+                tid = int(pending.item())
+                if len(self.cached_ids) > pos:
+                    self.cached_ids[pos] = tid
+                if tid in stop_ids:
+                    finish = "stop"
+                    break
+                out_ids.append(tid)
+                delta = stops.feed(detok.add(tid))
+                if delta:
+                    yield delta
+                if stops.hit:
+                    finish = "stop"
+                    break
+            rest = stops.flush() if not stops.hit else ""
+            if rest:
+                yield rest
+            t2 = time.perf_counter()
+        yield GenerationResult(stops.text, out_ids, finish, len(prompt_ids), reuse, t1 - t0, t2 - t1)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
+        """Run to the end; return the result (no streaming)."""
+        for ev in self.stream(prompt_ids, params):
+            if isinstance(ev, GenerationResult):
+                return ev
+        raise AssertionError("stream ended without a result")

@@ -1,0 +1,248 @@
+"""One Llama-family decoder: Llama 2, Llama 3/3.1/3.2 and SmolLM2-class checkpoints.
+
+Architecture choices (all of them follow HF's `LlamaForCausalLM`, so converting a checkpoint is a rename):
+- pre-norm RMSNorm blocks; SwiGLU MLP (`down(silu(gate(x)) * up(x))`);
+- grouped-query attention: `num_key_value_heads` divides `num_attention_heads`;
+- RoPE in the "rotate half" layout (GGUF's interleaved Q/K rows are un-permuted by the loader), with the
+  Llama 3.1 `llama3` and `linear` frequency scalings; the angles are computed from each token's own position,
+  so every sequence of a batch may sit at a different position (what the batched engine needs);
+- tied or untied input/output embeddings; fp32 / bf16 / fp16 weights, RMSNorm and softmax in fp32.
+
+The KV cache is a static buffer allocated once (`KVCache`); a forward pass writes its new keys/values at the
+given positions and attends over the first `kv_len` cache entries, masked per sequence by position.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from corral.config import ModelConfig
+
+
+def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,), with the config's rope scaling applied, in fp32."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+    sc = cfg.rope_scaling or {}
+    kind = sc.get("rope_type", sc.get("type"))
+    if kind == "linear":
+        inv = inv / float(sc["factor"])
+    elif kind == "llama3":
+        factor = float(sc["factor"])
+        low, high = float(sc.get("low_freq_factor", 1.0)), float(sc.get("high_freq_factor", 4.0))
+        old_ctx = float(sc.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv
+        scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_ctx / high) & (wavelen <= old_ctx / low)
+        inv = torch.where(medium, smoothed, scaled)
+    return inv
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, hd); cos/sin: (B, 1, T, hd). Rotate-half layout, as HF."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        # Half precision: normalise in fp32, as HF does, then scale in the model dtype.
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Static key/value buffers: one (B, n_kv, max_len, hd) pair per layer, allocated once.
+
+    Slot b of the batch dimension is one sequence. Entries past a sequence's position are never attended
+    (the mask is by position), so reusing a slot for a new sequence needs no clearing.
+    """
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @classmethod
+    def allocate(
+        cls, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str
+    ) -> KVCache:
+        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        # zeros, not empty: garbage NaNs in never-written slots would leak through 0 * NaN in P @ V.
+        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
+        return cls(k, v)
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.k[0].shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+
+@dataclass
+class Batch:
+    """What one forward pass needs besides the token ids; built once per step and shared by all layers."""
+
+    positions: torch.Tensor  # (B, T) absolute position of each token
+    cos: torch.Tensor  # (B, 1, T, hd)
+    sin: torch.Tensor  # (B, 1, T, hd)
+    mask: torch.Tensor  # (B, 1, T, S) bool, True = may attend
+    slots: torch.Tensor | None  # (B,) cache slot of each row, None = rows 0..B-1
+    kv_len: int  # attend over cache[..., :kv_len, :]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention. The projections are passed in, so LoRA or quantization is a module swap."""
+
+    def __init__(self, cfg: ModelConfig, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module, o_proj: nn.Module):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
+        self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def forward(self, x: torch.Tensor, b: Batch, cache_k: torch.Tensor | None, cache_v: torch.Tensor | None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        q, k = apply_rope(q, b.cos, b.sin), apply_rope(k, b.cos, b.sin)
+        if cache_k is not None:
+            rows = b.slots if b.slots is not None else torch.arange(B, device=x.device)
+            idx = (rows.view(B, 1, 1), torch.arange(self.n_kv, device=x.device).view(1, -1, 1), b.positions.view(B, 1, T))
+            cache_k.index_put_(idx, k)
+            cache_v.index_put_(idx, v)
+            k = cache_k[rows, :, : b.kv_len] if b.slots is not None else cache_k[:B, :, : b.kv_len]
+            v = cache_v[rows, :, : b.kv_len] if b.slots is not None else cache_v[:B, :, : b.kv_len]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, enable_gqa=self.n_kv != self.n_heads)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, hd = cfg.hidden_size, cfg.head_dim
+        ab, mb = cfg.attention_bias, cfg.mlp_bias
+        self.self_attn = Attention(
+            cfg,
+            nn.Linear(h, cfg.num_attention_heads * hd, bias=ab),
+            nn.Linear(h, cfg.num_key_value_heads * hd, bias=ab),
+            nn.Linear(h, cfg.num_key_value_heads * hd, bias=ab),
+            nn.Linear(cfg.num_attention_heads * hd, h, bias=ab),
+        )
+        self.mlp = MLP(
+            nn.Linear(h, cfg.intermediate_size, bias=mb),
+            nn.Linear(h, cfg.intermediate_size, bias=mb),
+            nn.Linear(cfg.intermediate_size, h, bias=mb),
+        )
+        self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+
+    def forward(self, x, b: Batch, cache_k=None, cache_v=None):
+        x = x + self.self_attn(self.input_layernorm(x), b, cache_k, cache_v)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The decoder plus LM head. State-dict keys equal HF's (`model.layers.0.self_attn.q_proj.weight`, ...)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def reset_rope(self, inv_freq: torch.Tensor | None = None) -> None:
+        """Recompute the RoPE frequencies on the weights' device (after a meta-device build), or set given ones."""
+        dev = self.model.embed_tokens.weight.device
+        self.inv_freq = (inv_freq if inv_freq is not None else rope_inv_freq(self.config)).to(dev, torch.float32)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def make_batch(
+        self, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> Batch:
+        """Rotary angles and causal mask for tokens at `positions` (B, T) attending over `kv_len` cache entries."""
+        ang = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, hd/2)
+        ang = torch.cat((ang, ang), dim=-1)[:, None]  # (B, 1, T, hd)
+        dt = dtype or self.dtype
+        keys = torch.arange(kv_len, device=positions.device)
+        mask = (keys.view(1, 1, 1, -1) <= positions[:, None, :, None])  # (B, 1, T, S)
+        return Batch(positions, ang.cos().to(dt), ang.sin().to(dt), mask, slots, kv_len)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        kv_len: int | None = None,
+        slots: torch.Tensor | None = None,
+        last_only: bool = False,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """input_ids (B, T) → logits (B, T, V) in fp32 (or (B, 1, V) with `last_only`).
+
+        Without a cache this is a plain causal forward over positions 0..T-1 (training, scoring). With one, the
+        new keys/values are written at `positions` and attention spans cache entries [0, kv_len).
+        """
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        if cache is None:
+            b = self.make_batch(positions, T)
+            b.mask = b.mask[..., :T]
+        else:
+            b = self.make_batch(positions, kv_len or cache.max_len, slots)
+        x = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, b, cache.k[i] if cache else None, cache.v[i] if cache else None)
+        x = self.model.norm(x)
+        if return_hidden:
+            return x
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x).float()

@@ -1,0 +1,148 @@
+"""`load_model(path_or_name)`: one entry point for HF folders and GGUF files, by path or registry name.
+
+The model is built on the meta device and the weights are assigned (`load_state_dict(assign=True)`), so an HF
+safetensors file of the target dtype is used in place, memory-mapped, without a copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from corral.config import ModelConfig
+from corral.errors import InvalidArgumentError, ModelFormatError
+from corral.formats import hf
+from corral.formats.gguf import GGUFFile, Q4Tensor
+from corral.model.llama import LlamaForCausalLM
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ModelConfig
+    path: Path
+    source: str  # "gguf" or "hf"
+    quantized: bool  # 4-bit weights kept packed (Int4Linear)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` → cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"--device {device!r}: expected auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device, source_is_q4: bool = False) -> tuple[torch.dtype, bool]:
+    """(activation dtype, keep 4-bit weights packed). `auto`: a Q4 GGUF runs packed 4-bit with bf16 compute;
+    other models run bf16 on CUDA and fp32 on CPU. `int4` forces the packed path (Q4 GGUFs only)."""
+    if dtype == "auto":
+        if source_is_q4:
+            return torch.bfloat16, True
+        return (torch.bfloat16 if device.type == "cuda" else torch.float32), False
+    if dtype == "int4":
+        if not source_is_q4:
+            raise InvalidArgumentError("--dtype int4 needs a Q4_0/Q4_1 GGUF; use auto, float32, bfloat16 or float16")
+        return torch.bfloat16, True
+    if dtype not in DTYPES:
+        raise InvalidArgumentError(f"--dtype {dtype!r}: expected auto, int4, {', '.join(DTYPES)}")
+    return DTYPES[dtype], False
+
+
+def load_model(path_or_name: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a Llama-family model from an HF folder, a GGUF file or a registry name (None = the default model)."""
+    from corral.registry import resolve_model_path
+
+    path = resolve_model_path(path_or_name)
+    dev = resolve_device(device)
+    if path.is_dir():
+        return _load_hf(path, dev, dtype)
+    return _load_gguf(path, dev, dtype)
+
+
+def _build(cfg: ModelConfig) -> LlamaForCausalLM:
+    with torch.device("meta"):
+        return LlamaForCausalLM(cfg)
+
+
+def _assign(model: LlamaForCausalLM, sd: dict[str, torch.Tensor], where: Path) -> None:
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    # Keys still on the meta device are the ones the file must fill (swapped-in Int4Linear buffers are not).
+    expected = {k for k, v in model.state_dict().items() if v.is_meta}
+    if model.config.tie_word_embeddings:
+        expected.discard("lm_head.weight")
+    missing, unexpected = expected - set(sd), set(sd) - expected
+    if missing:
+        raise ModelFormatError(f"{where}: missing tensors {sorted(missing)[:5]}...; the checkpoint does not match its config")
+    if unexpected:
+        raise ModelFormatError(f"{where}: unexpected tensors {sorted(unexpected)[:5]}; is this a Llama checkpoint?")
+    for k, t in sd.items():
+        want = model.state_dict()[k].shape
+        if t.shape != want:
+            raise ModelFormatError(f"{where}: tensor {k} has shape {tuple(t.shape)}, the config implies {tuple(want)}")
+    model.load_state_dict(sd, assign=True, strict=False)
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+
+
+def _load_hf(folder: Path, dev: torch.device, dtype: str) -> LoadedModel:
+    cfg = ModelConfig.from_hf_file(folder / "config.json")
+    dt, _ = resolve_dtype(dtype, dev)
+    sd = {k: v.to(dev, dt) for k, v in hf.load_state_dict(folder).items()}
+    model = _build(cfg)
+    _assign(model, sd, folder)
+    model.reset_rope()
+    return LoadedModel(model.eval(), cfg, folder, "hf", False)
+
+
+def _load_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
+    g = GGUFFile(path)
+    names = g.tensor_names()
+    tokens = g.array("tokenizer.ggml.tokens")
+    vocab = int(g.metadata.get(f"{g.architecture}.vocab_size") or (len(tokens) if tokens else 0))
+    cfg = ModelConfig.from_gguf_metadata(g.metadata, vocab, tied="output.weight" not in names, where=str(path))
+    is_q4 = any(k in ("Q4_0", "Q4_1") for k in g.tensor_types())
+    dt, keep_q4 = resolve_dtype(dtype, dev, is_q4)
+    cfg.torch_dtype = str(dt).removeprefix("torch.")
+    sd: dict[str, torch.Tensor] = {}
+    q4: dict[str, Q4Tensor] = {}
+    for name, arr in g.tensors(cfg.num_attention_heads, cfg.num_key_value_heads, keep_q4=keep_q4):
+        if isinstance(arr, Q4Tensor):
+            q4[name] = arr
+        else:
+            sd[name] = torch.from_numpy(np.array(arr, copy=True)).to(dev, dt)
+    if "model.embed_tokens.weight" in sd and sd["model.embed_tokens.weight"].shape[0] != cfg.vocab_size:
+        cfg.vocab_size = sd["model.embed_tokens.weight"].shape[0]
+    model = _build(cfg)
+    if q4:
+        from corral.model.quant import Int4Linear
+
+        for name, t in q4.items():
+            mod_name = name.removesuffix(".weight")
+            parent_name, _, child = mod_name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            bias_key = mod_name + ".bias"
+            bias = sd.pop(bias_key, None)
+            setattr(parent, child, Int4Linear(torch.from_numpy(t.codes), torch.from_numpy(t.scale),
+                                              torch.from_numpy(t.offset), bias, dev))
+    _assign(model, sd, path)
+    factors = g.rope_freq_factors()
+    model.reset_rope(None if factors is None else _inv_freq_with_factors(cfg, factors))
+    return LoadedModel(model.eval(), cfg, path, "gguf", bool(q4))
+
+
+def _inv_freq_with_factors(cfg: ModelConfig, factors: np.ndarray) -> torch.Tensor:
+    from corral.model.llama import rope_inv_freq
+
+    plain = ModelConfig(**{**cfg.__dict__, "rope_scaling": None})
+    return rope_inv_freq(plain) / torch.from_numpy(factors)

@@ -1,0 +1,317 @@
+"""One tokenizer interface over HF `tokenizer.json`, Llama 3 `tokenizer.model` (tiktoken) and GGUF vocabularies.
+
+Special tokens are parsed only when asked (`encode(text, special=True)`, which the chat template's own text uses);
+user text never turns into control tokens, even if it contains the string `<|im_start|>`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from corral.errors import TokenizerError
+
+# Names llama.cpp also treats as end-of-generation when the metadata does not list them.
+EOG_NAMES = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<|eom_id|>")
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+    r"""\s+(?!\S)|\s+"""
+)
+# GGUF `tokenizer.ggml.pre` → pre-tokenizer splits, as llama.cpp's llama-vocab.cpp defines them.
+_PRE_SPLITS = {
+    "gpt2": [GPT2_PATTERN],
+    "default": [GPT2_PATTERN],
+    "smollm": [r"\p{N}", GPT2_PATTERN],
+    "starcoder": [r"\p{N}", GPT2_PATTERN],
+    "refact": [r"\p{N}", GPT2_PATTERN],
+    "llama-bpe": [LLAMA3_PATTERN],
+    "llama3": [LLAMA3_PATTERN],
+    "llama-v3": [LLAMA3_PATTERN],
+}
+
+
+class Tokenizer:
+    """Token ids ↔ text. Subclasses implement `_encode`, `decode`, `piece`, `token_id`."""
+
+    vocab_size: int
+    bos_id: int | None = None
+    eos_id: int | None = None
+    stop_ids: set[int]
+    special_ids: set[int]
+    add_bos: bool = False
+    chat_template: str | None = None
+
+    def encode(self, text: str, special: bool = False, add_bos: bool = False) -> list[int]:
+        """Text → ids. `special=True` turns special-token strings into their ids (template text only)."""
+        ids = self._encode(text, special)
+        if add_bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        raise NotImplementedError
+
+    def piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id, as stored (e.g. `Ġthe`)."""
+        raise NotImplementedError
+
+    def token_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    @property
+    def bos_token(self) -> str:
+        return self.piece(self.bos_id) if self.bos_id is not None else ""
+
+    @property
+    def eos_token(self) -> str:
+        return self.piece(self.eos_id) if self.eos_id is not None else ""
+
+    def _add_eog_names(self) -> None:
+        for name in EOG_NAMES:
+            i = self.token_id(name)
+            if i is not None and i in self.special_ids:
+                self.stop_ids.add(i)
+
+
+class HFTokenizer(Tokenizer):
+    """A `tokenizers.Tokenizer`; two copies, so the special-token switch is never flipped at run time."""
+
+    def __init__(self, tok_json: str, special_ids: set[int], stop_ids: set[int], bos_id: int | None,
+                 eos_id: int | None, add_bos: bool, chat_template: str | None):
+        from tokenizers import Tokenizer as TK
+
+        self._tok = TK.from_str(tok_json)  # parses special-token strings
+        self._plain = TK.from_str(tok_json)
+        self._plain.encode_special_tokens = True  # special-token strings are ordinary text
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.special_ids, self.stop_ids = set(special_ids), set(stop_ids)
+        self.bos_id, self.eos_id, self.add_bos, self.chat_template = bos_id, eos_id, add_bos, chat_template
+        self._add_eog_names()
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        return (self._tok if special else self._plain).encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=skip_special)
+
+    def piece(self, token_id: int) -> str:
+        p = self._tok.id_to_token(int(token_id))
+        return "" if p is None else p
+
+    def token_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+
+class TiktokenTokenizer(Tokenizer):
+    """Llama 3's `tokenizer.model`: base64 token + rank per line, BPE by tiktoken, 256 reserved specials."""
+
+    def __init__(self, path: Path, specials: dict[str, int] | None = None, chat_template: str | None = None):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        try:
+            ranks = load_tiktoken_bpe(str(path))
+        except Exception as e:  # noqa: BLE001 - tiktoken raises plain ValueError/binascii errors
+            raise TokenizerError(f"{path}: not a tiktoken BPE file ({e})") from None
+        n = len(ranks)
+        if specials is None:
+            names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
+                     "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
+            names += [f"<|reserved_special_token_{i}|>" for i in range(3, 256 - len(names) + 3)]
+            specials = {name: n + i for i, name in enumerate(names)}
+        self._enc = tiktoken.Encoding(name=path.name, pat_str=LLAMA3_PATTERN.replace("(?i:", "(?i:"),
+                                      mergeable_ranks=ranks, special_tokens=specials)
+        self._specials = specials
+        self._id_to_special = {v: k for k, v in specials.items()}
+        self.vocab_size = n + len(specials)
+        self.special_ids = set(specials.values())
+        self.bos_id = specials.get("<|begin_of_text|>")
+        self.eos_id = specials.get("<|end_of_text|>")
+        self.stop_ids = {i for i in (self.eos_id,) if i is not None}
+        self.add_bos = True
+        self.chat_template = chat_template
+        self._add_eog_names()
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        if special:
+            return self._enc.encode(text, allowed_special="all")
+        return self._enc.encode(text, disallowed_special=())
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        ids = [i for i in ids if not (skip_special and i in self.special_ids)]
+        return self._enc.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def piece(self, token_id: int) -> str:
+        if token_id in self._id_to_special:
+            return self._id_to_special[token_id]
+        return self._enc.decode_single_token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+
+    def token_id(self, token: str) -> int | None:
+        if token in self._specials:
+            return self._specials[token]
+        try:
+            return self._enc.encode_single_token(token.encode())
+        except KeyError:
+            return None
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer that goes with a model path: a GGUF file or an HF folder."""
+    path = Path(path)
+    if path.is_dir():
+        return _from_hf_folder(path)
+    from corral.formats.gguf import GGUFFile
+
+    return from_gguf(GGUFFile(path))
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{p}: not valid JSON ({e})") from None
+
+
+def _token_str(v: Any) -> str | None:
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def _from_hf_folder(folder: Path) -> Tokenizer:
+    tc = _read_json(folder / "tokenizer_config.json")
+    gen = _read_json(folder / "generation_config.json")
+    cfg = _read_json(folder / "config.json")
+    template = tc.get("chat_template")
+    if isinstance(template, list):  # a list of named templates: take "default"
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if (folder / "chat_template.jinja").exists():
+        template = (folder / "chat_template.jinja").read_text()
+    if (folder / "tokenizer.json").exists():
+        tok_json = (folder / "tokenizer.json").read_text()
+        data = json.loads(tok_json)
+        special = {t["id"] for t in data.get("added_tokens", []) if t.get("special")}
+        vocab = {t["content"]: t["id"] for t in data.get("added_tokens", [])}
+        model_vocab = data.get("model", {}).get("vocab", {})
+
+        def tid(name: str | None) -> int | None:
+            if name is None:
+                return None
+            return vocab.get(name, model_vocab.get(name) if isinstance(model_vocab, dict) else None)
+
+        bos = tid(_token_str(tc.get("bos_token")))
+        eos = tid(_token_str(tc.get("eos_token")))
+        stops = _as_id_set(gen.get("eos_token_id", cfg.get("eos_token_id"))) | ({eos} if eos is not None else set())
+        bos = bos if bos is not None else cfg.get("bos_token_id")
+        add_bos = bool(tc.get("add_bos_token", False))
+        if not add_bos and data.get("post_processor"):
+            add_bos = bos is not None and str(bos) in json.dumps(data["post_processor"]) and "bos" in str(
+                tc.get("bos_token", "")).lower()
+        _strip_post_processor(data)
+        return HFTokenizer(json.dumps(data), special, stops, bos, eos, add_bos, template)
+    if (folder / "tokenizer.model").exists():
+        specials = None
+        added = tc.get("added_tokens_decoder")
+        if added:
+            specials = {v["content"]: int(k) for k, v in added.items()}
+        t = TiktokenTokenizer(folder / "tokenizer.model", specials, template)
+        t.stop_ids |= _as_id_set(gen.get("eos_token_id", cfg.get("eos_token_id")))
+        return t
+    raise TokenizerError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files there")
+
+
+def _strip_post_processor(data: dict[str, Any]) -> None:
+    """BOS is added by corral (`add_bos`), not by the tokenizer's post-processor, so every path behaves alike."""
+    data["post_processor"] = None
+
+
+def _as_id_set(v: Any) -> set[int]:
+    if v is None:
+        return set()
+    return {int(x) for x in v} if isinstance(v, list) else {int(v)}
+
+
+def from_gguf(g: Any) -> Tokenizer:
+    """Build a `tokenizers` tokenizer from a GGUF's `tokenizer.ggml.*` metadata (gpt2 BPE or llama SentencePiece)."""
+    md = g.metadata
+    kind = md.get("tokenizer.ggml.model")
+    tokens = g.array("tokenizer.ggml.tokens")
+    if not tokens:
+        raise TokenizerError(f"{g.path}: the GGUF carries no tokenizer (tokenizer.ggml.tokens); pass an HF folder")
+    types = g.array("tokenizer.ggml.token_type") or [1] * len(tokens)
+    control = {i for i, t in enumerate(types) if t == 3}
+    user = {i for i, t in enumerate(types) if t == 4}
+    if kind == "gpt2":
+        tok = _gguf_bpe(tokens, g.array("tokenizer.ggml.merges") or [], md.get("tokenizer.ggml.pre", "default"),
+                        control, user)
+    elif kind == "llama":
+        tok = _gguf_spm(tokens, g.array("tokenizer.ggml.scores") or [0.0] * len(tokens), types,
+                        bool(md.get("tokenizer.ggml.add_space_prefix", True)), control, user)
+    else:
+        raise TokenizerError(f"{g.path}: tokenizer model {kind!r} is not supported (gpt2 BPE and llama SentencePiece are)")
+    bos, eos = md.get("tokenizer.ggml.bos_token_id"), md.get("tokenizer.ggml.eos_token_id")
+    stops = {int(x) for x in (eos, md.get("tokenizer.ggml.eot_token_id"), md.get("tokenizer.ggml.eom_token_id"))
+             if x is not None}
+    add_bos = bool(md.get("tokenizer.ggml.add_bos_token", kind == "llama"))
+    return HFTokenizer(tok.to_str(), control, stops, bos, eos, add_bos, md.get("tokenizer.chat_template"))
+
+
+def _added(tok: Any, tokens: list[str], control: set[int], user: set[int]) -> None:
+    from tokenizers import AddedToken
+
+    tok.add_tokens([AddedToken(tokens[i], special=True, normalized=False) for i in sorted(control)])
+    tok.add_tokens([AddedToken(tokens[i], special=False, normalized=False) for i in sorted(user)])
+
+
+def _gguf_bpe(tokens: list[str], merges: list[str], pre: str, control: set[int], user: set[int]) -> Any:
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as TK
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    tok = TK(models.BPE(vocab, pairs, ignore_merges=pre in ("llama-bpe", "llama3", "llama-v3")))
+    splits = _PRE_SPLITS.get(pre, [GPT2_PATTERN])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(p), behavior="isolated") for p in splits]
+        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    _added(tok, tokens, control, user)
+    return tok
+
+
+def _gguf_spm(tokens: list[str], scores: list[float], types: list[int], space_prefix: bool, control: set[int],
+              user: set[int]) -> Any:
+    """SentencePiece-BPE (Llama 2 style): merges ranked by the score of the merged piece, bytes as <0xNN>."""
+    from tokenizers import decoders, models, normalizers
+    from tokenizers import Tokenizer as TK
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges = []
+    for piece, pid in vocab.items():
+        if types[pid] != 1 or len(piece) < 2:
+            continue
+        for k in range(1, len(piece)):
+            a, b = piece[:k], piece[k:]
+            if a in vocab and b in vocab:
+                merges.append((scores[pid], vocab[a], vocab[b], a, b))
+    merges.sort(key=lambda m: (-m[0], m[1], m[2]))
+    unk = next((tokens[i] for i, t in enumerate(types) if t == 2), None)
+    tok = TK(models.BPE(vocab, [(m[3], m[4]) for m in merges], unk_token=unk, fuse_unk=True, byte_fallback=True))
+    norms = [normalizers.Replace(" ", "▁")]
+    if space_prefix:
+        norms.insert(0, normalizers.Prepend("▁"))
+    tok.normalizer = normalizers.Sequence(norms)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if space_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    _added(tok, tokens, control, user)
+    return tok
