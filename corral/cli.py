@@ -1,0 +1,246 @@
+"""`corral <verb>`: the command line. Each verb imports what it needs when it runs, so `corral --help` is instant.
+
+Errors a user can cause (`CorralError`) print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from corral.errors import CorralError
+
+
+def _model_args(p: argparse.ArgumentParser, optional_model: bool = False) -> None:
+    if optional_model:
+        p.add_argument("model", nargs="?", default=None, help="GGUF file, HF folder or registry name (default model if omitted)")
+    else:
+        p.add_argument("model", help="GGUF file, HF folder or registry name ('default' for the built-in model)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    p.add_argument("--dtype", default="auto",
+                   help="auto | int4 | float32 | bfloat16 | float16 (auto: Q4 GGUFs run 4-bit packed; "
+                        "otherwise bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--max-seq-len", type=int, default=4096, help="KV cache length in tokens (default 4096)")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=None, help="0 = greedy (default for generate: 0; chat: 0.7)")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="corral", description="Own your language model: run, serve, fine-tune, "
+                                 "evaluate, distill and guard Llama-family models on your own hardware.")
+    sub = ap.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    g = sub.add_parser("generate", help="complete a prompt (raw, or as a chat turn with --chat)")
+    _model_args(g)
+    g.add_argument("prompt", help="the prompt text ('-' reads stdin)")
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--system", default=None, help="system message (with --chat)")
+    g.add_argument("--no-stream", action="store_true", help="print the answer at the end instead of streaming")
+    g.add_argument("--stats", action="store_true", help="print token counts and speeds to stderr")
+    _sampling_args(g)
+
+    c = sub.add_parser("chat", help="interactive chat (/system TEXT, /reset, /exit)")
+    _model_args(c, optional_model=True)
+    c.add_argument("--system", default=None, help="initial system message")
+    _sampling_args(c)
+
+    t = sub.add_parser("tokenize", help="print the token ids and pieces of a text")
+    t.add_argument("model", help="GGUF file, HF folder or registry name")
+    t.add_argument("text")
+    t.add_argument("--special", action="store_true", help="parse special-token strings such as <|im_start|>")
+    t.add_argument("--chat", action="store_true", help="render TEXT as a user message with the chat template first")
+
+    sub.add_parser("models", help="list the models corral can load by name")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models}[args.verb](args)
+    except CorralError as e:
+        print(f"corral: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    import torch
+
+    from corral.engine.generate import Generator
+    from corral.errors import InvalidArgumentError
+    from corral.model.loader import load_model
+    from corral.tokenizer import load_tokenizer
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgumentError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.max_seq_len < 16:
+        raise InvalidArgumentError("--max-seq-len must be >= 16")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    tok = load_tokenizer(lm.path)
+    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len)
+
+
+def _params(args: argparse.Namespace, default_temperature: float) -> Any:
+    from corral.engine.sampling import SamplingParams
+
+    temp = default_temperature if args.temperature is None else args.temperature
+    return SamplingParams(temperature=temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                          repetition_penalty=args.repeat_penalty, max_tokens=args.max_tokens, stop=args.stop,
+                          seed=args.seed)
+
+
+def _template(args: argparse.Namespace) -> str | None:
+    from pathlib import Path
+
+    from corral.errors import InvalidArgumentError
+
+    if not args.chat_template:
+        return None
+    p = Path(args.chat_template)
+    if not p.is_file():
+        raise InvalidArgumentError(f"--chat-template {p}: no such file")
+    return p.read_text()
+
+
+def _print_stats(r: Any) -> None:
+    print(f"[{r.prompt_tokens} prompt tokens ({r.cached_tokens} cached) at {r.prefill_tps:.0f} tok/s, "
+          f"{r.completion_tokens} generated at {r.decode_tps:.1f} tok/s, finish: {r.finish_reason}]", file=sys.stderr)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from corral.chat import encode_chat
+    from corral.engine.generate import GenerationResult
+
+    params = _params(args, 0.0)
+    template = _template(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    lm, tok, gen = _load(args)
+    if args.chat:
+        msgs = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}]
+        ids = encode_chat(tok, msgs, template=template)
+    else:
+        ids = tok.encode(prompt, add_bos=tok.add_bos)
+    result = None
+    for ev in gen.stream(ids, params):
+        if isinstance(ev, GenerationResult):
+            result = ev
+        elif not args.no_stream:
+            sys.stdout.write(ev)
+            sys.stdout.flush()
+    if args.no_stream:
+        sys.stdout.write(result.text)
+    sys.stdout.write("\n")
+    if args.stats:
+        _print_stats(result)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from corral.chat import encode_chat
+    from corral.engine.generate import GenerationResult
+
+    params = _params(args, 0.7)
+    template = _template(args)
+    lm, tok, gen = _load(args)
+    system = args.system
+    history: list[dict[str, str]] = []
+    tty = sys.stdin.isatty()
+    print(f"corral chat — {lm.path.name} on {lm.model.device} ({lm.config.torch_dtype}"
+          f"{', 4-bit weights' if lm.quantized else ''}). /system TEXT, /reset, /exit", file=sys.stderr)
+    while True:
+        try:
+            line = input("you> " if tty else "")
+        except EOFError:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            history.clear()
+            print("[history cleared]", file=sys.stderr)
+            continue
+        if line.startswith("/system"):
+            system = line[len("/system"):].strip() or None
+            history.clear()
+            print(f"[system prompt {'set' if system else 'cleared'}; history cleared]", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(f"[unknown command {line.split()[0]}; use /system TEXT, /reset or /exit]", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        msgs = ([{"role": "system", "content": system}] if system else []) + history
+        ids = encode_chat(tok, msgs, template=template)
+        if len(ids) >= gen.max_seq_len - 1:
+            history.pop()
+            print(f"[the conversation is {len(ids)} tokens, over --max-seq-len {gen.max_seq_len}; /reset]",
+                  file=sys.stderr)
+            continue
+        if tty:
+            sys.stdout.write("bot> ")
+        result = None
+        for ev in gen.stream(ids, params):
+            if isinstance(ev, GenerationResult):
+                result = ev
+            else:
+                sys.stdout.write(ev)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": result.text})
+        print(f"[{result.completion_tokens} tokens, {result.decode_tps:.1f} tok/s]", file=sys.stderr)
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from corral.chat import encode_chat
+    from corral.registry import resolve_model_path
+    from corral.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(resolve_model_path(args.model))
+    if args.chat:
+        ids = encode_chat(tok, [{"role": "user", "content": args.text}])
+    else:
+        ids = tok.encode(args.text, special=args.special)
+    print(f"{len(ids)} tokens")
+    for i in ids:
+        mark = " (special)" if i in tok.special_ids else ""
+        print(f"{i:>8}  {tok.piece(i)!r}  {tok.decode([i], skip_special=False)!r}{mark}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from corral.registry import list_models, models_dir
+
+    table = Table(title=f"models (default first; add yours to {models_dir()})")
+    for col in ("name", "format", "arch", "params", "quant", "context", "size", "path"):
+        table.add_column(col)
+    for m in list_models():
+        table.add_row(m.name, m.format, m.architecture, f"{m.parameters / 1e6:.0f}M", m.quantization,
+                      str(m.context_length), f"{m.size_bytes / 2**20:.0f} MiB", str(m.path))
+    Console(width=200).print(table)
+    return 0
