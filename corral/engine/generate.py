@@ -20,7 +20,9 @@ from corral.model.llama import KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
 
 PREFILL_CHUNK = 512
-KV_BUCKET = 256  # attend over a multiple of this many cache entries: few shapes for compilers, little waste
+# On CUDA, attend over a multiple of this many cache entries: few shapes for compiled graphs, little waste.
+# On CPU (eager) every extra key costs time, so attention spans exactly the filled entries.
+KV_BUCKET = {"cuda": 256}
 
 
 class Detokenizer:
@@ -119,7 +121,8 @@ class Generator:
         t = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, device=dev)
         n = t.numel()
         pos = torch.arange(start, start + n, device=dev).view(1, n)
-        kv_len = min(self.max_seq_len, -(-(start + n) // KV_BUCKET) * KV_BUCKET)
+        bucket = KV_BUCKET.get(dev.type, 1)
+        kv_len = min(self.max_seq_len, -(-(start + n) // bucket) * bucket)
         out = self.model(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=True)
         return out[:, -1]
 

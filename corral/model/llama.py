@@ -121,14 +121,26 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module, o_proj: nn.Module):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = q_proj, k_proj, v_proj, o_proj
+        self.qkv_proj: nn.Module | None = None  # set by `fuse_qkv` for inference: one matmul instead of three
         self.n_heads, self.n_kv, self.hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+
+    def fuse_qkv(self, qkv_proj: nn.Module) -> None:
+        """Replace q/k/v by one projection whose output rows are [q; k; v] (inference only)."""
+        del self.q_proj, self.k_proj, self.v_proj
+        self.qkv_proj = qkv_proj
 
     def forward(self, x: torch.Tensor, b: Batch, cache_k: torch.Tensor | None, cache_v: torch.Tensor | None):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, n_kv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q, k = apply_rope(q, b.cos, b.sin), apply_rope(k, b.cos, b.sin)
+        H, n_kv, hd = self.n_heads, self.n_kv, self.hd
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x).view(B, T, H + 2 * n_kv, hd).transpose(1, 2)  # (B, H + 2 n_kv, T, hd)
+            qk = apply_rope(qkv[:, : H + n_kv], b.cos, b.sin)  # q and k rotated in one go
+            q, k, v = qk[:, :H], qk[:, H:], qkv[:, H + n_kv:]
+        else:
+            q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+            k = self.k_proj(x).view(B, T, n_kv, hd).transpose(1, 2)  # (B, n_kv, T, hd)
+            v = self.v_proj(x).view(B, T, n_kv, hd).transpose(1, 2)
+            q, k = apply_rope(q, b.cos, b.sin), apply_rope(k, b.cos, b.sin)
         if cache_k is not None:
             cache_k.index_put_(b.write_idx, k)
             cache_v.index_put_(b.write_idx, v)
@@ -140,7 +152,7 @@ class Attention(nn.Module):
             y = self._attend_small(q, k, v, b.bias)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
     def _attend_small(self, q, k, v, bias):
         """Decode-sized attention as two batched matmuls: the query heads sharing a KV head are stacked as rows.
@@ -160,8 +172,17 @@ class MLP(nn.Module):
     def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
+        self.gate_up_proj: nn.Module | None = None  # set by `fuse_gate_up` for inference
+
+    def fuse_gate_up(self, gate_up_proj: nn.Module) -> None:
+        """Replace gate/up by one projection whose output rows are [gate; up] (inference only)."""
+        del self.gate_proj, self.up_proj
+        self.gate_up_proj = gate_up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -193,7 +214,8 @@ class DecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # _weight given: skips the random init, which on the meta device runs a slow Python reference (~1 s)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=torch.empty(cfg.vocab_size, cfg.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
