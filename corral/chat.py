@@ -19,14 +19,14 @@ ROLES = ("system", "user", "assistant", "tool")
 LLAMA3_TEMPLATE = (
     "{{- bos_token }}"
     "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
-# Private-use characters bracket each message's content while rendering, so we know which spans are user text.
-_OPEN, _CLOSE = "\ue000", "\ue001"
-_MARK = re.compile(_OPEN + r"(\d+)" + _CLOSE)
+# A private-use character that breaks special-token strings typed in message contents (see encode_chat).
+_DEFUSE = "\ue000"
 
 
 def validate_messages(messages: Any) -> list[dict[str, str]]:
@@ -62,63 +62,58 @@ def _env() -> Any:
 def render(tok: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True,
            template: str | None = None, **kwargs: Any) -> str:
     """The chat template's text for `messages`, exactly as HF's `apply_chat_template(tokenize=False)` renders it."""
-    text, _ = _render_marked(tok, messages, add_generation_prompt, template, **kwargs)
-    return _MARK.sub(lambda m: messages[int(m.group(1))]["content"], text)
+    return _render(tok, messages, add_generation_prompt, template, **kwargs)
 
 
-def _render_marked(tok, messages, add_generation_prompt, template, **kwargs) -> tuple[str, str]:
+def _render(tok, messages, add_generation_prompt, template, **kwargs) -> str:
     from jinja2 import TemplateError
 
     src = template or tok.chat_template or LLAMA3_TEMPLATE
-    marked = [{**m, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(messages)]
     try:
-        tpl = _env().from_string(src)
-        text = tpl.render(messages=marked, add_generation_prompt=add_generation_prompt, bos_token=tok.bos_token,
-                          eos_token=tok.eos_token, **kwargs)
+        return _env().from_string(src).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                              bos_token=tok.bos_token, eos_token=tok.eos_token, **kwargs)
     except TemplateError as e:
         raise TokenizerError(f"chat template does not render: {e}; pass another with --chat-template") from None
-    return text, src
+
+
+def _specials(tok: Tokenizer) -> list[str]:
+    return sorted((p for p in (tok.piece(i) for i in tok.special_ids) if p), key=len, reverse=True)
 
 
 def encode_chat(tok: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True,
                 template: str | None = None, **kwargs: Any) -> list[int]:
     """Render and tokenize: special tokens from the template text, message contents as plain text.
 
-    The rendered string is split at the special tokens the template itself wrote; each piece in between (template
-    text and content alike) is tokenized as ordinary text. This is how llama.cpp tokenizes a rendered chat, minus
-    its one flaw: a user who types `<|im_end|>` gets text, not a control token.
+    Special-token strings inside message contents are defused before rendering (a private-use character goes after
+    their first character), so the only live ones in the rendered string are those the template wrote. The string
+    is split at those; each piece in between (template text and content alike) is tokenized as ordinary text with
+    the defusing character removed. This is how llama.cpp tokenizes a rendered chat, minus its one flaw: a user who
+    types `<|im_end|>` gets text, not a control token. Template filters (`| trim`) see the real content.
     """
     messages = validate_messages(messages)
-    marked, _ = _render_marked(tok, messages, add_generation_prompt, template, **kwargs)
-    specials = sorted((tok.piece(i) for i in tok.special_ids if tok.piece(i)), key=len, reverse=True)
-    special_re = re.compile("|".join(re.escape(s) for s in specials)) if specials else None
-    ids: list[int] = []
-    buf: list[str] = []
-    pos = 0
-    for m in _MARK.finditer(marked):
-        _split_template_text(marked[pos:m.start()], special_re, tok, buf, ids)
-        buf.append(messages[int(m.group(1))]["content"])
-        pos = m.end()
-    _split_template_text(marked[pos:], special_re, tok, buf, ids)
-    if buf:
-        ids += tok.encode("".join(buf))
+    specials = _specials(tok)
+    if not specials:
+        ids = tok.encode(_render(tok, messages, add_generation_prompt, template, **kwargs))
+    else:
+        defused = [{**m, "content": _defuse(m["content"], specials)} for m in messages]
+        text = _render(tok, defused, add_generation_prompt, template, **kwargs)
+        special_re = re.compile("|".join(re.escape(s) for s in specials))
+        ids, pos = [], 0
+        for m in special_re.finditer(text):
+            if m.start() > pos:
+                ids += tok.encode(text[pos:m.start()].replace(_DEFUSE, ""))
+            ids.append(tok.token_id(m.group(0)))
+            pos = m.end()
+        if pos < len(text):
+            ids += tok.encode(text[pos:].replace(_DEFUSE, ""))
     if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
         ids.insert(0, tok.bos_id)
     return ids
 
 
-def _split_template_text(text: str, special_re: re.Pattern | None, tok: Tokenizer, buf: list[str],
-                         ids: list[int]) -> None:
-    """Template text: flush pending plain text at each special token, which becomes one id."""
-    if special_re is None:
-        buf.append(text)
-        return
-    pos = 0
-    for m in special_re.finditer(text):
-        buf.append(text[pos:m.start()])
-        if "".join(buf):
-            ids += tok.encode("".join(buf))
-        buf.clear()
-        ids.append(tok.token_id(m.group(0)))
-        pos = m.end()
-    buf.append(text[pos:])
+def _defuse(content: str, specials: list[str]) -> str:
+    content = content.replace(_DEFUSE, "")  # the marker itself never survives from user text
+    for s in specials:
+        if s in content:
+            content = content.replace(s, s[0] + _DEFUSE + s[1:])
+    return content

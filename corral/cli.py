@@ -14,7 +14,8 @@ from corral.errors import CorralError
 
 def _model_args(p: argparse.ArgumentParser, optional_model: bool = False) -> None:
     if optional_model:
-        p.add_argument("model", nargs="?", default=None, help="GGUF file, HF folder or registry name (default model if omitted)")
+        p.add_argument("model", nargs="?", default=None,
+                       help="GGUF file, HF folder or registry name (default model if omitted)")
     else:
         p.add_argument("model", help="GGUF file, HF folder or registry name ('default' for the built-in model)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
@@ -69,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models}[args.verb](args)
+        verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models}
+        return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
         return 2

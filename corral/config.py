@@ -88,13 +88,18 @@ class ModelConfig:
             raise ModelFormatError(f"{where}: a size field is not an integer ({e})") from None
         known = set(kw) | {
             "rms_norm_eps", "rope_theta", "rope_scaling", "max_position_embeddings", "tie_word_embeddings",
-            "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "torch_dtype",
+            "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "torch_dtype", "rope_parameters",
         }
+        # transformers >= 5 writes rope settings as `rope_parameters` (theta inside); published checkpoints use
+        # top-level `rope_theta` / `rope_scaling`.
+        rope = dict(cfg.get("rope_parameters") or {})
+        theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
         return cls(
             **kw,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
             max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             attention_bias=bool(cfg.get("attention_bias", False)),

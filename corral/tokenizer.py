@@ -6,6 +6,8 @@ user text never turns into control tokens, even if it contains the string `<|im_
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from pathlib import Path
 from typing import Any
@@ -113,12 +115,14 @@ class TiktokenTokenizer(Tokenizer):
 
     def __init__(self, path: Path, specials: dict[str, int] | None = None, chat_template: str | None = None):
         import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
 
+        # Parsed here, not with tiktoken.load_tiktoken_bpe: that caches local files by path in /tmp, so a
+        # tokenizer.model replaced in place would keep loading the old vocabulary.
         try:
-            ranks = load_tiktoken_bpe(str(path))
-        except Exception as e:  # noqa: BLE001 - tiktoken raises plain ValueError/binascii errors
-            raise TokenizerError(f"{path}: not a tiktoken BPE file ({e})") from None
+            ranks = {base64.b64decode(tok): int(rank)
+                     for tok, rank in (line.split() for line in path.read_text().splitlines() if line.strip())}
+        except (ValueError, binascii.Error, UnicodeDecodeError) as e:
+            raise TokenizerError(f"{path}: not a tiktoken BPE file (base64 token + rank per line): {e}") from None
         n = len(ranks)
         if specials is None:
             names = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
@@ -126,7 +130,7 @@ class TiktokenTokenizer(Tokenizer):
                      "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
             names += [f"<|reserved_special_token_{i}|>" for i in range(3, 256 - len(names) + 3)]
             specials = {name: n + i for i, name in enumerate(names)}
-        self._enc = tiktoken.Encoding(name=path.name, pat_str=LLAMA3_PATTERN.replace("(?i:", "(?i:"),
+        self._enc = tiktoken.Encoding(name=path.name, pat_str=LLAMA3_PATTERN,
                                       mergeable_ranks=ranks, special_tokens=specials)
         self._specials = specials
         self._id_to_special = {v: k for k, v in specials.items()}
@@ -210,11 +214,9 @@ def _from_hf_folder(folder: Path) -> Tokenizer:
         eos = tid(_token_str(tc.get("eos_token")))
         stops = _as_id_set(gen.get("eos_token_id", cfg.get("eos_token_id"))) | ({eos} if eos is not None else set())
         bos = bos if bos is not None else cfg.get("bos_token_id")
-        add_bos = bool(tc.get("add_bos_token", False))
-        if not add_bos and data.get("post_processor"):
-            add_bos = bos is not None and str(bos) in json.dumps(data["post_processor"]) and "bos" in str(
-                tc.get("bos_token", "")).lower()
-        _strip_post_processor(data)
+        add_bos = bool(tc.get("add_bos_token", False)) or _post_processor_adds_bos(data.get("post_processor"))
+        # BOS is added by corral (`add_bos`), not by the post-processor, so every tokenizer kind behaves alike.
+        data["post_processor"] = None
         return HFTokenizer(json.dumps(data), special, stops, bos, eos, add_bos, template)
     if (folder / "tokenizer.model").exists():
         specials = None
@@ -227,9 +229,16 @@ def _from_hf_folder(folder: Path) -> Tokenizer:
     raise TokenizerError(f"{folder}: no tokenizer.json or tokenizer.model; copy the model's tokenizer files there")
 
 
-def _strip_post_processor(data: dict[str, Any]) -> None:
-    """BOS is added by corral (`add_bos`), not by the tokenizer's post-processor, so every path behaves alike."""
-    data["post_processor"] = None
+def _post_processor_adds_bos(pp: dict[str, Any] | None) -> bool:
+    """True when a tokenizer.json post-processor prepends a special token to a single sequence (Llama 3 does)."""
+    if not pp:
+        return False
+    if pp.get("type") == "Sequence":
+        return any(_post_processor_adds_bos(p) for p in pp.get("processors", []))
+    if pp.get("type") == "TemplateProcessing":
+        single = pp.get("single") or []
+        return bool(single) and "SpecialToken" in single[0]
+    return False
 
 
 def _as_id_set(v: Any) -> set[int]:
@@ -255,7 +264,8 @@ def from_gguf(g: Any) -> Tokenizer:
         tok = _gguf_spm(tokens, g.array("tokenizer.ggml.scores") or [0.0] * len(tokens), types,
                         bool(md.get("tokenizer.ggml.add_space_prefix", True)), control, user)
     else:
-        raise TokenizerError(f"{g.path}: tokenizer model {kind!r} is not supported (gpt2 BPE and llama SentencePiece are)")
+        raise TokenizerError(
+            f"{g.path}: tokenizer model {kind!r} is not supported (gpt2 BPE and llama SentencePiece are)")
     bos, eos = md.get("tokenizer.ggml.bos_token_id"), md.get("tokenizer.ggml.eos_token_id")
     stops = {int(x) for x in (eos, md.get("tokenizer.ggml.eot_token_id"), md.get("tokenizer.ggml.eom_token_id"))
              if x is not None}
@@ -290,8 +300,8 @@ def _gguf_bpe(tokens: list[str], merges: list[str], pre: str, control: set[int],
 def _gguf_spm(tokens: list[str], scores: list[float], types: list[int], space_prefix: bool, control: set[int],
               user: set[int]) -> Any:
     """SentencePiece-BPE (Llama 2 style): merges ranked by the score of the merged piece, bytes as <0xNN>."""
-    from tokenizers import decoders, models, normalizers
     from tokenizers import Tokenizer as TK
+    from tokenizers import decoders, models, normalizers
 
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = []

@@ -166,7 +166,7 @@ class Generator:
             for i in range(max_new):
                 pending = nxt
                 pos = len(self.cached_ids)
-                if i + 1 < max_new and pos < self.max_seq_len:
+                if i + 1 < max_new:  # max_new keeps pos < max_seq_len
                     if seen is not None:
                         seen[0, pending] = True
                     logits = self._forward(pending, pos)  # queued before we read `pending` on the host

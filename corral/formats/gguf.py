@@ -235,7 +235,8 @@ class GGUFFile:
             kind = Q(t.qtype).name
             data = self._data(t)
             try:
-                if keep_q4 and kind in ("Q4_0", "Q4_1") and name.endswith(".weight"):
+                # The embedding is a lookup table, not a matmul: it is always dequantized.
+                if keep_q4 and kind in ("Q4_0", "Q4_1") and name.endswith(".weight") and "embed_tokens" not in name:
                     arr: Any = _q4_blocks(data, kind)
                 elif t.qtype in (Q.F32, Q.F16):
                     arr = data
@@ -243,7 +244,8 @@ class GGUFFile:
                     arr = dequantize(data, Q(t.qtype))
                 arr = arr if isinstance(arr, Q4Tensor) else arr.reshape(tuple(reversed(t.shape)))
             except NotImplementedError:
-                raise ModelFormatError(f"{self.path}: tensor {t.name} has type {kind}, which gguf cannot dequantize") from None
+                raise ModelFormatError(
+                    f"{self.path}: tensor {t.name} has type {kind}, which the gguf package cannot dequantize") from None
             heads = n_head if ".q_proj." in name else n_kv_head if ".k_proj." in name else 0
             if heads:
                 arr = arr.unpermute(heads) if isinstance(arr, Q4Tensor) else unpermute_qk(arr, heads)
@@ -253,5 +255,5 @@ class GGUFFile:
         """Llama 3.1-style GGUFs carry their rope scaling as a `rope_freqs.weight` tensor of divisors."""
         for t in self.tensor_infos:
             if t.name == "rope_freqs.weight":
-                return np.asarray(self._data(t), dtype=np.float32).reshape(-1)
+                return np.array(self._data(t), dtype=np.float32).reshape(-1)  # a copy: the map is read-only
         return None

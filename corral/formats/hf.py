@@ -27,7 +27,8 @@ def safetensors_files(folder: Path) -> list[Path]:
         files = [folder / "model.safetensors"]
     else:
         pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-        hint = f" (found {', '.join(pickles)}: corral never loads pickles; convert them to safetensors)" if pickles else ""
+        hint = (f" (found {', '.join(pickles)}: corral never loads pickles; convert them to safetensors)"
+                if pickles else "")
         raise ModelFormatError(f"{folder}: no model.safetensors or model.safetensors.index.json{hint}")
     for f in files:
         if not f.exists():

@@ -84,7 +84,8 @@ def _assign(model: LlamaForCausalLM, sd: dict[str, torch.Tensor], where: Path) -
         expected.discard("lm_head.weight")
     missing, unexpected = expected - set(sd), set(sd) - expected
     if missing:
-        raise ModelFormatError(f"{where}: missing tensors {sorted(missing)[:5]}...; the checkpoint does not match its config")
+        raise ModelFormatError(
+            f"{where}: missing tensors {sorted(missing)[:5]}...; the checkpoint does not match its config")
     if unexpected:
         raise ModelFormatError(f"{where}: unexpected tensors {sorted(unexpected)[:5]}; is this a Llama checkpoint?")
     for k, t in sd.items():
@@ -128,13 +129,14 @@ def _load_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
     if "model.embed_tokens.weight" in sd and sd["model.embed_tokens.weight"].shape[0] != cfg.vocab_size:
         cfg.vocab_size = sd["model.embed_tokens.weight"].shape[0]
     model = _build(cfg)
+    quantized = bool(q4)
     if q4:
         _swap_in_int4(model, q4, sd, dev)
     _assign(model, sd, path)
     model.compute_dtype = dt
     factors = g.rope_freq_factors()
     model.reset_rope(None if factors is None else _inv_freq_with_factors(cfg, factors))
-    return LoadedModel(model.eval(), cfg, path, "gguf", bool(q4))
+    return LoadedModel(model.eval(), cfg, path, "gguf", quantized)
 
 
 def _swap_in_int4(model: LlamaForCausalLM, q4: dict[str, Q4Tensor], sd: dict[str, torch.Tensor],

@@ -31,7 +31,7 @@ def pack_int4_cpu(codes: torch.Tensor) -> torch.Tensor:
     if n % 64:
         return torch._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
     c = codes.to(torch.uint8).view(n // 64, 2, 32, k)
-    return (c[:, 0] | (c[:, 1] << 4)).transpose(1, 2).reshape(n, k // 2)
+    return (c[:, 0] | (c[:, 1] << 4)).transpose(1, 2).contiguous().view(n, k // 2)
 
 
 class Int4Linear(nn.Module):
