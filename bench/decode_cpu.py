@@ -80,11 +80,12 @@ def run_corral(spec: dict) -> dict:
     t1 = time.perf_counter()
     lm = load_model(spec["model_path"], device="cpu", dtype=spec["dtype"])
     tok = load_tokenizer(lm.path)
-    gen = Generator(lm.model, tok)
+    gen = Generator(lm.model, tok, compile=spec["compile"])
     t2 = time.perf_counter()
 
     ids = spec["prompt_ids"]
-    gen.generate(ids, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))  # warm-up
+    gen.generate(ids, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))  # warm-up (and compile)
+    t3 = time.perf_counter()
     params = SamplingParams(max_tokens=spec["decode_tokens"], temperature=0.0, ignore_eos=True)
     runs, out_ids = [], []
     for _ in range(spec["repeats"]):
@@ -94,8 +95,11 @@ def run_corral(spec: dict) -> dict:
         runs.append({"prefill_s": r.prefill_s, "decode_s": r.decode_s,
                      "prompt_tps": r.prefill_tps, "decode_tps": r.decode_tps})
         out_ids = r.token_ids
+    mode = f"dtype {spec['dtype']}"
+    if spec["compile"]:
+        mode += f", --compile (warm-up incl. compile {t3 - t2:.0f} s)"
     return {"runs": runs, "token_ids": out_ids, "import_load_s": t2 - t0, "load_s": t2 - t1,
-            "peak_rss_mib": _peak_rss_mib(), "version": f"torch {torch.__version__}, dtype {spec['dtype']}"}
+            "peak_rss_mib": _peak_rss_mib(), "version": f"torch {torch.__version__}, {mode}"}
 
 
 def run_llamacpp(spec: dict) -> dict:
@@ -209,6 +213,7 @@ def main() -> None:
     ap.add_argument("--decode-tokens", type=int, default=128, help="tokens to generate greedily (default 128)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per program; the best is reported (default 3)")
     ap.add_argument("--dtype", default="auto", help="corral's --dtype (default auto: packed 4-bit for Q4 GGUFs)")
+    ap.add_argument("--compile", action="store_true", help="corral's --compile (torch.compile the decode step)")
     ap.add_argument("--only", choices=sorted(CHILDREN), help="run one program only (no ratios)")
     ap.add_argument("--json", metavar="PATH", help="also write every figure, per run, to this JSON file")
     ap.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -227,7 +232,7 @@ def main() -> None:
     except ModuleNotFoundError:
         sys.exit("decode_cpu: corral is not importable; run `make bench`, or `pip install -e '.[peers]'` first")
 
-    spec = {"threads": args.threads, "dtype": args.dtype, "decode_tokens": args.decode_tokens,
+    spec = {"threads": args.threads, "dtype": args.dtype, "compile": args.compile, "decode_tokens": args.decode_tokens,
             "repeats": args.repeats, "model_path": str(default_model_path()),
             "prompt_ids": build_prompt(args.prompt_tokens)}
     sides = [args.only] if args.only else ["corral", "llamacpp"]

@@ -24,6 +24,8 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False) -> Non
                         "otherwise bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     p.add_argument("--max-seq-len", type=int, default=4096, help="KV cache length in tokens (default 4096)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: ~1.3x faster decoding on CPU, after a 15-30 s compile")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -98,7 +100,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise InvalidArgumentError("--max-seq-len must be >= 16")
     lm = load_model(args.model, device=args.device, dtype=args.dtype)
     tok = load_tokenizer(lm.path)
-    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len)
+    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile)
 
 
 def _params(args: argparse.Namespace, default_temperature: float) -> Any:

@@ -103,12 +103,19 @@ class Generator:
     model: LlamaForCausalLM
     tokenizer: Tokenizer
     max_seq_len: int = 0
+    compile: bool = False  # torch.compile the one-token decode step (gpt-fast style); prefill stays eager
     cache: KVCache | None = None
     cached_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ctx = self.model.config.max_position_embeddings
         self.max_seq_len = min(self.max_seq_len or 4096, ctx)
+        self._step = self.model
+        if self.compile:
+            # CUDA: one static graph with CUDA graphs, attending over the whole buffer (masked), so nothing
+            # recompiles as the sequence grows. CPU: the cache length stays symbolic, one compile for all lengths.
+            cuda = self.model.device.type == "cuda"
+            self._step = torch.compile(self.model, mode="reduce-overhead" if cuda else None, dynamic=not cuda)
 
     def _ensure_cache(self) -> KVCache:
         if self.cache is None:
@@ -121,9 +128,13 @@ class Generator:
         t = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, device=dev)
         n = t.numel()
         pos = torch.arange(start, start + n, device=dev).view(1, n)
-        bucket = KV_BUCKET.get(dev.type, 1)
-        kv_len = min(self.max_seq_len, -(-(start + n) // bucket) * bucket)
-        out = self.model(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=True)
+        step = self._step if n == 1 else self.model
+        if step is not self.model and dev.type == "cuda":
+            kv_len = self.max_seq_len
+        else:
+            bucket = KV_BUCKET.get(dev.type, 1)
+            kv_len = min(self.max_seq_len, -(-(start + n) // bucket) * bucket)
+        out = step(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=True)
         return out[:, -1]
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[str | GenerationResult]:

@@ -51,18 +51,17 @@ class Int4Linear(nn.Module):
             c = codes.to(device, torch.int32)
             packed = torch._convert_weight_to_int4pack((c[:, ::2] << 4 | c[:, 1::2]).to(torch.uint8), 8)
         self.register_buffer("packed", packed.to(device))
+        # Chosen once: the decode step calls this 120 times, and per-call Python work shows at that rate.
+        self._mm = torch._weight_int4pack_mm_for_cpu if device.type == "cpu" else torch._weight_int4pack_mm
         self.bias = None if bias is None else nn.Parameter(bias.to(device, torch.bfloat16), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.packed.device.type == "cpu":
-            y = torch._weight_int4pack_mm_for_cpu(x2, self.packed, GROUP, self.scales_and_zeros)
-        else:
-            y = torch._weight_int4pack_mm(x2, self.packed, GROUP, self.scales_and_zeros)
+        y = self._mm(x2, self.packed, GROUP, self.scales_and_zeros)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
+        return y.view(*shape[:-1], self.out_features).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight (N, K) this layer computes with (for export and tests)."""
