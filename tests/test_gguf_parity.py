@@ -260,8 +260,25 @@ def llama3_rope_factors(cfg) -> np.ndarray:
     return np.array(out, dtype=np.float32)
 
 
-def write_tiny_gguf(path, hf_model, qtype: str = "F32", embd_qtype: str | None = None) -> dict[str, torch.Tensor]:
-    """Write `hf_model` as a llama GGUF; 2-D weights in `qtype` (token_embd in `embd_qtype`, default the same).
+# K-quant blocks the gguf package cannot quantize: random codes with valid fp16 scales at these byte offsets.
+K_QUANT_SCALES = {"Q6_K": (208,), "Q4_K": (0, 2)}
+
+
+def random_k_quant(rows: int, cols: int, kind: str, seed: int = 0) -> np.ndarray:
+    """(rows, bytes) of valid `kind` blocks (super-blocks of 256 weights) with random codes and small scales."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[getattr(gguf.GGMLQuantizationType, kind)]
+    raw = np.random.default_rng(seed).integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+    for off in K_QUANT_SCALES[kind]:
+        raw[..., off:off + 2] = np.array([1e-4], dtype=np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+def write_tiny_gguf(path, hf_model, qtype: str = "F32", embd_qtype: str | None = None,
+                    output_qtype: str | None = None) -> dict[str, torch.Tensor]:
+    """Write `hf_model` as a llama GGUF; 2-D weights in `qtype` (token_embd in `embd_qtype`, output in
+    `output_qtype`, default the same). A K-quant output holds random blocks (see `random_k_quant`).
 
     Returns the weights the file actually holds, in HF names and layout (dequantized), for a reference model.
     """
@@ -293,7 +310,12 @@ def write_tiny_gguf(path, hf_model, qtype: str = "F32", embd_qtype: str | None =
             held[hf_name] = torch.from_numpy(a)
             return
         stored = np.ascontiguousarray(permute_qk(a, heads) if heads else a)
-        if kind == "F32":
+        if kind in K_QUANT_SCALES:
+            q = getattr(QT, kind)
+            raw = random_k_quant(*a.shape, kind)
+            w.add_tensor(gguf_name, raw, raw_dtype=q)
+            held[hf_name] = torch.from_numpy(gguf.quants.dequantize(raw, q).reshape(a.shape))
+        elif kind == "F32":
             w.add_tensor(gguf_name, stored)
             held[hf_name] = torch.from_numpy(a)
         elif kind == "F16":
@@ -312,7 +334,7 @@ def write_tiny_gguf(path, hf_model, qtype: str = "F32", embd_qtype: str | None =
             put(f"blk.{i}.{gguf_part}.weight", f"model.layers.{i}.{hf_part}.weight", heads)
     put("output_norm.weight", "model.norm.weight")
     if not cfg.tie_word_embeddings:
-        put("output.weight", "lm_head.weight")
+        put("output.weight", "lm_head.weight", kind=output_qtype or qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -364,7 +386,7 @@ def test_gguf_round_trip_without_rope_freqs_is_sensitive(make_tiny_hf, tmp_path)
     assert (logits_of(lm, ids) - reference_logits(scaled, held, ids)).abs().max().item() > 0.1
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("qtype", ["BF16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1"])
 def test_gguf_quantized_dequantizes_exactly(make_tiny_hf, tmp_path, qtype):
     """dtype=float32 dequantizes every block: the result is the transformers model with the dequantized weights."""
     hf, _ = make_tiny_hf()
@@ -374,6 +396,21 @@ def test_gguf_quantized_dequantizes_exactly(make_tiny_hf, tmp_path, qtype):
     ids = tiny_ids()
     diff = (logits_of(lm, ids) - reference_logits(hf, held, ids)).abs().max().item()
     assert diff < 1e-4, f"{qtype} dequantized: max diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("kind", ["Q6_K", "Q4_K"])
+def test_gguf_k_quant_output_layer(make_tiny_hf, tmp_path, kind):
+    """K-quants (llama.cpp's Q4_K_M files keep output.weight in Q6_K) load through gguf's dequantizer."""
+    hf, _ = make_tiny_hf(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, head_dim=32,
+                         intermediate_size=512)
+    held = write_tiny_gguf(tmp_path / f"{kind}.gguf", hf, "Q8_0", output_qtype=kind)
+    for dtype in ("float32", "auto"):
+        lm = load_model(str(tmp_path / f"{kind}.gguf"), device="cpu", dtype=dtype)
+        ids = tiny_ids()
+        ref = reference_logits(hf, held, ids)
+        diff = (logits_of(lm, ids) - ref).abs().max().item()
+        assert ref.abs().max() > 1, "the random output layer must produce logits that matter"
+        assert diff < 1e-4, f"{kind} output layer, dtype {dtype}: max diff {diff:.2e}"
 
 
 # Q4 tiny models are 128 wide: see test_gguf_q4_int4_path_with_64_row_weights for 64.

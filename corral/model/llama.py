@@ -23,8 +23,10 @@ from torch import nn
 
 from corral.config import ModelConfig
 
-# Up to this many new tokens per sequence, half-precision attention on CPU runs as plain batched matmuls: PyTorch's
-# CPU flash kernel is slow in bf16 (1.8 ms vs 0.16 ms a layer at 4096 keys); in fp32 and on CUDA SDPA is faster.
+# Up to this many new tokens per sequence, attention on CPU runs as two plain batched matmuls. In bf16 PyTorch's CPU
+# flash kernel is 2-10x slower (1.8 ms vs 0.16 ms a layer at 4096 keys); in fp32 the two measured within noise end
+# to end (SDPA a few µs faster per call below 1k keys), and this form is the one `--compile` was measured with.
+# On CUDA, SDPA always.
 SMALL_T = 8
 
 
