@@ -78,8 +78,9 @@ def _build(cfg: ModelConfig) -> LlamaForCausalLM:
 def _assign(model: LlamaForCausalLM, sd: dict[str, torch.Tensor], where: Path) -> None:
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
+    state = model.state_dict()
     # Keys still on the meta device are the ones the file must fill (swapped-in Int4Linear buffers are not).
-    expected = {k for k, v in model.state_dict().items() if v.is_meta}
+    expected = {k for k, v in state.items() if v.is_meta}
     if model.config.tie_word_embeddings:
         expected.discard("lm_head.weight")
     missing, unexpected = expected - set(sd), set(sd) - expected
@@ -89,7 +90,7 @@ def _assign(model: LlamaForCausalLM, sd: dict[str, torch.Tensor], where: Path) -
     if unexpected:
         raise ModelFormatError(f"{where}: unexpected tensors {sorted(unexpected)[:5]}; is this a Llama checkpoint?")
     for k, t in sd.items():
-        want = model.state_dict()[k].shape
+        want = state[k].shape
         if t.shape != want:
             raise ModelFormatError(f"{where}: tensor {k} has shape {tuple(t.shape)}, the config implies {tuple(want)}")
     model.load_state_dict(sd, assign=True, strict=False)
@@ -125,7 +126,9 @@ def _load_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
             # Beside 4-bit layers the big embedding/head matrices stay fp16: the head's matvec is memory-bound
             # and fp16 ran faster than bf16 on the CPUs measured (1.25 vs 1.8 ms for 49152 x 576).
             big = keep_q4 and name in ("model.embed_tokens.weight", "lm_head.weight")
-            sd[name] = torch.from_numpy(np.array(arr, copy=True)).to(dev, torch.float16 if big else dt)
+            if not arr.flags.writeable:  # F32/F16 tensors are views of the read-only file map
+                arr = np.array(arr)
+            sd[name] = torch.from_numpy(arr).to(dev, torch.float16 if big else dt)
     if "model.embed_tokens.weight" in sd and sd["model.embed_tokens.weight"].shape[0] != cfg.vocab_size:
         cfg.vocab_size = sd["model.embed_tokens.weight"].shape[0]
     model = _build(cfg)
