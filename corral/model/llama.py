@@ -23,11 +23,11 @@ from torch import nn
 
 from corral.config import ModelConfig
 
-# Up to this many new tokens per sequence, attention on CPU runs as two plain batched matmuls. In bf16 PyTorch's CPU
-# flash kernel is 2-10x slower (1.8 ms vs 0.16 ms a layer at 4096 keys); in fp32 the two measured within noise end
-# to end (SDPA a few µs faster per call below 1k keys), and this form is the one `--compile` was measured with.
-# On CUDA, SDPA always.
+# Up to this many new tokens per sequence (decode), attention on CPU can run as blocked batched matmuls
+# (`Attention._attend_blocked`): it gives each sequence the same bits whatever else is in the batch (the engine
+# asks for that), and in bf16 it beats PyTorch's CPU flash kernel, which is 2-10x slower there. On CUDA, SDPA.
 SMALL_T = 8
+KV_BLOCK = 64  # keys per block of the blocked decode attention; cache lengths are rounded up to a multiple
 
 
 def rope_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
@@ -87,6 +87,7 @@ class KVCache:
     def allocate(
         cls, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str
     ) -> KVCache:
+        max_len = -(-max_len // KV_BLOCK) * KV_BLOCK
         shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
         # zeros, not empty: garbage NaNs in never-written slots would leak through 0 * NaN in P @ V.
         k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
@@ -116,7 +117,7 @@ class Batch:
     slots: torch.Tensor | None  # (B,) cache slot of each row, None = rows 0..B-1
     kv_len: int  # attend over cache[..., :kv_len, :]
     write_idx: tuple[torch.Tensor, ...] | None = None  # index_put_ indices for (B, n_kv, T) cache entries
-    bias: torch.Tensor | None = None  # (B*n_kv, n_rep*T, S) additive mask (0 / -inf) for the small-T path
+    bias: torch.Tensor | None = None  # (B*n_kv, S/KV_BLOCK, n_rep*T, KV_BLOCK) fp32 additive mask, blocked path
 
 
 class Attention(nn.Module):
@@ -153,19 +154,30 @@ class Attention(nn.Module):
             else:
                 k, v = cache_k[b.slots, :, : b.kv_len], cache_v[b.slots, :, : b.kv_len]
         if b.bias is not None:
-            y = self._attend_small(q, k, v, b.bias)
+            y = self._attend_blocked(q, k, v, b.bias)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
-    def _attend_small(self, q, k, v, bias):
-        """Decode-sized attention as two batched matmuls: the query heads sharing a KV head are stacked as rows."""
+    def _attend_blocked(self, q, k, v, bias):
+        """Decode attention in blocks of KV_BLOCK keys, batch-invariant: a sequence gets the same bits alone or
+        beside longer ones (whose length pads its keys with masked blocks).
+
+        Every reduction runs over a fixed length: scores and P @ V per block (batched matmuls of fixed shape),
+        exp-sums within a block, and the blocks are combined by a sequential cumsum, to which the padding blocks
+        add exact zeros. A plain softmax over the padded row would regroup its sums with the row's length.
+        """
         B, H, T, hd = q.shape
         S = k.shape[2]
-        qg = q.reshape(B * self.n_kv, (H // self.n_kv) * T, hd)  # (B*n_kv, n_rep*T, hd)
-        scores = torch.baddbmm(bias, qg, k.reshape(B * self.n_kv, S, hd).transpose(1, 2), alpha=self.hd**-0.5)
-        p = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-        return torch.bmm(p, v.reshape(B * self.n_kv, S, hd)).view(B, H, T, hd)
+        nb, R = S // KV_BLOCK, (H // self.n_kv) * T
+        qg = q.reshape(B * self.n_kv, 1, R, hd)  # query heads sharing a KV head stacked as rows
+        kb = k.reshape(B * self.n_kv, nb, KV_BLOCK, hd)
+        vb = v.reshape(B * self.n_kv, nb, KV_BLOCK, hd)
+        scores = torch.matmul(qg, kb.transpose(-1, -2)).float() * self.hd**-0.5 + bias  # (B*n_kv, nb, R, G)
+        p = torch.exp(scores - scores.amax(dim=(1, 3), keepdim=True))
+        denom = p.sum(-1).cumsum(1)[:, -1]  # (B*n_kv, R)
+        out = torch.matmul(p.to(v.dtype), vb).float().cumsum(1)[:, -1]  # (B*n_kv, R, hd)
+        return (out / denom[..., None]).to(q.dtype).view(B, H, T, hd)
 
 
 class MLP(nn.Module):
@@ -250,7 +262,7 @@ class LlamaForCausalLM(nn.Module):
 
     def make_batch(
         self, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None = None, dtype: torch.dtype | None = None,
-        cached: bool = False,
+        cached: bool = False, blocked: bool = False,
     ) -> Batch:
         """Rotary angles, causal mask and cache indices for tokens at `positions` (B, T) over `kv_len` keys."""
         cfg = self.config
@@ -268,12 +280,13 @@ class LlamaForCausalLM(nn.Module):
             rows = slots if slots is not None else torch.arange(B, device=dev)
             heads = torch.arange(cfg.num_key_value_heads, device=dev)
             b.write_idx = (rows.view(B, 1, 1), heads.view(1, -1, 1), positions.view(B, 1, T))
-        if T <= SMALL_T and dev.type == "cpu":
+        if blocked:
             n_kv = cfg.num_key_value_heads
             n_rep = cfg.num_attention_heads // n_kv
-            bias = torch.zeros(mask.shape, dtype=dt, device=dev).masked_fill_(~mask, float("-inf"))
+            bias = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))
             # rows ordered (rep, t) like the stacked queries; one copy per KV head, built once per step
-            b.bias = bias.repeat(1, n_kv, n_rep, 1).view(B * n_kv, n_rep * T, kv_len)
+            bias = bias.repeat(1, n_kv, n_rep, 1).view(B * n_kv, n_rep * T, kv_len // KV_BLOCK, KV_BLOCK)
+            b.bias = bias.transpose(1, 2).contiguous()  # (B*n_kv, nb, n_rep*T, KV_BLOCK)
         return b
 
     def forward(
@@ -284,6 +297,7 @@ class LlamaForCausalLM(nn.Module):
         kv_len: int | None = None,
         slots: torch.Tensor | None = None,
         last_only: bool = False,
+        batch_invariant: bool = False,
         return_hidden: bool = False,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in fp32 (or (B, 1, V) with `last_only`).
@@ -297,7 +311,14 @@ class LlamaForCausalLM(nn.Module):
         if cache is None:
             b = self.make_batch(positions, T)
         else:
-            b = self.make_batch(positions, kv_len or cache.max_len, slots, cached=True)
+            kv_len = kv_len or cache.max_len
+            # Decode on CPU: blocked attention when asked for batch invariance (the engine), or in half
+            # precision (where it beats SDPA's CPU kernel); SDPA otherwise (fewer ops: 0.74x vs 0.61x llama.cpp).
+            blocked = T <= SMALL_T and input_ids.device.type == "cpu" and (
+                batch_invariant or self.dtype != torch.float32)
+            if blocked:  # it reads whole blocks of keys
+                kv_len = min(-(-kv_len // KV_BLOCK) * KV_BLOCK, cache.max_len)
+            b = self.make_batch(positions, kv_len, slots, cached=True, blocked=blocked)
         x = self.model.embed_tokens(input_ids).to(b.cos.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, b, cache.k[i] if cache else None, cache.v[i] if cache else None)

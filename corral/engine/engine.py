@@ -1,0 +1,331 @@
+"""The continuous-batching engine: token ids in, token ids out; knows nothing of HTTP.
+
+KV memory: fixed slots. One static cache of `max_batch` slots x `max_seq_len` tokens is allocated at start; each
+running sequence owns one slot. Fixed slots rather than paged blocks because the model's attention then reads a
+plain view of the cache (`cache[:n]`, no gather, no block tables), which is what makes batched decode cheap on CPU
+with stock PyTorch ops; the price is that a short request reserves a whole slot. `--kv-cache-tokens` sets the
+budget, `max_batch = budget // max_seq_len`.
+
+Running sequences always occupy slots 0..n-1: when one finishes, the last one's KV is moved into its slot (only
+the used prefix is copied). Finished slots keep their tokens, so a new request that shares a prefix with one of
+them (a system prompt) is placed there and skips that part of its prefill, in whole chunks (see `_admit`).
+
+One `step()`: admit waiting requests into free slots, run one prefill chunk (at most `prefill_chunk` tokens of
+one request, so a long prompt cannot stall the others), then one decode forward for every sequence that has a
+token to feed. Sampled ids are read on the host once per step (detokenization and stop checks need them).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from corral.engine.generate import Detokenizer, StopStrings
+from corral.engine.sampling import SamplingParams, sample
+from corral.errors import CorralError, InvalidArgumentError
+from corral.model.llama import KVCache, LlamaForCausalLM
+from corral.tokenizer import Tokenizer
+
+
+class QueueFullError(CorralError):
+    """The waiting queue is at its limit; retry later (HTTP 503 with Retry-After)."""
+
+
+class ContextLengthError(InvalidArgumentError):
+    """The prompt does not fit the context (HTTP 400 context_length_exceeded)."""
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # (id, logprob) of the most likely alternatives
+
+
+@dataclass
+class Delta:
+    """New text of a request (possibly empty while a UTF-8 character or a stop string is pending)."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class Finished:
+    finish_reason: str  # stop | length | cancelled | error
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    error: str | None = None
+
+
+Event = Delta | Finished
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]  # called from the engine thread
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
+    id: str = ""
+    # engine state
+    slot: int = -1
+    fed: int = 0  # tokens of prompt + output whose KV is in the slot
+    cached: int = 0
+    pending: int | None = None  # sampled, not yet fed
+    out_ids: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    detok: Detokenizer | None = None
+    stops: StopStrings | None = None
+    generator: torch.Generator | None = None
+
+
+class Engine:
+    """Owns the model, the cache and the scheduler; `start()` runs `step()` in a background thread."""
+
+    def __init__(self, model: LlamaForCausalLM, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
+                 prefill_chunk: int = 128, max_queue: int = 256):
+        ctx = model.config.max_position_embeddings
+        self.model, self.tok = model, tokenizer
+        self.max_batch, self.max_seq_len = max_batch, min(max_seq_len, ctx)
+        self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
+        self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len, model.dtype, model.device)
+        self.slot_ids: list[list[int]] = [[] for _ in range(max_batch)]  # tokens whose KV each slot holds
+        self.running: list[Request] = []  # index == slot
+        self.waiting: deque[Request] = deque()
+        self._cv = threading.Condition()
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.steps = 0
+        self.on_step: Callable[[Engine], None] | None = None  # metrics hook
+
+    # --- called from other threads -------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> Request:
+        """Queue a request; raises `ContextLengthError` or `QueueFullError` at once instead of queueing it."""
+        n = len(req.prompt_ids)
+        if n == 0:
+            raise InvalidArgumentError("the prompt is empty")
+        if n >= self.max_seq_len:
+            raise ContextLengthError(
+                f"the prompt has {n} tokens; this server's context is {self.max_seq_len} tokens")
+        with self._cv:
+            if len(self.waiting) >= self.max_queue:
+                raise QueueFullError(f"{len(self.waiting)} requests are waiting; retry shortly")
+            req.id = req.id or f"req-{next(self._ids)}"
+            self.waiting.append(req)
+            self._cv.notify()
+        return req
+
+    def cancel(self, req: Request) -> None:
+        """Stop a request at the next step and free its slot (a client went away)."""
+        req.cancelled = True
+        with self._cv:
+            self._cv.notify()
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    @property
+    def kv_tokens_used(self) -> int:
+        return sum(r.fed for r in self.running)
+
+    @property
+    def kv_tokens_total(self) -> int:
+        return self.max_batch * self.max_seq_len
+
+    # --- the engine thread ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self.waiting and not self.running:
+                    self._cv.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - a failed step must fail its requests, not kill the server
+                for r in list(self.running):
+                    self._finish(r, "error", error=f"{type(e).__name__}: {e}")
+            if self.on_step:
+                self.on_step(self)
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        """One scheduling round: cancellations, admissions, one prefill chunk, one batched decode."""
+        self.steps += 1
+        for r in [r for r in self.running if r.cancelled]:
+            self._finish(r, "cancelled")
+        with self._cv:
+            while self.waiting and len(self.running) < self.max_batch:
+                r = self.waiting.popleft()
+                if r.cancelled:
+                    r.emit(Finished("cancelled", len(r.prompt_ids), 0, 0))
+                    continue
+                self._admit(r)
+        prefilling = next((r for r in self.running if r.fed < len(r.prompt_ids)), None)
+        if prefilling is not None:
+            self._prefill_chunk(prefilling)
+        decoding = [r for r in self.running if r.pending is not None and r is not prefilling]
+        if decoding:
+            self._decode(decoding)
+
+    def _admit(self, r: Request) -> None:
+        n = len(self.running)
+        # Prefer the free slot whose leftover tokens share the longest prefix with this prompt.
+        best, best_len = n, -1
+        for s in range(n, self.max_batch):
+            common = _common_prefix(self.slot_ids[s], r.prompt_ids[:-1])
+            if common > best_len:
+                best, best_len = s, common
+        if best != n:
+            self._swap_slots(best, n, max(len(self.slot_ids[best]), len(self.slot_ids[n])))
+        # Reuse whole prefill chunks only: chunks then always start at multiples of `prefill_chunk`, so a prompt
+        # computes bit-identical KV and logits whether or not part of it was cached (batch invariance).
+        reuse = max(best_len, 0) // self.prefill_chunk * self.prefill_chunk
+        r.slot, r.fed = n, reuse
+        r.cached = r.fed
+        r.detok, r.stops = Detokenizer(self.tok), StopStrings(r.params.stop)
+        if r.params.temperature > 0:
+            r.generator = torch.Generator(device=self.model.device)
+            r.generator.manual_seed(r.params.seed if r.params.seed is not None else time.time_ns() % (2**31))
+        self.slot_ids[n] = list(r.prompt_ids[: r.fed])
+        self.running.append(r)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None):
+        return self.model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
+                          batch_invariant=True)[:, -1]
+
+    def _prefill_chunk(self, r: Request) -> None:
+        dev = self.model.device
+        chunk = r.prompt_ids[r.fed: r.fed + self.prefill_chunk]
+        pos = torch.arange(r.fed, r.fed + len(chunk), device=dev).view(1, -1)
+        logits = self._forward(torch.tensor([chunk], device=dev), pos, r.fed + len(chunk),
+                               torch.tensor([r.slot], device=dev))
+        r.fed += len(chunk)
+        self.slot_ids[r.slot] += chunk
+        if r.fed == len(r.prompt_ids):
+            self._sample_and_emit([r], logits)
+
+    def _decode(self, rows: list[Request]) -> None:
+        dev = self.model.device
+        ids = torch.tensor([[r.pending] for r in rows], device=dev)
+        pos = torch.tensor([[r.fed] for r in rows], device=dev)
+        kv_len = max(r.fed for r in rows) + 1
+        contiguous = [r.slot for r in rows] == list(range(len(rows)))
+        slots = None if contiguous else torch.tensor([r.slot for r in rows], device=dev)
+        logits = self._forward(ids, pos, kv_len, slots)
+        for r in rows:
+            self.slot_ids[r.slot].append(r.pending)
+            r.fed += 1
+            r.pending = None
+        self._sample_and_emit(rows, logits)
+
+    def _sample_and_emit(self, rows: list[Request], logits: torch.Tensor) -> None:
+        """Sample one token per row (B, V) and hand each request its new text."""
+        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0 and r.params.repetition_penalty == 1.0]
+        chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        if greedy:
+            idx = torch.tensor(greedy, device=logits.device)
+            chosen[idx] = logits[idx].argmax(-1)
+        for i, r in enumerate(rows):
+            if i not in greedy:
+                chosen[i] = sample(logits[i:i + 1], r.params, r.generator, _seen(r, logits))[0]
+        want_lp = [i for i, r in enumerate(rows) if r.top_logprobs is not None]
+        lps: dict[int, TokenLogprob] = {}
+        if want_lp:
+            lp = torch.log_softmax(logits[want_lp].float(), -1)
+            k = max(rows[i].top_logprobs for i in want_lp) or 1
+            top_v, top_i = lp.topk(k, dim=-1)
+            chosen_lp = lp.gather(1, chosen[want_lp].view(-1, 1))[:, 0]
+            for j, i in enumerate(want_lp):
+                n = rows[i].top_logprobs
+                lps[i] = TokenLogprob(0, float(chosen_lp[j]),
+                                      list(zip(top_i[j, :n].tolist(), top_v[j, :n].tolist(), strict=True)))
+        ids = chosen.tolist()  # the one host sync of the step
+        now = time.perf_counter()
+        for i, (r, tid) in enumerate(zip(rows, ids, strict=True)):
+            if r.first_token_at is None:
+                r.first_token_at = now
+            self._accept(r, tid, lps.get(i))
+
+    def _accept(self, r: Request, tid: int, lp: TokenLogprob | None) -> None:
+        p = r.params
+        if not p.ignore_eos and tid in self.tok.stop_ids:
+            self._finish(r, "stop")
+            return
+        r.out_ids.append(tid)
+        stops = r.stops
+        text = stops.feed(r.detok.add(tid))
+        if lp is not None:
+            lp.token_id = tid
+        r.emit(Delta(text, [tid], [lp] if lp is not None else None))
+        if stops.hit:
+            self._finish(r, "stop")
+        elif len(r.out_ids) >= p.max_tokens or r.fed >= self.max_seq_len:  # no room to feed `tid`
+            self._finish(r, "length")
+        else:
+            r.pending = tid
+
+    def _finish(self, r: Request, reason: str, error: str | None = None) -> None:
+        if r in self.running:
+            s, last = r.slot, len(self.running) - 1
+            if s != last:  # keep running slots contiguous: move the last one here
+                moved = self.running[last]
+                self._swap_slots(s, last, max(moved.fed, len(self.slot_ids[s])))
+                moved.slot = s
+                self.running[s] = moved
+            self.running.pop()
+            r.slot = -1
+        if reason in ("stop", "length") and r.stops is not None and not r.stops.hit:
+            rest = r.stops.flush()  # text held back in case it began a stop string
+            if rest:
+                r.emit(Delta(rest, []))
+        r.emit(Finished(reason, len(r.prompt_ids), len(r.out_ids), r.cached, error))
+
+    def _swap_slots(self, a: int, b: int, length: int) -> None:
+        """Exchange the first `length` cached positions (and token records) of slots a and b."""
+        if length > 0:
+            for buf in self.cache.k + self.cache.v:
+                tmp = buf[a, :, :length].clone()
+                buf[a, :, :length] = buf[b, :, :length]
+                buf[b, :, :length] = tmp
+        self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _seen(r: Request, logits: torch.Tensor) -> torch.Tensor | None:
+    if r.params.repetition_penalty == 1.0:
+        return None
+    seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
+    seen[0, torch.tensor(r.prompt_ids + r.out_ids, device=logits.device)] = True
+    return seen

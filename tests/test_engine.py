@@ -1,0 +1,137 @@
+"""The continuous-batching engine on a tiny random model: batch invariance, cancellation, limits, prefix reuse."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from test_generate import AngleTokenizer, naive_greedy
+
+from corral.engine.engine import ContextLengthError, Delta, Engine, Finished, QueueFullError, Request
+from corral.engine.sampling import SamplingParams
+from corral.model.loader import load_model
+
+
+@pytest.fixture
+def tiny(make_tiny_hf):
+    _, folder = make_tiny_hf(max_position_embeddings=512)
+    return load_model(str(folder), device="cpu", dtype="float32").model
+
+
+class Collector:
+    """Gathers one request's events; `wait()` until it finishes."""
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.text = ""
+        self.logprobs = []
+        self.finished: Finished | None = None
+        self.done = threading.Event()
+
+    def __call__(self, ev):
+        if isinstance(ev, Delta):
+            self.ids += ev.token_ids
+            self.text += ev.text
+            self.logprobs += ev.logprobs or []
+        else:
+            self.finished = ev
+            self.done.set()
+
+    def wait(self) -> Collector:
+        assert self.done.wait(60), "request did not finish"
+        return self
+
+
+def prompts(n: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(3)
+    return [torch.randint(3, 250, (int(torch.randint(5, 40, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def submit(eng: Engine, prompt: list[int], **kw) -> Collector:
+    c = Collector()
+    top = kw.pop("top_logprobs", None)
+    eng.submit(Request(prompt, SamplingParams(**{"max_tokens": 24, **kw}), c, top_logprobs=top))
+    return c
+
+
+def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny):
+    ps = prompts(16)
+    eng = Engine(tiny, AngleTokenizer(), max_batch=16, max_seq_len=256).start()
+    try:
+        alone = [submit(eng, p).wait().ids for p in ps]
+        batch = [submit(eng, p) for p in ps]
+        assert [c.wait().ids for c in batch] == alone
+    finally:
+        eng.shutdown()
+    assert alone[0] == naive_greedy(tiny, ps[0], 24)
+
+
+def test_more_requests_than_slots_all_finish_in_order_of_arrival(tiny):
+    ps = prompts(10)
+    eng = Engine(tiny, AngleTokenizer(), max_batch=3, max_seq_len=128).start()
+    try:
+        cs = [submit(eng, p, max_tokens=8) for p in ps]
+        for c, p in zip(cs, ps, strict=True):
+            assert c.wait().finished.finish_reason == "length" and c.ids == naive_greedy(tiny, p, 8)
+    finally:
+        eng.shutdown()
+
+
+def test_cancelled_request_frees_its_slot_at_the_next_step(tiny):
+    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128)  # stepped by hand
+    c = submit(eng, prompts(1)[0], max_tokens=100)
+    eng.step()
+    eng.step()
+    assert len(eng.running) == 1 and not c.done.is_set()
+    eng.cancel(eng.running[0])
+    eng.step()
+    assert eng.running == [] and c.finished.finish_reason == "cancelled"
+    assert eng.kv_tokens_used == 0
+
+
+def test_limits_answer_at_once(tiny):
+    eng = Engine(tiny, AngleTokenizer(), max_batch=1, max_seq_len=64, max_queue=2)
+    with pytest.raises(ContextLengthError, match="context"):
+        submit(eng, [5] * 64)
+    submit(eng, [5, 6])
+    submit(eng, [5, 6])
+    with pytest.raises(QueueFullError):
+        submit(eng, [5, 6])
+
+
+def test_prefix_reuse_skips_whole_chunks_and_changes_nothing(tiny):
+    system = prompts(8)
+    shared = sum(system, [])[:150]  # a long shared prefix: more than one 64-token chunk
+    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=256, prefill_chunk=64).start()
+    try:
+        first = submit(eng, shared + [7, 8, 9]).wait()
+        second = submit(eng, shared + [10, 11]).wait()
+    finally:
+        eng.shutdown()
+    assert first.finished.cached_tokens == 0 and second.finished.cached_tokens == 128
+    fresh = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=256, prefill_chunk=64).start()
+    try:
+        assert submit(fresh, shared + [10, 11]).wait().ids == second.ids
+    finally:
+        fresh.shutdown()
+
+
+def test_stop_strings_max_tokens_and_logprobs(tiny):
+    p = prompts(1)[0]
+    free = naive_greedy(tiny, p, 12)
+    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128).start()
+    try:
+        stop = f"<{free[3]}>"
+        c = submit(eng, p, max_tokens=12, stop=[stop]).wait()
+        assert c.finished.finish_reason == "stop" and stop not in c.text
+        assert c.text == "".join(f"<{i}>" for i in free[: free.index(free[3])])
+        lp = submit(eng, p, max_tokens=4, top_logprobs=3).wait()
+    finally:
+        eng.shutdown()
+    with torch.inference_mode():
+        ref = torch.log_softmax(tiny(torch.tensor([p]))[0, -1], -1)
+    first = lp.logprobs[0]
+    assert first.token_id == free[0] and abs(first.logprob - ref[free[0]].item()) < 1e-4
+    assert [t for t, _ in first.top] == ref.topk(3).indices.tolist()
