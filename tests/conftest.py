@@ -39,6 +39,15 @@ def to_legacy_rope_layout(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
+@pytest.fixture(scope="session")
+def tok():
+    """The default model's tokenizer (from its GGUF), shared by every test that needs it."""
+    from corral.registry import default_model_path
+    from corral.tokenizer import load_tokenizer
+
+    return load_tokenizer(default_model_path())
+
+
 @pytest.fixture
 def make_tiny_hf(tmp_path):
     """Factory: `make_tiny_hf(name="hf", legacy=True, save_kwargs=None, **config_overrides)` → (hf_model, folder).

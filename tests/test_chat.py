@@ -28,11 +28,6 @@ CONVERSATIONS = {
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(default_model_path())
-
-
-@pytest.fixture(scope="module")
 def hf_tok():
     transformers = pytest.importorskip("transformers", reason="transformers is the chat-template reference")
     path = default_model_path()

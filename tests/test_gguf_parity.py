@@ -88,13 +88,6 @@ def agreement(ref: torch.Tensor, ours: torch.Tensor) -> tuple[float, float, floa
 # --- the default model against llama.cpp ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tok():
-    from corral.tokenizer import load_tokenizer
-
-    return load_tokenizer(default_model_path())
-
-
 def dequantized_f32_copy(src, dst) -> None:
     """Write `src` GGUF again with every tensor dequantized to F32 and the same metadata (tokenizer included)."""
     import gguf

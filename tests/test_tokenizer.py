@@ -26,11 +26,6 @@ SPECIAL_STRINGS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer(default_model_path())
-
-
-@pytest.fixture(scope="module")
 def llama_vocab():
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the tokenizer reference")
     return llama_cpp.Llama(model_path=str(default_model_path()), vocab_only=True, verbose=False)

@@ -98,10 +98,6 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
-    @property
-    def batch(self) -> int:
-        return self.k[0].shape[0]
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
@@ -261,15 +257,15 @@ class LlamaForCausalLM(nn.Module):
         return self.compute_dtype or self.model.embed_tokens.weight.dtype
 
     def make_batch(
-        self, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None = None, dtype: torch.dtype | None = None,
-        cached: bool = False, blocked: bool = False,
+        self, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None = None, cached: bool = False,
+        blocked: bool = False,
     ) -> Batch:
         """Rotary angles, causal mask and cache indices for tokens at `positions` (B, T) over `kv_len` keys."""
         cfg = self.config
         B, T = positions.shape
         dev = positions.device
         ang = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, hd/2)
-        dt = dtype or self.dtype
+        dt = self.dtype
         cos = torch.cat((ang, ang), dim=-1).cos()[:, None].to(dt)  # (B, 1, T, hd)
         s = ang.sin()
         sin = torch.cat((-s, s), dim=-1)[:, None].to(dt)
