@@ -66,13 +66,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--chat", action="store_true", help="render TEXT as a user message with the chat template first")
 
     sub.add_parser("models", help="list the models corral can load by name")
+
+    s = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API and a web chat page")
+    _model_args(s, optional_model=True)
+    s.set_defaults(max_seq_len=2048)
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key "
+                   "or --allow-no-auth)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", action="append", default=[],
+                   help="accepted API key (repeatable; also CORRAL_API_KEYS, comma-separated)")
+    s.add_argument("--allow-no-auth", action="store_true", help="serve on a non-loopback address without API keys")
+    s.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV slots; default 16)")
+    s.add_argument("--kv-cache-tokens", type=int, default=None,
+                   help="KV cache budget in tokens, allocated at start: slots = budget // --max-seq-len "
+                        "(default --max-batch x --max-seq-len)")
+    s.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503 (default 256)")
+    s.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens prefilled per step (default 128)")
+    s.add_argument("--served-model-name", default=None, help="the model id clients use (default: the file name)")
+    s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit (default 8 MiB)")
+    s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+    s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models}
+        verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
+                 "serve": cmd_serve}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -248,3 +269,77 @@ def cmd_models(args: argparse.Namespace) -> int:
                       str(m.context_length), f"{m.size_bytes / 2**20:.0f} MiB", str(m.path))
     Console(width=200).print(table)
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    import os
+
+    import torch
+    import uvicorn
+
+    from corral.engine.engine import Engine
+    from corral.errors import InvalidArgumentError
+    from corral.model.loader import load_model
+    from corral.serve.app import create_app
+    from corral.serve.metrics import Metrics
+    from corral.serve.service import Service
+    from corral.tokenizer import load_tokenizer
+
+    keys = args.api_key + [k.strip() for k in os.environ.get("CORRAL_API_KEYS", "").split(",") if k.strip()]
+    if not keys and not args.allow_no_auth and not _loopback(args.host, ipaddress):
+        raise InvalidArgumentError(f"--host {args.host} would expose the API without keys; pass --api-key KEY "
+                                   "(or CORRAL_API_KEYS), or --allow-no-auth if the network is yours alone")
+    for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16),
+                        ("--max-queue", args.max_queue, 1), ("--prefill-chunk", args.prefill_chunk, 16),
+                        ("--port", args.port, 0)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    template = _template(args)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    tok = load_tokenizer(lm.path)
+    seq = min(args.max_seq_len, lm.config.max_position_embeddings)
+    batch = args.max_batch
+    if args.kv_cache_tokens is not None:
+        batch = args.kv_cache_tokens // seq
+        if batch < 1:
+            raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
+                                       f"--max-seq-len {seq}")
+    engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
+                    max_queue=args.max_queue)
+    model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
+    aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
+    metrics = Metrics(engine, model_id)
+    service = Service(engine, model_id, aliases, hooks=metrics, chat_template=template)
+    app = create_app(service, metrics, keys, args.max_body_bytes)
+    cfg = lm.config
+    kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * engine.kv_tokens_total * (
+        torch.finfo(lm.model.dtype).bits // 8)
+    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    url = f"http://{shown}:{args.port}"
+    key_arg = '"<your key>"' if keys else '"none"'
+    print(f"corral serve — {model_id} on {lm.model.device}; {batch} slots x {seq} tokens of KV cache "
+          f"({kv_bytes / 2**30:.2f} GiB){'; API keys required' if keys else ''}\n"
+          f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"
+          f"  from openai import OpenAI\n"
+          f"  client = OpenAI(base_url=\"{url}/v1\", api_key={key_arg})\n"
+          f"  r = client.chat.completions.create(model=\"{model_id}\", "
+          f"messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\n"
+          f"  print(r.choices[0].message.content)\n", flush=True)
+    engine.start()
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def _loopback(host: str, ipaddress: Any) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

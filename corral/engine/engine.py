@@ -22,7 +22,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -109,6 +111,7 @@ class Engine:
         self._stop = False
         self.steps = 0
         self.on_step: Callable[[Engine], None] | None = None  # metrics hook
+        self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
 
     # --- called from other threads -------------------------------------------------------------------------
 
@@ -133,6 +136,14 @@ class Engine:
         req.cancelled = True
         with self._cv:
             self._cv.notify()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run `fn` on the engine thread between steps (model work outside generation, e.g. embeddings)."""
+        fut: Future = Future()
+        with self._cv:
+            self._calls.append((fn, fut))
+            self._cv.notify()
+        return fut
 
     def start(self) -> Engine:
         self._thread = threading.Thread(target=self._loop, name="corral-engine", daemon=True)
@@ -159,10 +170,20 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self.waiting and not self.running:
+                while not self._stop and not self.waiting and not self.running and not self._calls:
                     self._cv.wait()
                 if self._stop:
                     return
+                calls, self._calls = list(self._calls), deque()
+            for fn, fut in calls:
+                if fut.set_running_or_notify_cancel():
+                    try:
+                        with torch.inference_mode():
+                            fut.set_result(fn())
+                    except Exception as e:  # noqa: BLE001 - handed to the caller
+                        fut.set_exception(e)
+            if not self.waiting and not self.running:
+                continue
             try:
                 self.step()
             except Exception as e:  # noqa: BLE001 - a failed step must fail its requests, not kill the server

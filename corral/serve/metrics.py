@@ -1,0 +1,68 @@
+"""Prometheus metrics (`GET /metrics`): requests, tokens, latencies, queue depth and KV cache use.
+
+Names follow vLLM's where one exists (`..._time_to_first_token_seconds`, `..._inter_token_latency_seconds`), with a
+`corral_` prefix, so existing dashboards need only the prefix changed. Each app has its own registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from corral.engine.engine import Engine, Finished
+from corral.serve.service import Hooks
+
+_LATENCY = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40, 80)
+
+
+class Metrics(Hooks):
+    def __init__(self, engine: Engine, model_id: str):
+        self.registry = r = CollectorRegistry()
+        lbl = {"model": model_id}
+        self.requests = Counter("corral_requests", "Finished generation requests", ["model", "endpoint",
+                                "finish_reason"], registry=r)
+        self.http = Counter("corral_http_requests", "HTTP requests by route and status", ["route", "status"],
+                            registry=r)
+        self.prompt_tokens = Counter("corral_prompt_tokens", "Prompt tokens of finished requests", ["model"],
+                                     registry=r).labels(**lbl)
+        self.cached_tokens = Counter("corral_prompt_tokens_cached", "Prompt tokens whose KV was reused",
+                                     ["model"], registry=r).labels(**lbl)
+        self.generation_tokens = Counter("corral_generation_tokens", "Generated tokens", ["model"],
+                                         registry=r).labels(**lbl)
+        self.ttft = Histogram("corral_time_to_first_token_seconds", "Time from arrival to the first token",
+                              ["model"], buckets=_LATENCY, registry=r).labels(**lbl)
+        self.itl = Histogram("corral_inter_token_latency_seconds", "Time between consecutive tokens of a request",
+                             ["model"], buckets=_LATENCY, registry=r).labels(**lbl)
+        self.e2e = Histogram("corral_e2e_request_latency_seconds", "Time from arrival to the last token",
+                             ["model"], buckets=_LATENCY, registry=r).labels(**lbl)
+        Gauge("corral_num_requests_running", "Requests holding a KV slot", ["model"], registry=r).labels(
+            **lbl).set_function(lambda: len(engine.running))
+        Gauge("corral_num_requests_waiting", "Requests queued for a KV slot", ["model"], registry=r).labels(
+            **lbl).set_function(lambda: len(engine.waiting))
+        Gauge("corral_kv_cache_usage_ratio", "Fraction of the KV cache budget holding live tokens", ["model"],
+              registry=r).labels(**lbl).set_function(lambda: engine.kv_tokens_used / engine.kv_tokens_total)
+        Gauge("corral_kv_cache_tokens_used", "KV cache entries holding live tokens", ["model"],
+              registry=r).labels(**lbl).set_function(lambda: engine.kv_tokens_used)
+        Gauge("corral_kv_cache_tokens_total", "KV cache budget in tokens", ["model"], registry=r).labels(
+            **lbl).set(engine.kv_tokens_total)
+        Gauge("corral_kv_slots_free", "KV slots with no running request", ["model"], registry=r).labels(
+            **lbl).set_function(lambda: engine.max_batch - len(engine.running))
+        self.steps = Gauge("corral_engine_steps", "Engine scheduling steps so far", ["model"], registry=r).labels(
+            **lbl)
+        self.steps.set_function(lambda: engine.steps)
+        self.model_id = model_id
+
+    def on_first_token(self, seconds: float) -> None:
+        self.ttft.observe(seconds)
+
+    def on_token_gap(self, seconds: float) -> None:
+        self.itl.observe(seconds)
+
+    def on_finished(self, endpoint: str, ev: Finished, seconds: float) -> None:
+        self.requests.labels(self.model_id, endpoint, ev.finish_reason).inc()
+        self.prompt_tokens.inc(ev.prompt_tokens)
+        self.cached_tokens.inc(ev.cached_tokens)
+        self.generation_tokens.inc(ev.completion_tokens)
+        self.e2e.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,479 @@
+"""OpenAI requests → engine requests → OpenAI responses, without HTTP (the app and `corral batch` share it).
+
+Everything that can be wrong with a request is checked before it reaches the engine (model name, sampling values,
+prompt length, schema), so it fails as a 4xx, never mid-stream. Engine events arrive on the engine thread and are
+handed to the request's asyncio loop through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from corral.chat import encode_chat
+from corral.engine.engine import ContextLengthError, Delta, Engine, Finished, Request, TokenLogprob
+from corral.engine.sampling import SamplingParams
+from corral.errors import CorralError, InvalidArgumentError
+from corral.serve import protocol as P
+
+
+class ModelNotServedError(CorralError):
+    """The request names a model this server does not serve (HTTP 404 model_not_found)."""
+
+
+class ParamError(InvalidArgumentError):
+    """A request value corral cannot honour; `param` names the field (HTTP 400)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
+
+
+@dataclass
+class Job:
+    """One generation the engine runs: a choice of a completion."""
+
+    index: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    top_logprobs: int | None
+    constraint: Any = None
+
+
+class Hooks:
+    """Metrics callbacks; the app installs prometheus ones, `corral batch` none."""
+
+    def on_first_token(self, seconds: float) -> None: ...
+    def on_token_gap(self, seconds: float) -> None: ...
+    def on_finished(self, endpoint: str, ev: Finished, seconds: float) -> None: ...
+
+
+class Service:
+    """The served model behind the OpenAI API: one engine, one tokenizer, one name (plus aliases)."""
+
+    def __init__(self, engine: Engine, model_id: str, aliases: tuple[str, ...] = (), hooks: Hooks | None = None,
+                 chat_template: str | None = None):
+        self.engine, self.tok = engine, engine.tok
+        self.model_id, self.aliases = model_id, {model_id, *aliases}
+        self.hooks = hooks or Hooks()
+        self.chat_template = chat_template
+        self.created = int(time.time())
+        self._grammar = None
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_seq_len
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name not in self.aliases:
+            raise ModelNotServedError(f"the model '{name}' does not exist on this server; it serves "
+                                      f"'{self.model_id}' (GET /v1/models)")
+
+    # --- request → jobs ------------------------------------------------------------------------------------
+
+    def _params(self, r: P._Sampling, prompt_len: int, max_tokens: int | None, param: str) -> SamplingParams:
+        if r.presence_penalty or r.frequency_penalty:
+            raise ParamError("presence_penalty and frequency_penalty are not supported; use repetition_penalty",
+                             "presence_penalty" if r.presence_penalty else "frequency_penalty")
+        room = self.max_model_len - prompt_len
+        if max_tokens is not None and max_tokens > room:
+            raise ParamError(f"this model's maximum context length is {self.max_model_len} tokens; the prompt has "
+                             f"{prompt_len} tokens and max_tokens asks for {max_tokens} more; lower max_tokens or "
+                             f"shorten the prompt", "max_tokens", "context_length_exceeded")
+        stops = r.stop_list()
+        if any(not s for s in stops):
+            raise ParamError("stop strings must not be empty", "stop")
+        return SamplingParams(
+            temperature=1.0 if r.temperature is None else r.temperature, top_p=r.top_p or 1.0, top_k=r.top_k or 0,
+            min_p=r.min_p or 0.0, repetition_penalty=r.repetition_penalty or 1.0,
+            max_tokens=max_tokens or room, stop=stops, seed=r.seed, ignore_eos=r.ignore_eos)
+
+    def _check_prompt(self, ids: list[int], param: str) -> None:
+        if not ids:
+            raise ParamError("the prompt is empty", param)
+        if len(ids) >= self.max_model_len:
+            raise ParamError(f"this model's maximum context length is {self.max_model_len} tokens; the prompt has "
+                             f"{len(ids)} tokens; shorten it", param, "context_length_exceeded")
+        bad = next((i for i in ids if not 0 <= i < self.engine.model.config.vocab_size), None)
+        if bad is not None:
+            raise ParamError(f"token id {bad} is outside the vocabulary (0..{self.engine.model.config.vocab_size - 1})",
+                             param)
+
+    def chat_jobs(self, r: P.ChatCompletionRequest) -> list[Job]:
+        self.check_model(r.model)
+        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
+        ids = encode_chat(self.tok, msgs, template=self.chat_template)
+        self._check_prompt(ids, "messages")
+        top = r.top_logprobs if r.logprobs else None
+        if r.top_logprobs is not None and not r.logprobs:
+            raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
+        params = self._params(r, len(ids), r.max_completion_tokens or r.max_tokens, "max_tokens")
+        factory = self._constraint_factory(r.response_format)
+        jobs = []
+        for i in range(r.n):
+            p = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
+            jobs.append(Job(i, ids, p, top if top is not None else (0 if r.logprobs else None),
+                            factory() if factory else None))
+        return jobs
+
+    def completion_jobs(self, r: P.CompletionRequest) -> tuple[list[Job], list[list[int]]]:
+        self.check_model(r.model)
+        if r.suffix:
+            raise ParamError("suffix (fill-in-the-middle) is not supported", "suffix")
+        p = r.prompt
+        if isinstance(p, str):
+            prompts = [self.tok.encode(p, add_bos=self.tok.add_bos)]
+        elif p and all(isinstance(x, str) for x in p):
+            prompts = [self.tok.encode(x, add_bos=self.tok.add_bos) for x in p]
+        elif p and all(isinstance(x, int) for x in p):
+            prompts = [list(p)]
+        elif p and all(isinstance(x, list) for x in p):
+            prompts = [list(x) for x in p]
+        else:
+            raise ParamError("prompt must be a string, a list of strings, a list of token ids or a list of such "
+                             "lists, and not empty", "prompt")
+        if len(prompts) * r.n > 64:
+            raise ParamError("at most 64 completions per request (prompts x n)", "n")
+        jobs = []
+        for k, ids in enumerate(prompts):
+            self._check_prompt(ids, "prompt")
+            params = self._params(r, len(ids), r.max_tokens if r.max_tokens is not None else 16, "max_tokens")
+            for j in range(r.n):
+                pj = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + j})
+                jobs.append(Job(k * r.n + j, ids, pj, r.logprobs))
+        return jobs, prompts
+
+    def _constraint_factory(self, fmt: P.ResponseFormat | None) -> Callable[[], Any] | None:
+        if fmt is None or fmt.type == "text":
+            return None
+        if self._grammar is None:
+            from corral.engine.grammar import GrammarCompiler
+
+            self._grammar = GrammarCompiler(self.tok)
+        spec: dict[str, Any] = {"type": fmt.type}
+        if fmt.type == "json_schema":
+            if fmt.json_schema is None:
+                raise ParamError("response_format.json_schema is required with type json_schema",
+                                 "response_format.json_schema")
+            spec["json_schema"] = {"name": fmt.json_schema.name, "schema": fmt.json_schema.schema_,
+                                   "strict": fmt.json_schema.strict}
+        try:
+            return self._grammar.compile(spec)
+        except InvalidArgumentError as e:
+            raise ParamError(str(e), "response_format") from None
+
+    # --- running jobs --------------------------------------------------------------------------------------
+
+    def submit(self, jobs: list[Job], endpoint: str) -> tuple[asyncio.Queue, list[Request]]:
+        """Queue every job on the engine; events arrive as (index, event) on the returned queue."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        reqs: list[Request] = []
+        hooks = self.hooks
+        try:
+            for job in jobs:
+                t0 = time.perf_counter()
+                last = [0.0]
+
+                def emit(ev, i=job.index, t0=t0, last=last) -> None:  # engine thread
+                    now = time.perf_counter()
+                    if isinstance(ev, Delta) and ev.token_ids:
+                        if last[0] == 0.0:
+                            hooks.on_first_token(now - t0)
+                        else:
+                            hooks.on_token_gap(now - last[0])
+                        last[0] = now
+                    elif isinstance(ev, Finished):
+                        hooks.on_finished(endpoint, ev, now - t0)
+                    loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+
+                req = Request(job.prompt_ids, job.params, emit, top_logprobs=job.top_logprobs)
+                req.constraint = job.constraint
+                reqs.append(self.engine.submit(req))
+        except ContextLengthError as e:
+            self.cancel(reqs)
+            param = "messages" if endpoint == "chat" else "prompt"
+            raise ParamError(str(e), param, "context_length_exceeded") from None
+        except BaseException:
+            self.cancel(reqs)
+            raise
+        return q, reqs
+
+    def cancel(self, reqs: list[Request]) -> None:
+        for r in reqs:
+            self.engine.cancel(r)
+
+    # --- chat ----------------------------------------------------------------------------------------------
+
+    async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
+        jobs = self.chat_jobs(r)
+        q, reqs = self.submit(jobs, "chat")
+        texts, lps = [""] * len(jobs), [[] for _ in jobs]
+        reasons: list[str | None] = [None] * len(jobs)
+        done: dict[int, Finished] = {}
+        try:
+            while len(done) < len(jobs):
+                i, ev = await q.get()
+                if isinstance(ev, Delta):
+                    texts[i] += ev.text
+                    lps[i] += ev.logprobs or []
+                else:
+                    done[i] = ev
+                    reasons[i] = self._reason(ev)
+        finally:
+            if len(done) < len(jobs):
+                self.cancel(reqs)
+        _raise_errors(done)
+        choices = [P.ChatChoice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i],
+                                logprobs=self._chat_logprobs(lps[i]) if r.logprobs else None)
+                   for i in range(len(jobs))]
+        return P.ChatCompletion(id=_id("chatcmpl"), model=self.model_id, choices=choices,
+                                usage=self._usage(jobs, done))
+
+    async def chat_stream(self, r: P.ChatCompletionRequest) -> AsyncIterator[str]:
+        """Validates and queues at once (raising on bad input); the returned iterator yields SSE lines."""
+        jobs = self.chat_jobs(r)
+        q, reqs = self.submit(jobs, "chat")
+        include_usage = bool(r.stream_options and r.stream_options.include_usage)
+        cid = _id("chatcmpl")
+
+        def chunk(choices: list[P.ChunkChoice], usage: P.Usage | None = None) -> str:
+            c = P.ChatCompletionChunk(id=cid, model=self.model_id, choices=choices, usage=usage)
+            return _sse(c.model_dump_json(exclude_none=True))
+
+        async def gen() -> AsyncIterator[str]:
+            done: dict[int, Finished] = {}
+            try:
+                for job in jobs:
+                    yield chunk([P.ChunkChoice(index=job.index, delta=P.DeltaMessage(role="assistant", content=""))])
+                while len(done) < len(jobs):
+                    i, ev = await q.get()
+                    if isinstance(ev, Delta):
+                        if ev.text or ev.logprobs:
+                            lp = self._chat_logprobs(ev.logprobs or []) if r.logprobs else None
+                            yield chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
+                        continue
+                    done[i] = ev
+                    if ev.finish_reason == "error":
+                        yield _sse_error(ev.error or "generation failed")
+                        return
+                    yield chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=self._reason(ev))])
+                if include_usage:
+                    yield chunk([], self._usage(jobs, done))
+                yield "data: [DONE]\n\n"
+            finally:  # the client went away (or we are done): free the slots at the next step
+                if len(done) < len(jobs):
+                    self.cancel(reqs)
+
+        return gen()
+
+    # --- completions ---------------------------------------------------------------------------------------
+
+    async def complete(self, r: P.CompletionRequest) -> P.Completion:
+        jobs, prompts = self.completion_jobs(r)
+        q, reqs = self.submit(jobs, "completions")
+        texts, lps = [""] * len(jobs), [[] for _ in jobs]
+        done: dict[int, Finished] = {}
+        try:
+            while len(done) < len(jobs):
+                i, ev = await q.get()
+                if isinstance(ev, Delta):
+                    texts[i] += ev.text
+                    lps[i] += ev.logprobs or []
+                else:
+                    done[i] = ev
+        finally:
+            if len(done) < len(jobs):
+                self.cancel(reqs)
+        _raise_errors(done)
+        choices = []
+        for job in jobs:
+            prefix = self.tok.decode(job.prompt_ids) if r.echo else ""
+            choices.append(P.CompletionChoice(
+                index=job.index, text=prefix + texts[job.index], finish_reason=self._reason(done[job.index]),
+                logprobs=self._completion_logprobs(lps[job.index], len(prefix)) if r.logprobs is not None else None))
+        return P.Completion(id=_id("cmpl"), model=self.model_id, choices=choices, usage=self._usage(jobs, done))
+
+    async def complete_stream(self, r: P.CompletionRequest) -> AsyncIterator[str]:
+        jobs, _ = self.completion_jobs(r)
+        q, reqs = self.submit(jobs, "completions")
+        include_usage = bool(r.stream_options and r.stream_options.include_usage)
+        cid = _id("cmpl")
+
+        def chunk(choices: list[P.CompletionChoice], usage: P.Usage | None = None) -> str:
+            return _sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=usage)
+                        .model_dump_json(exclude_none=True))
+
+        async def gen() -> AsyncIterator[str]:
+            done: dict[int, Finished] = {}
+            offsets = [0] * len(jobs)
+            try:
+                if r.echo:
+                    for job in jobs:
+                        text = self.tok.decode(job.prompt_ids)
+                        offsets[job.index] = len(text)
+                        yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None)])
+                while len(done) < len(jobs):
+                    i, ev = await q.get()
+                    if isinstance(ev, Delta):
+                        if ev.text or ev.logprobs:
+                            lp = (self._completion_logprobs(ev.logprobs or [], offsets[i])
+                                  if r.logprobs is not None else None)
+                            offsets[i] += len(ev.text)
+                            yield chunk([P.CompletionChoice(index=i, text=ev.text, finish_reason=None, logprobs=lp)])
+                        continue
+                    done[i] = ev
+                    if ev.finish_reason == "error":
+                        yield _sse_error(ev.error or "generation failed")
+                        return
+                    yield chunk([P.CompletionChoice(index=i, text="", finish_reason=self._reason(ev))])
+                if include_usage:
+                    yield chunk([], self._usage(jobs, done))
+                yield "data: [DONE]\n\n"
+            finally:
+                if len(done) < len(jobs):
+                    self.cancel(reqs)
+
+        return gen()
+
+    # --- embeddings, tokens --------------------------------------------------------------------------------
+
+    async def embed(self, r: P.EmbeddingRequest) -> P.EmbeddingList:
+        """Mean-pooled, L2-normalised final hidden states of the decoder (see the app's route docs)."""
+        self.check_model(r.model)
+        x = r.input
+        if isinstance(x, str):
+            inputs = [self.tok.encode(x)]
+        elif x and all(isinstance(s, str) for s in x):
+            inputs = [self.tok.encode(s) for s in x]
+        elif x and all(isinstance(t, int) for t in x):
+            inputs = [list(x)]
+        elif x and all(isinstance(t, list) for t in x):
+            inputs = [list(t) for t in x]
+        else:
+            raise ParamError("input must be a string, a list of strings or token ids, and not empty", "input")
+        if len(inputs) > 256:
+            raise ParamError("at most 256 inputs per request", "input")
+        for ids in inputs:
+            self._check_prompt(ids, "input")
+        hidden = self.engine.model.config.hidden_size
+        if r.dimensions is not None and r.dimensions > hidden:
+            raise ParamError(f"dimensions must be <= {hidden} for this model", "dimensions")
+        vecs = await asyncio.wrap_future(self.engine.call(lambda: self._pool(inputs, r.dimensions)))
+        data = []
+        for i, v in enumerate(vecs):
+            emb: list[float] | str = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
+                                      if r.encoding_format == "base64" else v.tolist())
+            data.append(P.Embedding(index=i, embedding=emb))
+        n = sum(len(ids) for ids in inputs)
+        return P.EmbeddingList(data=data, model=self.model_id, usage=P.EmbeddingUsage(prompt_tokens=n, total_tokens=n))
+
+    def _pool(self, inputs: list[list[int]], dims: int | None) -> list[torch.Tensor]:
+        model, out = self.engine.model, []
+        for ids in inputs:  # one at a time: no padding, so each vector is independent of its neighbours
+            h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0].float()  # (T, H)
+            v = h.mean(0)
+            if dims is not None:
+                v = v[:dims]
+            out.append(torch.nn.functional.normalize(v, dim=0).cpu())
+        return out
+
+    def tokenize(self, r: P.TokenizeRequest) -> P.TokenizeResponse:
+        self.check_model(r.model)
+        if (r.prompt is None) == (r.messages is None):
+            raise ParamError("give exactly one of prompt or messages", "prompt")
+        if r.messages is not None:
+            msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
+            ids = encode_chat(self.tok, msgs, add_generation_prompt=r.add_generation_prompt,
+                              template=self.chat_template)
+        else:
+            ids = self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos)
+        return P.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
+
+    def detokenize(self, r: P.DetokenizeRequest) -> P.DetokenizeResponse:
+        self.check_model(r.model)
+        vocab = self.tok.vocab_size
+        bad = next((t for t in r.tokens if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ParamError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", "tokens")
+        return P.DetokenizeResponse(prompt=self.tok.decode(r.tokens, skip_special=False))
+
+    # --- helpers -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _reason(ev: Finished) -> str:
+        return {"cancelled": "abort"}.get(ev.finish_reason, ev.finish_reason)
+
+    @staticmethod
+    def _usage(jobs: list[Job], done: dict[int, Finished]) -> P.Usage:
+        # Prompt tokens once per distinct prompt (n choices of one prompt share it), as OpenAI counts.
+        seen, prompt, cached = set(), 0, 0
+        for job in jobs:
+            key = id(job.prompt_ids)
+            if key not in seen:
+                seen.add(key)
+                prompt += len(job.prompt_ids)
+                cached += done[job.index].cached_tokens if job.index in done else 0
+        completion = sum(ev.completion_tokens for ev in done.values())
+        return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                       prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
+
+    def _token(self, tid: int) -> tuple[str, list[int]]:
+        b = self._token_bytes(tid)
+        return b.decode("utf-8", errors="replace"), list(b)
+
+    def _token_bytes(self, tid: int) -> bytes:
+        tb = getattr(self.tok, "token_bytes", None)
+        if tb is not None:
+            return tb()[tid]
+        return self.tok.decode([tid], skip_special=False).encode()
+
+    def _chat_logprobs(self, lps: list[TokenLogprob]) -> P.ChoiceLogprobs:
+        content = []
+        for lp in lps:
+            tok, b = self._token(lp.token_id)
+            top = [P.TopLogprob(token=t, logprob=v, bytes=tb) for t, tb, v in
+                   ((*self._token(i), v) for i, v in lp.top)]
+            content.append(P.TokenLogprobOut(token=tok, logprob=lp.logprob, bytes=b, top_logprobs=top))
+        return P.ChoiceLogprobs(content=content)
+
+    def _completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> P.CompletionLogprobs:
+        out = P.CompletionLogprobs()
+        for lp in lps:
+            tok, _ = self._token(lp.token_id)
+            out.tokens.append(tok)
+            out.token_logprobs.append(lp.logprob)
+            out.top_logprobs.append({self._token(i)[0]: v for i, v in lp.top})
+            out.text_offset.append(offset)
+            offset += len(tok)
+        return out
+
+
+class GenerationError(RuntimeError):
+    """The engine failed while generating (HTTP 500: ours, not the client's)."""
+
+
+def _raise_errors(done: dict[int, Finished]) -> None:
+    for ev in done.values():
+        if ev.finish_reason == "error":
+            raise GenerationError(ev.error or "generation failed")
+
+
+def _id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+def _sse_error(message: str) -> str:
+    body = P.ErrorResponse(error=P.ErrorDetail(message=message, type="server_error", code="generation_failed"))
+    return _sse(body.model_dump_json()) + "data: [DONE]\n\n"
