@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ _PRE_SPLITS = {
 
 
 class Tokenizer:
-    """Token ids ↔ text. Subclasses implement `_encode`, `decode`, `piece`, `token_id`."""
+    """Token ids ↔ text. Subclasses implement `_encode`, `decode`, `piece`, `token_id`, `_build_token_bytes`."""
 
     vocab_size: int
     bos_id: int | None = None
@@ -45,6 +46,7 @@ class Tokenizer:
     special_ids: set[int]
     add_bos: bool = False
     chat_template: str | None = None
+    _token_bytes: list[bytes] | None = None
 
     def encode(self, text: str, special: bool = False, add_bos: bool = False) -> list[int]:
         """Text → ids. `special=True` turns special-token strings into their ids (template text only)."""
@@ -65,6 +67,20 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int | None:
         raise NotImplementedError
+
+    def token_bytes(self) -> list[bytes]:
+        """For every id 0..vocab_size-1, the bytes that id adds to `decode(ids, skip_special=False)`; built once.
+
+        A special token gives its name (`<|im_end|>`; tell them apart with `special_ids`), an id the vocabulary
+        skips gives b"". A SentencePiece piece keeps its space ("▁the" → b" the"), though decoding drops the
+        one space that begins a text. Grammar-constrained decoding matches a grammar against these bytes.
+        """
+        if self._token_bytes is None:
+            self._token_bytes = self._build_token_bytes()
+        return self._token_bytes
+
+    def _build_token_bytes(self) -> list[bytes]:
+        raise NotImplementedError(f"{type(self).__name__} does not list its token bytes")
 
     @property
     def bos_token(self) -> str:
@@ -108,6 +124,33 @@ class HFTokenizer(Tokenizer):
 
     def token_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
+
+    def _build_token_bytes(self) -> list[bytes]:
+        # The decoder says how a vocabulary entry spells its bytes: byte-level BPE maps each byte to one printable
+        # character (GPT-2's table); SentencePiece writes spaces as "▁" and raw bytes as "<0xNN>".
+        steps = _decoder_steps(json.loads(self._tok.to_str()).get("decoder"))
+        kinds = {d.get("type") for d in steps}
+        replaces = [(d["pattern"]["String"], d["content"]) for d in steps
+                    if d.get("type") == "Replace" and "String" in (d.get("pattern") or {})]
+        replaces += [(d.get("replacement", "▁"), " ") for d in steps if d.get("type") == "Metaspace"]
+        added = {i: t.content for i, t in self._tok.get_added_tokens_decoder().items()}  # decoded verbatim
+        byte_of = _gpt2_byte_decoder()
+        out = []
+        for i in range(self.vocab_size):
+            piece = self._tok.id_to_token(i)
+            if i in added:
+                out.append(added[i].encode())
+            elif piece is None:
+                out.append(b"")
+            elif "ByteLevel" in kinds and all(c in byte_of for c in piece):
+                out.append(bytes(byte_of[c] for c in piece))
+            elif "ByteFallback" in kinds and _BYTE_PIECE.fullmatch(piece):
+                out.append(bytes([int(piece[3:5], 16)]))
+            else:
+                for a, b in replaces:
+                    piece = piece.replace(a, b)
+                out.append(piece.encode())
+        return out
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -164,6 +207,38 @@ class TiktokenTokenizer(Tokenizer):
             return self._enc.encode_single_token(token.encode())
         except KeyError:
             return None
+
+    def _build_token_bytes(self) -> list[bytes]:
+        out = []
+        for i in range(self.vocab_size):
+            if i in self._id_to_special:
+                out.append(self._id_to_special[i].encode())
+                continue
+            try:
+                out.append(self._enc.decode_single_token_bytes(i))
+            except KeyError:  # a hole between the ranks and the specials
+                out.append(b"")
+        return out
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _decoder_steps(d: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A tokenizer.json decoder, `Sequence`s flattened."""
+    if not d:
+        return []
+    if d.get("type") == "Sequence":
+        return [s for sub in d.get("decoders", []) for s in _decoder_steps(sub)]
+    return [d]
+
+
+def _gpt2_byte_decoder() -> dict[str, int]:
+    """Byte-level BPE's character → byte table (GPT-2's `bytes_to_unicode`, inverted): printable Latin-1 bytes
+    stand for themselves, the other 68 bytes for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(rest)}
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -78,6 +78,7 @@ class Request:
     emit: Callable[[Event], None]  # called from the engine thread
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
     id: str = ""
+    constraint: Any = None  # corral.engine.grammar.Constraint | None: structured output (JSON schema)
     # engine state
     slot: int = -1
     fed: int = 0  # tokens of prompt + output whose KV is in the slot
@@ -265,6 +266,9 @@ class Engine:
 
     def _sample_and_emit(self, rows: list[Request], logits: torch.Tensor) -> None:
         """Sample one token per row (B, V) and hand each request its new text."""
+        for i, r in enumerate(rows):
+            if r.constraint is not None:  # in place, before greedy and sampling; other rows are left untouched
+                r.constraint.mask(logits[i])
         greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0 and r.params.repetition_penalty == 1.0]
         chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         if greedy:
@@ -292,17 +296,26 @@ class Engine:
             self._accept(r, tid, lps.get(i))
 
     def _accept(self, r: Request, tid: int, lp: TokenLogprob | None) -> None:
-        p = r.params
+        p, c = r.params, r.constraint
+        if c is not None and c.error:  # the mask could not be computed
+            self._finish(r, "error", error=f"structured output: {c.error}")
+            return
         if not p.ignore_eos and tid in self.tok.stop_ids:
             self._finish(r, "stop")
             return
         r.out_ids.append(tid)
+        if c is not None:
+            c.accept(tid)
         stops = r.stops
         text = stops.feed(r.detok.add(tid))
         if lp is not None:
             lp.token_id = tid
         r.emit(Delta(text, [tid], [lp] if lp is not None else None))
         if stops.hit:
+            self._finish(r, "stop")
+        elif c is not None and c.error:
+            self._finish(r, "error", error=f"structured output: {c.error}")
+        elif c is not None and c.done:  # the JSON is complete; only EOS could follow
             self._finish(r, "stop")
         elif len(r.out_ids) >= p.max_tokens or r.fed >= self.max_seq_len:  # no room to feed `tid`
             self._finish(r, "length")
