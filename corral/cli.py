@@ -12,7 +12,8 @@ from typing import Any
 from corral.errors import CorralError
 
 
-def _model_args(p: argparse.ArgumentParser, optional_model: bool = False) -> None:
+def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_seq_len: int = 4096,
+                engine: bool = False) -> None:
     if optional_model:
         p.add_argument("model", nargs="?", default=None,
                        help="GGUF file, HF folder or registry name (default model if omitted)")
@@ -23,9 +24,12 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False) -> Non
                    help="auto | int4 | float32 | bfloat16 | float16 (auto: Q4 GGUFs run 4-bit packed; "
                         "otherwise bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    p.add_argument("--max-seq-len", type=int, default=4096, help="KV cache length in tokens (default 4096)")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: ~1.3x faster decoding on CPU, after a 15-30 s compile")
+    p.add_argument("--max-seq-len", type=int, default=max_seq_len,
+                   help=f"{'context of each sequence' if engine else 'KV cache length'} in tokens "
+                        f"(default {max_seq_len})")
+    if not engine:  # the batched engine runs eager: its shapes change every step
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the decode step: ~1.3x faster decoding on CPU, after a 15-30 s compile")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -68,8 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the models corral can load by name")
 
     s = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API and a web chat page")
-    _model_args(s, optional_model=True)
-    s.set_defaults(max_seq_len=2048)
+    _model_args(s, optional_model=True, max_seq_len=2048, engine=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key "
                    "or --allow-no-auth)")
     s.add_argument("--port", type=int, default=8000)
@@ -86,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit (default 8 MiB)")
     s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+
+    b = sub.add_parser(
+        "batch", help="answer an OpenAI Batch API input file (JSONL) offline; resumable",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every request of INPUT through the continuous-batching engine and append the results to "
+                    "OUTPUT.\n\n"
+                    "INPUT lines: {\"custom_id\": \"req-1\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", "
+                    "\"body\": {...}}\n"
+                    "  url: /v1/chat/completions, /v1/completions or /v1/embeddings. The body's \"model\" may be\n"
+                    "  left out or name anything: the loaded MODEL answers every line. \"stream\": true is refused.\n"
+                    "OUTPUT lines: OpenAI's batch output format, in completion order (match them by custom_id).\n"
+                    "  An existing OUTPUT is resumed: lines it already answers are skipped.\n"
+                    "Exit code: 0 when every line succeeded, 1 when some failed (their errors are in OUTPUT).")
+    _model_args(b, max_seq_len=2048, engine=True)
+    b.set_defaults(kv_cache_tokens=None, served_model_name=None, max_queue=256)
+    b.add_argument("input", metavar="INPUT", help="batch input file (JSONL)")
+    b.add_argument("output", metavar="OUTPUT", help="batch output file (JSONL); resumed if it exists")
+    b.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV slots; default 16)")
+    b.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens prefilled per step (default 128)")
+    b.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     return ap
 
 
@@ -93,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
-                 "serve": cmd_serve}
+                 "serve": cmd_serve, "batch": cmd_batch}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -278,13 +301,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from corral.engine.engine import Engine
     from corral.errors import InvalidArgumentError
-    from corral.model.loader import load_model
     from corral.serve.app import create_app
     from corral.serve.metrics import Metrics
-    from corral.serve.service import Service
-    from corral.tokenizer import load_tokenizer
 
     keys = args.api_key + [k.strip() for k in os.environ.get("CORRAL_API_KEYS", "").split(",") if k.strip()]
     if not keys and not args.allow_no_auth and not _loopback(args.host, ipaddress):
@@ -295,24 +314,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         ("--port", args.port, 0)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
-    template = _template(args)
-    if args.threads is not None:
-        torch.set_num_threads(max(1, args.threads))
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    tok = load_tokenizer(lm.path)
-    seq = min(args.max_seq_len, lm.config.max_position_embeddings)
-    batch = args.max_batch
-    if args.kv_cache_tokens is not None:
-        batch = args.kv_cache_tokens // seq
-        if batch < 1:
-            raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
-                                       f"--max-seq-len {seq}")
-    engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
-                    max_queue=args.max_queue)
-    model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
-    aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
-    metrics = Metrics(engine, model_id)
-    service = Service(engine, model_id, aliases, hooks=metrics, chat_template=template)
+    lm, engine, service = _build_service(args, hooks=Metrics)
+    metrics, model_id, seq, batch = service.hooks, service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, metrics, keys, args.max_body_bytes)
     cfg = lm.config
     kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * engine.kv_tokens_total * (
@@ -334,6 +337,60 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         engine.shutdown()
     return 0
+
+
+def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, Any, Any]:
+    """The model, its (not yet started) engine and the `Service` over them, from the serve/batch arguments.
+
+    `hooks(engine, model_id)` makes the service's metrics hooks (the server's prometheus `Metrics`)."""
+    import torch
+
+    from corral.engine.engine import Engine
+    from corral.errors import InvalidArgumentError
+    from corral.model.loader import load_model
+    from corral.serve.service import Service
+    from corral.tokenizer import load_tokenizer
+
+    template = _template(args)
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    lm = load_model(args.model, device=args.device, dtype=args.dtype)
+    tok = load_tokenizer(lm.path)
+    seq = min(args.max_seq_len, lm.config.max_position_embeddings)
+    batch = args.max_batch
+    if args.kv_cache_tokens is not None:
+        batch = args.kv_cache_tokens // seq
+        if batch < 1:
+            raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
+                                       f"--max-seq-len {seq}")
+    engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
+                    max_queue=args.max_queue)
+    model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
+    aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
+    service = Service(engine, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,
+                      chat_template=template)
+    return lm, engine, service
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from corral.batch import check_paths, run_batch
+    from corral.errors import InvalidArgumentError
+
+    for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16),
+                        ("--prefill-chunk", args.prefill_chunk, 16)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    check_paths(args.input, args.output)  # before the model loads
+    _, engine, service = _build_service(args)
+    engine.start()
+    try:
+        summary = run_batch(service, args.input, args.output, console=Console(stderr=True))
+    finally:
+        engine.shutdown()
+    print(summary, file=sys.stderr)
+    return 0 if summary.failed == 0 else 1
 
 
 def _loopback(host: str, ipaddress: Any) -> bool:

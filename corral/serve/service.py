@@ -192,7 +192,11 @@ class Service:
                         last[0] = now
                     elif isinstance(ev, Finished):
                         hooks.on_finished(endpoint, ev, now - t0)
-                    loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+                    if not loop.is_closed():  # a caller that gave up (batch interrupted) may have closed it
+                        try:
+                            loop.call_soon_threadsafe(q.put_nowait, (i, ev))
+                        except RuntimeError:  # closed between the check and the call
+                            pass
 
                 req = Request(job.prompt_ids, job.params, emit, top_logprobs=job.top_logprobs)
                 req.constraint = job.constraint
