@@ -205,7 +205,13 @@ class Engine:
                 if r.cancelled:
                     r.emit(Finished("cancelled", len(r.prompt_ids), 0, 0))
                     continue
-                self._admit(r)
+                try:
+                    self._admit(r)
+                except Exception as e:  # noqa: BLE001 - fail this request alone, not the batch
+                    if r in self.running:
+                        self._finish(r, "error", error=f"{type(e).__name__}: {e}")
+                    else:
+                        r.emit(Finished("error", len(r.prompt_ids), 0, 0, f"{type(e).__name__}: {e}"))
         prefilling = next((r for r in self.running if r.fed < len(r.prompt_ids)), None)
         if prefilling is not None:
             self._prefill_chunk(prefilling)
@@ -231,7 +237,8 @@ class Engine:
         r.detok, r.stops = Detokenizer(self.tok), StopStrings(r.params.stop)
         if r.params.temperature > 0:
             r.generator = torch.Generator(device=self.model.device)
-            r.generator.manual_seed(r.params.seed if r.params.seed is not None else time.time_ns() % (2**31))
+            # any integer is a valid seed: fold it into the generator's 64-bit range
+            r.generator.manual_seed(r.params.seed % 2**63 if r.params.seed is not None else time.time_ns() % 2**31)
         self.slot_ids[n] = list(r.prompt_ids[: r.fed])
         self.running.append(r)
 

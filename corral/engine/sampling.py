@@ -37,6 +37,8 @@ class SamplingParams:
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
+        if self.temperature < 1e-5:  # logits / t would overflow fp32; a near-zero temperature means greedy
+            self.temperature = 0.0
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -66,6 +68,7 @@ def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
         sorted_p, order = torch.sort(probs, dim=-1, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
         drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= p.top_p
+        drop_sorted[..., 0] = False  # even when top_p is below fp32's smallest step
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if p.min_p > 0:

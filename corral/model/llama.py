@@ -323,5 +323,9 @@ class LlamaForCausalLM(nn.Module):
             return x
         if last_only:
             x = x[:, -1:]
-        head_dtype = getattr(self.lm_head, "weight", x).dtype  # an fp16 head beside bf16 activations (loader)
+        return self.head(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (..., H) → fp32 logits (..., V)."""
+        head_dtype = getattr(self.lm_head, "weight", x).dtype  # the loader may keep the head in another dtype
         return self.lm_head(x.to(head_dtype)).float()

@@ -28,6 +28,9 @@ from corral.serve.service import ModelNotServedError, ParamError, Service
 
 STATIC = Path(__file__).parent / "static"
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # /, /static, /health and /metrics stay open
+# HTTP metric labels: known routes by name, anything else as "other", so clients cannot grow the label set.
+ROUTES = {r: r for r in ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
+                         "/v1/embeddings", "/tokenize", "/detokenize")}
 
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
@@ -76,10 +79,10 @@ class Guard:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        route = path if path.startswith(("/v1/", "/tokenize", "/detokenize", "/health", "/metrics")) else "other"
+        route = ROUTES.get(path) or ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
         async def counted_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
-                self.metrics.http.labels(route[:64], str(msg["status"])).inc()
+                self.metrics.http.labels(route, str(msg["status"])).inc()
             await send(msg)
 
         if self.keys and path.startswith(PROTECTED) and not self._authorized(scope):
@@ -189,24 +192,19 @@ def create_app(service: Service, metrics: Metrics, api_keys: list[str] | None = 
         svc.check_model(model_id)
         return P.ModelCard(id=svc.model_id, created=svc.created, max_model_len=svc.max_model_len)
 
-    @app.post("/v1/chat/completions", response_model=P.ChatCompletion,
-              responses={400: {"model": P.ErrorResponse}, 404: {"model": P.ErrorResponse},
-                         503: {"model": P.ErrorResponse}})
+    @app.post("/v1/chat/completions", response_model=P.ChatCompletion)
     async def chat(body: P.ChatCompletionRequest, request: Request) -> Any:
         if body.stream:
             return SSEResponse(await svc.chat_stream(body))
         return await _unless_gone(request, svc.chat(body))
 
-    @app.post("/v1/completions", response_model=P.Completion,
-              responses={400: {"model": P.ErrorResponse}, 404: {"model": P.ErrorResponse},
-                         503: {"model": P.ErrorResponse}})
+    @app.post("/v1/completions", response_model=P.Completion)
     async def completions(body: P.CompletionRequest, request: Request) -> Any:
         if body.stream:
             return SSEResponse(await svc.complete_stream(body))
         return await _unless_gone(request, svc.complete(body))
 
-    @app.post("/v1/embeddings", response_model=P.EmbeddingList,
-              responses={400: {"model": P.ErrorResponse}, 404: {"model": P.ErrorResponse}})
+    @app.post("/v1/embeddings", response_model=P.EmbeddingList)
     async def embeddings(body: P.EmbeddingRequest) -> P.EmbeddingList:
         """Mean-pooled, L2-normalised last hidden states of the served decoder.
 
@@ -235,7 +233,46 @@ def create_app(service: Service, metrics: Metrics, api_keys: list[str] | None = 
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     app.add_middleware(Guard, keys=api_keys or [], max_body=max_body_bytes, metrics=metrics)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+ERRORS = {"400": "invalid request (bad JSON or values, context_length_exceeded)", "401": "missing or wrong API key",
+          "404": "unknown model (model_not_found) or route", "413": "request body over --max-body-bytes",
+          "503": "queue full; retry after Retry-After seconds"}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's spec, with the statuses this server really sends: its 422 is our 400, and every error is
+    OpenAI's body."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for model in (P.ErrorDetail, P.ErrorResponse):
+        schemas.setdefault(model.__name__, model.model_json_schema(ref_template="#/components/schemas/{model}"))
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            responses = op.setdefault("responses", {})
+            responses.pop("422", None)
+            codes = []
+            if method == "post":
+                codes += ["400", "413"]
+            if path.startswith(PROTECTED):
+                codes.append("401")
+            if path.startswith("/v1/") or method == "post":
+                codes += ["404"]
+            if path in ("/v1/chat/completions", "/v1/completions"):
+                codes.append("503")
+            for c in codes:
+                responses[c] = {"description": ERRORS[c], **ref}
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    app.openapi_schema = spec
+    return spec
 
 
 async def _unless_gone(request: Request, work: Awaitable[Any]) -> Any:

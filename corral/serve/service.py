@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -250,7 +251,7 @@ class Service:
 
         def chunk(choices: list[P.ChunkChoice], usage: P.Usage | None = None) -> str:
             c = P.ChatCompletionChunk(id=cid, model=self.model_id, choices=choices, usage=usage)
-            return _sse(c.model_dump_json(exclude_none=True))
+            return _chunk_sse(c, include_usage)
 
         async def gen() -> AsyncIterator[str]:
             done: dict[int, Finished] = {}
@@ -297,33 +298,50 @@ class Service:
             if len(done) < len(jobs):
                 self.cancel(reqs)
         _raise_errors(done)
+        echo_lps = await self._echo_logprobs(r, prompts)
         choices = []
         for job in jobs:
             prefix = self.tok.decode(job.prompt_ids) if r.echo else ""
-            choices.append(P.CompletionChoice(
-                index=job.index, text=prefix + texts[job.index], finish_reason=self._reason(done[job.index]),
-                logprobs=self._completion_logprobs(lps[job.index], len(prefix)) if r.logprobs is not None else None))
+            lp = None
+            if r.logprobs is not None:
+                lp = self._completion_logprobs(lps[job.index], len(prefix))
+                if r.echo:
+                    head = self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids)
+                    lp = P.CompletionLogprobs(**{f: getattr(head, f) + getattr(lp, f) for f in
+                                                 ("tokens", "token_logprobs", "top_logprobs", "text_offset")})
+            choices.append(P.CompletionChoice(index=job.index, text=prefix + texts[job.index],
+                                              finish_reason=self._reason(done[job.index]), logprobs=lp))
         return P.Completion(id=_id("cmpl"), model=self.model_id, choices=choices, usage=self._usage(jobs, done))
 
+    async def _echo_logprobs(self, r: P.CompletionRequest, prompts: list[list[int]]) -> list[list]:
+        if not (r.echo and r.logprobs is not None):
+            return []
+        k = r.logprobs
+        return [await asyncio.wrap_future(self.engine.call(lambda ids=ids: self._prompt_logprobs(ids, k)))
+                for ids in prompts]
+
     async def complete_stream(self, r: P.CompletionRequest) -> AsyncIterator[str]:
-        jobs, _ = self.completion_jobs(r)
+        jobs, prompts = self.completion_jobs(r)
         q, reqs = self.submit(jobs, "completions")
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
         cid = _id("cmpl")
 
         def chunk(choices: list[P.CompletionChoice], usage: P.Usage | None = None) -> str:
-            return _sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=usage)
-                        .model_dump_json(exclude_none=True))
+            return _chunk_sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=usage), include_usage)
 
         async def gen() -> AsyncIterator[str]:
             done: dict[int, Finished] = {}
             offsets = [0] * len(jobs)
             try:
                 if r.echo:
+                    echo_lps = await self._echo_logprobs(r, prompts)
                     for job in jobs:
                         text = self.tok.decode(job.prompt_ids)
                         offsets[job.index] = len(text)
-                        yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None)])
+                        lp = (self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids)
+                              if echo_lps else None)
+                        yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None,
+                                                        logprobs=lp)])
                 while len(done) < len(jobs):
                     i, ev = await q.get()
                     if isinstance(ev, Delta):
@@ -448,8 +466,36 @@ class Service:
             content.append(P.TokenLogprobOut(token=tok, logprob=lp.logprob, bytes=b, top_logprobs=top))
         return P.ChoiceLogprobs(content=content)
 
-    def _completion_logprobs(self, lps: list[TokenLogprob], offset: int) -> P.CompletionLogprobs:
+    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob | None]:
+        """Each prompt token's logprob given the tokens before it (None for the first), for `echo` + `logprobs`.
+
+        Runs on the engine thread; the head is applied 256 positions at a time so a long prompt never holds a
+        (T, vocab) matrix."""
+        model = self.engine.model
+        h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0]  # (T, H)
+        out: list[TokenLogprob | None] = [None]
+        for s in range(0, len(ids) - 1, 256):
+            tgt = ids[s + 1: s + 257]
+            lp = torch.log_softmax(model.head(h[s: s + len(tgt)]), -1)  # (n, V)
+            chosen = lp.gather(1, torch.tensor(tgt, device=lp.device).view(-1, 1))[:, 0].tolist()
+            top_v, top_i = lp.topk(max(k, 1), dim=-1)
+            for j, t in enumerate(tgt):
+                out.append(TokenLogprob(t, chosen[j], list(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(),
+                                                               strict=True))))
+        return out
+
+    def _completion_logprobs(self, lps: list[TokenLogprob | None], offset: int,
+                             prompt_ids: list[int] | None = None) -> P.CompletionLogprobs:
         out = P.CompletionLogprobs()
+        if prompt_ids is not None:  # echoed prompt: the first token has no logprob
+            for lp, tid in zip(lps, prompt_ids, strict=True):
+                tok, _ = self._token(tid)
+                out.tokens.append(tok)
+                out.token_logprobs.append(None if lp is None else lp.logprob)
+                out.top_logprobs.append(None if lp is None else {self._token(i)[0]: v for i, v in lp.top})
+                out.text_offset.append(offset)
+                offset += len(tok)
+            return out
         for lp in lps:
             tok, _ = self._token(lp.token_id)
             out.tokens.append(tok)
@@ -472,6 +518,18 @@ def _raise_errors(done: dict[int, Finished]) -> None:
 
 def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def _chunk_sse(c: P.ChatCompletionChunk | P.Completion, include_usage: bool) -> str:
+    """A stream chunk as OpenAI sends it: `finish_reason` and `logprobs` always present (null until set),
+    `usage` null on every chunk but the last when usage was asked for, unset fields of `delta` left out."""
+    d = c.model_dump(exclude_none=True)
+    for ch in d["choices"]:
+        ch.setdefault("logprobs", None)
+        ch.setdefault("finish_reason", None)
+    if include_usage:
+        d.setdefault("usage", None)
+    return _sse(json.dumps(d, ensure_ascii=False, separators=(",", ":")))
 
 
 def _sse(data: str) -> str:
