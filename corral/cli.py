@@ -297,6 +297,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import ipaddress
     import os
+    import signal
 
     import torch
     import uvicorn
@@ -331,11 +332,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"  r = client.chat.completions.create(model=\"{model_id}\", "
           f"messages=[{{\"role\": \"user\", \"content\": \"Hello!\"}}])\n"
           f"  print(r.choices[0].message.content)\n", flush=True)
-    engine.start()
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    def on_term(*_: Any) -> None:  # `kill`, `docker stop`, systemd: stop as on Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
-    finally:
-        engine.shutdown()
+        engine.run_beside(server.run, stop)  # the engine keeps the main thread (see Engine.run_beside)
+    except KeyboardInterrupt:
+        print("corral serve: stopped", file=sys.stderr)
+    if not server.started:
+        raise InvalidArgumentError(f"could not serve on {args.host}:{args.port} (in use, or not an address of "
+                                   "this machine); pick another --host/--port")
     return 0
 
 
@@ -384,11 +397,12 @@ def cmd_batch(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
     check_paths(args.input, args.output)  # before the model loads
     _, engine, service = _build_service(args)
-    engine.start()
-    try:
-        summary = run_batch(service, args.input, args.output, console=Console(stderr=True))
-    finally:
-        engine.shutdown()
+    result = []
+    # The engine keeps the main thread (see Engine.run_beside). Ctrl-C exits at once: every finished line is
+    # already in OUTPUT (one write each), and a rerun resumes.
+    engine.run_beside(lambda: result.append(run_batch(service, args.input, args.output,
+                                                      console=Console(stderr=True))))
+    summary = result[0]
     print(summary, file=sys.stderr)
     return 0 if summary.failed == 0 else 1
 

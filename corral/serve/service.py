@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -174,7 +176,7 @@ class Service:
 
     def submit(self, jobs: list[Job], endpoint: str) -> tuple[asyncio.Queue, list[Request]]:
         """Queue every job on the engine; events arrive as (index, event) on the returned queue."""
-        loop = asyncio.get_running_loop()
+        box = _Mailbox.of(asyncio.get_running_loop())
         q: asyncio.Queue = asyncio.Queue()
         reqs: list[Request] = []
         hooks = self.hooks
@@ -193,11 +195,7 @@ class Service:
                         last[0] = now
                     elif isinstance(ev, Finished):
                         hooks.on_finished(endpoint, ev, now - t0)
-                    if not loop.is_closed():  # a caller that gave up (batch interrupted) may have closed it
-                        try:
-                            loop.call_soon_threadsafe(q.put_nowait, (i, ev))
-                        except RuntimeError:  # closed between the check and the call
-                            pass
+                    box.post(q, (i, ev))
 
                 req = Request(job.prompt_ids, job.params, emit, top_logprobs=job.top_logprobs)
                 req.constraint = job.constraint
@@ -253,6 +251,9 @@ class Service:
             c = P.ChatCompletionChunk(id=cid, model=self.model_id, choices=choices, usage=usage)
             return _chunk_sse(c, include_usage)
 
+        head = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id,
+                **({"usage": None} if include_usage else {})}
+
         async def gen() -> AsyncIterator[str]:
             done: dict[int, Finished] = {}
             try:
@@ -261,9 +262,13 @@ class Service:
                 while len(done) < len(jobs):
                     i, ev = await q.get()
                     if isinstance(ev, Delta):
-                        if ev.text or ev.logprobs:
-                            lp = self._chat_logprobs(ev.logprobs or []) if r.logprobs else None
+                        if ev.logprobs and r.logprobs:
+                            lp = self._chat_logprobs(ev.logprobs)
                             yield chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
+                        elif ev.text:  # the common case, built without pydantic: it runs per token per stream
+                            yield _sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
+                                                   "logprobs": None, "finish_reason": None}]},
+                                                  ensure_ascii=False, separators=(",", ":")))
                         continue
                     done[i] = ev
                     if ev.finish_reason == "error":
@@ -504,6 +509,42 @@ class Service:
             out.text_offset.append(offset)
             offset += len(tok)
         return out
+
+
+class _Mailbox:
+    """Engine thread → event loop, one wake-up per batch of events: a decode step emits one event per running
+    request, and a wake-up each (a write to the loop's self-pipe, a loop iteration) costs the engine CPU time
+    on a small machine."""
+
+    _boxes: dict[int, _Mailbox] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.scheduled, self.lock = loop, deque(), False, threading.Lock()
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        box = cls._boxes.get(id(loop))
+        if box is None or box.loop is not loop:
+            box = cls._boxes[id(loop)] = cls(loop)
+        return box
+
+    def post(self, q: asyncio.Queue, item: Any) -> None:  # engine thread
+        self.items.append((q, item))
+        with self.lock:
+            if self.scheduled:
+                return
+            self.scheduled = True
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:  # the loop is closed: its caller gave up (an interrupted batch)
+            pass
+
+    def _deliver(self) -> None:  # loop thread
+        with self.lock:
+            self.scheduled = False  # before draining: an item posted from now on schedules a new delivery
+        while self.items:
+            q, item = self.items.popleft()
+            q.put_nowait(item)
 
 
 class GenerationError(RuntimeError):
