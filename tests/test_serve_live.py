@@ -125,13 +125,15 @@ def test_live_completions_n2_echo_and_stream(live, model_id):
     assert [ch.index for ch in r.choices] == [0, 1]
     assert r.choices[0].text == r.choices[1].text and r.choices[0].text.startswith(prompt)
     assert "Paris" in r.choices[0].text
-    assert r.usage.prompt_tokens == httpx.post(live + "/tokenize", json={"prompt": prompt}).json()["count"]
-    assert r.usage.completion_tokens == 2 * len(r.choices[0].logprobs.tokens) == 16  # the prompt counts once
+    n_prompt = httpx.post(live + "/tokenize", json={"prompt": prompt}).json()["count"]
+    assert r.usage.prompt_tokens == n_prompt  # the prompt counts once for both choices
     lp = r.choices[0].logprobs
-    assert "".join(lp.tokens) == r.choices[0].text[len(prompt):]
-    for chosen, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
+    assert r.usage.completion_tokens == 2 * (len(lp.tokens) - n_prompt) == 16
+    assert "".join(lp.tokens) == r.choices[0].text  # echo: the prompt's tokens are scored too, the first is None
+    assert lp.token_logprobs[0] is None and all(v <= 0 for v in lp.token_logprobs[1:n_prompt])
+    for chosen, top in zip(lp.token_logprobs[n_prompt:], lp.top_logprobs[n_prompt:], strict=True):
         assert chosen <= 0 and len(top) == 2 and chosen == max(top.values())
-    assert lp.text_offset[0] == len(prompt)
+    assert lp.text_offset[n_prompt] == len(prompt)
     stream = c.completions.create(model=model_id, prompt=prompt, max_tokens=8, temperature=0, n=2, stream=True,
                                   stream_options={"include_usage": True})
     texts = ["", ""]
@@ -246,3 +248,44 @@ def test_live_limit_flags(tmp_path):
                     assert_openai_error(e.value.response, 503)
                     assert e.value.response.headers["retry-after"] == "1"
         wait_until(lambda: running(url) == 0, 5, "the slots to be freed")
+
+
+PERSON = {"type": "object", "additionalProperties": False,
+          "properties": {"name": {"type": "string", "maxLength": 30},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                         "role": {"enum": ["engineer", "manager", "designer"]},
+                         "skills": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 3},
+                         "address": {"type": "object", "additionalProperties": False,
+                                     "properties": {"city": {"type": "string", "maxLength": 20},
+                                                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+                                     "required": ["city", "zip"]}},
+          "required": ["name", "age", "role", "skills", "address"]}
+
+
+def test_live_json_schema_output_always_validates(live, model_id):
+    import json
+
+    import jsonschema
+
+    c = client(live)
+    msgs = [{"role": "user", "content": "Invent an employee of a small company and describe them as JSON."}]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    settings = [{"temperature": 0}] + [{"temperature": 1.0, "seed": s} for s in range(4)]
+    with ThreadPoolExecutor(len(settings)) as pool:
+        answers = list(pool.map(lambda kw: c.chat.completions.create(
+            model=model_id, messages=msgs, max_tokens=200, response_format=fmt, **kw), settings))
+    for kw, r in zip(settings, answers, strict=True):
+        assert r.choices[0].finish_reason == "stop", (kw, r.choices[0].message.content)
+        jsonschema.validate(json.loads(r.choices[0].message.content), PERSON)
+    obj = c.chat.completions.create(model=model_id, messages=msgs, max_tokens=200, temperature=0,
+                                    response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+    with pytest.raises(openai.BadRequestError):
+        c.chat.completions.create(model=model_id, messages=msgs, response_format={
+            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "frob"}}})
+
+
+def test_serve_refuses_a_public_address_without_keys():
+    r = subprocess.run([sys.executable, "-m", "corral", "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--api-key" in r.stderr and "Traceback" not in r.stderr

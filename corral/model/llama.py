@@ -27,7 +27,7 @@ from corral.config import ModelConfig
 # (`Attention._attend_blocked`): it gives each sequence the same bits whatever else is in the batch (the engine
 # asks for that), and in bf16 it beats PyTorch's CPU flash kernel, which is 2-10x slower there. On CUDA, SDPA.
 SMALL_T = 8
-RESCORE_K = 32  # logits per row recomputed exactly beside a low-precision head (`LlamaForCausalLM.head`)
+RESCORE_K = 32  # logits per row recomputed exactly beside the bf16 batch head (`LlamaForCausalLM.head`)
 KV_BLOCK = 64  # keys per block of the blocked decode attention; cache lengths are rounded up to a multiple
 
 
@@ -243,7 +243,7 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.compute_dtype: torch.dtype | None = None
-        self.exact_head: torch.Tensor | None = None  # (V, H) weights that rescore the head's top logits (`head`)
+        self.batch_head: torch.Tensor | None = None  # (V, H) bf16 head for batched decoding (`head`)
 
     def reset_rope(self, inv_freq: torch.Tensor | None = None) -> None:
         """Recompute the RoPE frequencies on the weights' device (after a meta-device build), or set given ones."""
@@ -325,22 +325,25 @@ class LlamaForCausalLM(nn.Module):
             return x
         if last_only:
             x = x[:, -1:]
-        return self.head(x)
+        return self.head(x, batch_invariant)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
+    def head(self, x: torch.Tensor, batch_invariant: bool = False) -> torch.Tensor:
         """Final hidden states (..., H) → fp32 logits (..., V).
 
-        With `exact_head` set (the loader does so beside a bf16 head on CPU), the bf16 head only ranks: its
-        logits are rounded to bf16 (steps of 0.06 at 10), so the top `RESCORE_K` of each row are recomputed in
-        fp32 from the exact weights. Greedy picks and the logprobs users see come from those; the tail keeps
-        bf16 values. Multiply-and-sum, not a batched matmul: it gives a row the same bits at any batch size.
+        `batch_head` (set by the loader beside fp16 head weights on CPU) serves batched decoding: an fp16
+        matmul of 16 rows runs ~8x slower than bf16 on CPUs without fp16 units, and bf16 gives a row the same
+        bits at any batch size. Its output is rounded to bf16 (steps of 0.06 at 10), so it only ranks: the top
+        `RESCORE_K` logits of each row are recomputed in fp32 from the fp16 weights (multiply-and-sum, not a
+        batched matmul, which would regroup with the batch size). Single-sequence decoding keeps the fp16 head,
+        the fastest for one row.
         """
-        head_dtype = getattr(self.lm_head, "weight", x).dtype  # the loader may keep the head in another dtype
-        # 2-D: a 3-D view with a batch stride (x[:, -1:]) sends matmul down a path that copies the weight
-        xs = x.reshape(-1, x.shape[-1])
-        flat = self.lm_head(xs.to(head_dtype)).float()  # (N, V)
-        if self.exact_head is not None:
+        xs = x.reshape(-1, x.shape[-1])  # 2-D: a 3-D view with a batch stride sends matmul down a copying path
+        if batch_invariant and self.batch_head is not None:
+            flat = F.linear(xs.to(self.batch_head.dtype), self.batch_head).float()  # (N, V)
             idx = flat.topk(RESCORE_K, dim=-1).indices  # (N, K)
-            exact = (self.exact_head[idx].float() * xs.float()[:, None, :]).sum(-1)  # (N, K)
+            exact = (self.lm_head.weight[idx].float() * xs.float()[:, None, :]).sum(-1)  # (N, K)
             flat.scatter_(1, idx, exact)
+        else:
+            head_dtype = getattr(self.lm_head, "weight", x).dtype  # the loader may keep the head in another dtype
+            flat = self.lm_head(xs.to(head_dtype)).float()
         return flat.view(*x.shape[:-1], flat.shape[-1])
