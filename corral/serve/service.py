@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -516,16 +517,17 @@ class _Mailbox:
     request, and a wake-up each (a write to the loop's self-pipe, a loop iteration) costs the engine CPU time
     on a small machine."""
 
-    _boxes: dict[int, _Mailbox] = {}
+    _boxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.items, self.scheduled, self.lock = loop, deque(), False, threading.Lock()
+        # a weak reference: the registry's value must not keep its key (the loop) alive
+        self.loop, self.items, self.scheduled, self.lock = weakref.ref(loop), deque(), False, threading.Lock()
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Mailbox:
-        box = cls._boxes.get(id(loop))
-        if box is None or box.loop is not loop:
-            box = cls._boxes[id(loop)] = cls(loop)
+        box = cls._boxes.get(loop)
+        if box is None:
+            box = cls._boxes[loop] = cls(loop)
         return box
 
     def post(self, q: asyncio.Queue, item: Any) -> None:  # engine thread
@@ -534,8 +536,10 @@ class _Mailbox:
             if self.scheduled:
                 return
             self.scheduled = True
+        loop = self.loop()
         try:
-            self.loop.call_soon_threadsafe(self._deliver)
+            if loop is not None:
+                loop.call_soon_threadsafe(self._deliver)
         except RuntimeError:  # the loop is closed: its caller gave up (an interrupted batch)
             pass
 
