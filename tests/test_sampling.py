@@ -144,3 +144,13 @@ def test_generator_state_advances():
 def test_invalid_params(kwargs):
     with pytest.raises(InvalidArgumentError):
         SamplingParams(**kwargs)
+
+
+def test_logit_bias_moves_greedy_and_sampled_picks():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert sample(logits, SamplingParams(logit_bias={3: 10.0})).item() == 3
+    assert sample(logits, SamplingParams(logit_bias={0: -100.0})).item() == 1
+    g = torch.Generator().manual_seed(0)
+    picks = {sample(logits, SamplingParams(temperature=1.0, logit_bias={2: 100.0}), g).item() for _ in range(20)}
+    assert picks == {2}
+    assert logits.tolist() == [[3.0, 2.0, 1.0, 0.0]]  # the caller's logits are not changed

@@ -322,7 +322,8 @@ class Engine:
         for i, r in enumerate(rows):
             if r.constraint is not None:  # in place, before greedy and sampling; other rows are left untouched
                 r.constraint.mask(logits[i])
-        greedy = [i for i, r in enumerate(rows) if r.params.temperature == 0 and r.params.repetition_penalty == 1.0]
+        greedy = [i for i, r in enumerate(rows)
+                  if r.params.temperature == 0 and r.params.repetition_penalty == 1.0 and not r.params.logit_bias]
         chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         if greedy:
             idx = torch.tensor(greedy, device=logits.device)

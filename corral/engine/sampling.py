@@ -24,6 +24,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id → added to its logit (OpenAI's)
 
     def __post_init__(self) -> None:
         checks = [
@@ -55,6 +56,10 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None = None,
            seen: torch.Tensor | None = None) -> torch.Tensor:
     """(B, V) fp32 logits → (B,) token ids, on the logits' device."""
+    if p.logit_bias:
+        ids = torch.tensor(list(p.logit_bias), device=logits.device)
+        logits = logits.index_add(-1, ids, torch.tensor(list(p.logit_bias.values()), device=logits.device,
+                                                         dtype=logits.dtype).expand(logits.shape[0], -1))
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
     if p.temperature == 0:

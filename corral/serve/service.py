@@ -94,10 +94,19 @@ class Service:
         stops = r.stop_list()
         if any(not s for s in stops):
             raise ParamError("stop strings must not be empty", "stop")
+        bias: dict[int, float] = {}
+        vocab = self.engine.model.config.vocab_size
+        for key, value in (r.logit_bias or {}).items():
+            if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab:
+                raise ParamError(f"logit_bias: {key!r} is not a token id of this model (0..{vocab - 1})",
+                                 "logit_bias")
+            if not -100 <= value <= 100:
+                raise ParamError(f"logit_bias[{key}] = {value} is outside [-100, 100]", "logit_bias")
+            bias[int(key)] = float(value)
         return SamplingParams(
             temperature=1.0 if r.temperature is None else r.temperature, top_p=r.top_p or 1.0, top_k=r.top_k or 0,
             min_p=r.min_p or 0.0, repetition_penalty=r.repetition_penalty or 1.0,
-            max_tokens=max_tokens or room, stop=stops, seed=r.seed, ignore_eos=r.ignore_eos)
+            max_tokens=max_tokens or room, stop=stops, seed=r.seed, ignore_eos=r.ignore_eos, logit_bias=bias)
 
     def _check_prompt(self, ids: list[int], param: str) -> None:
         if not ids:
@@ -112,6 +121,9 @@ class Service:
 
     def chat_jobs(self, r: P.ChatCompletionRequest) -> list[Job]:
         self.check_model(r.model)
+        if (r.tools or r.functions) and r.tool_choice != "none":
+            raise ParamError("tool calling is not supported by this server yet; send the request without tools "
+                             "(or with tool_choice: \"none\")", "tools")
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
         ids = encode_chat(self.tok, msgs, template=self.chat_template)
         self._check_prompt(ids, "messages")
