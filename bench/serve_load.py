@@ -153,12 +153,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(name: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path) -> list[str]:
+def server_command(name: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path,
+                   corral_args: tuple[str, ...] = ()) -> list[str]:
     if name == "llama-server":
         return [str(llama_server), "-m", str(gguf), "-t", str(threads), "--port", str(port), "-c", str(LLAMA_CTX),
                 "--parallel", str(parallel), "--host", "127.0.0.1"]
     return [sys.executable, "-m", "corral", "serve", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(threads), "--max-batch", str(parallel)]
+            "--threads", str(threads), "--max-batch", str(parallel), *corral_args]
 
 
 class Server:
@@ -321,7 +322,8 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
 
 async def bench_server(name: str, args: argparse.Namespace, gguf: Path, log_dir: Path) -> dict:
     port = free_port()
-    cmd = server_command(name, gguf, port, args.threads, args.parallel, args.llama_server)
+    cmd = server_command(name, gguf, port, args.threads, args.parallel, args.llama_server,
+                         ("--compile",) if args.compile else ())
     print(f"\n[{name}] {' '.join(cmd)}", flush=True)
     server = Server(name, cmd, port, log_dir)
     try:
@@ -430,6 +432,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, default=16,
                    help="parallel sequences: llama-server --parallel, corral --max-batch (default 16)")
     p.add_argument("--only", choices=SERVERS, default=None, help="run one server only")
+    p.add_argument("--compile", action="store_true", help="run corral serve --compile (compiles at start)")
     p.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER,
                    help=f"llama-server binary (default {DEFAULT_LLAMA_SERVER.relative_to(ROOT)})")
     p.add_argument("--startup-timeout", type=float, default=300, help="seconds to wait for GET /health (default 300)")

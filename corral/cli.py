@@ -27,7 +27,10 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_se
     p.add_argument("--max-seq-len", type=int, default=max_seq_len,
                    help=f"{'context of each sequence' if engine else 'KV cache length'} in tokens "
                         f"(default {max_seq_len})")
-    if not engine:  # the batched engine runs eager: its shapes change every step
+    if engine:
+        p.add_argument("--compile", action="store_true",
+                       help="torch.compile the batched decode step (~10%% faster on CPU, after ~2-3 min of compiles)")
+    else:
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the decode step: ~1.3x faster decoding on CPU, after a 15-30 s compile")
 
@@ -312,7 +315,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    "(or CORRAL_API_KEYS), or --allow-no-auth if the network is yours alone")
     for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16),
                         ("--max-queue", args.max_queue, 1), ("--prefill-chunk", args.prefill_chunk, 16),
-                        ("--port", args.port, 0)):
+                        ("--port", args.port, 1)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
     lm, engine, service = _build_service(args, hooks=Metrics)
@@ -346,6 +349,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine.run_beside(server.run, stop)  # the engine keeps the main thread (see Engine.run_beside)
     except KeyboardInterrupt:
         print("corral serve: stopped", file=sys.stderr)
+    except SystemExit:  # uvicorn exits when it cannot bind
+        pass
     if not server.started:
         raise InvalidArgumentError(f"could not serve on {args.host}:{args.port} (in use, or not an address of "
                                    "this machine); pick another --host/--port")
@@ -377,7 +382,10 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
             raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
                                        f"--max-seq-len {seq}")
     engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
-                    max_queue=args.max_queue)
+                    max_queue=args.max_queue, compile=args.compile)
+    if args.compile:
+        print("compiling the decode step (a few minutes the first time)...", file=sys.stderr, flush=True)
+        engine.warm_up()
     model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
     aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
     service = Service(engine, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,

@@ -68,6 +68,51 @@ def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny):
     assert alone[0] == naive_greedy(tiny, ps[0], 24)
 
 
+@pytest.mark.slow
+def test_compiled_decode_is_batch_invariant_too(tiny):
+    """`--compile`: four graphs (1 or more sequences, 1 or more KV blocks), made by warm_up; outputs alone = in a
+    batch, with prompts that cross the 64-key block boundary while decoding."""
+    ps = prompts(8)
+    eng = Engine(tiny, AngleTokenizer(), max_batch=8, max_seq_len=256, compile=True)
+    eng.warm_up()
+    eng.start()
+    try:
+        alone = [submit(eng, p, max_tokens=40).wait().ids for p in ps]
+        batch = [submit(eng, p, max_tokens=40) for p in ps]
+        assert [c.wait().ids for c in batch] == alone
+    finally:
+        eng.shutdown()
+
+
+def test_a_prefill_moved_among_decoding_rows_is_packed_behind_them(tiny):
+    """A finishes while C is still prefilling (in chunks of 16): C takes A's slot 0, in front of the decoding B;
+    the next decode packs B back to slot 0. Every output still equals plain greedy decoding."""
+    g = torch.Generator().manual_seed(5)
+    a, b, c = (torch.randint(3, 250, (n,), generator=g).tolist() for n in (6, 9, 100))
+    eng = Engine(tiny, AngleTokenizer(), max_batch=3, max_seq_len=256, prefill_chunk=16)  # stepped by hand
+    ca, cb = submit(eng, a, max_tokens=5), submit(eng, b, max_tokens=30)
+    for _ in range(2):  # both prefilled
+        eng.step()
+    assert ca.finished is None
+    cc = submit(eng, c, max_tokens=10)
+    forward, decode_slots = eng._forward, []
+
+    def spy(ids, positions, kv_len, slots):
+        if ids.shape[1] == 1:  # a decode (no prompt here splits into a 1-token chunk)
+            decode_slots.append(slots)
+        return forward(ids, positions, kv_len, slots)
+
+    eng._forward = spy
+    swapped = False
+    while not (cb.finished and cc.finished):
+        eng.step()
+        swapped |= ca.finished is not None and cc.finished is None and eng.running[0].prompt_ids == c
+    assert swapped, "the test did not reach the state it is about"
+    assert decode_slots and all(sl is None for sl in decode_slots)  # decode always read slots 0..n-1
+    assert ca.ids == naive_greedy(tiny, a, 5) and cb.ids == naive_greedy(tiny, b, 30)
+    assert cc.ids == naive_greedy(tiny, c, 10)
+
+
 def test_more_requests_than_slots_all_finish_in_order_of_arrival(tiny):
     ps = prompts(10)
     eng = Engine(tiny, AngleTokenizer(), max_batch=3, max_seq_len=128).start()

@@ -31,7 +31,7 @@ import torch
 from corral.engine.generate import Detokenizer, StopStrings
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
-from corral.model.llama import KVCache, LlamaForCausalLM
+from corral.model.llama import KV_BLOCK, KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
 
 
@@ -97,9 +97,12 @@ class Engine:
     """Owns the model, the cache and the scheduler; `start()` runs `step()` in a background thread."""
 
     def __init__(self, model: LlamaForCausalLM, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_chunk: int = 128, max_queue: int = 256):
+                 prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False):
         ctx = model.config.max_position_embeddings
         self.model, self.tok = model, tokenizer
+        # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
+        # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager.
+        self._decode_model = torch.compile(model, dynamic=True) if compile else model
         self.max_batch, self.max_seq_len = max_batch, min(max_seq_len, ctx)
         self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
         self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len, model.dtype, model.device)
@@ -204,6 +207,19 @@ class Engine:
         if self._thread and join and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
 
+    def warm_up(self) -> None:
+        """Run decodes of 1 and of 2 sequences over one and over two KV blocks on free slots, so a compiled step
+        makes its graphs now (sizes 1 are specialised: four graphs), not on the first requests. The scratch KV
+        they write is never read: the slots hold no tokens."""
+        if self.running or self.waiting:
+            raise RuntimeError("warm_up() runs before the engine takes requests")
+        dev = self.model.device
+        with torch.inference_mode():
+            for b in (1, min(2, self.max_batch)):
+                for pos in (0, min(KV_BLOCK, self.max_seq_len - 1)):
+                    self._forward(torch.zeros(b, 1, dtype=torch.long, device=dev),
+                                  torch.full((b, 1), pos, dtype=torch.long, device=dev), pos + 1, None)
+
     @property
     def kv_tokens_used(self) -> int:
         return sum(r.fed for r in self.running)
@@ -289,8 +305,9 @@ class Engine:
         self.running.append(r)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None):
-        return self.model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
-                          batch_invariant=True)[:, -1]
+        model = self._decode_model if slots is None else self.model  # decode (packed) vs a prefill chunk
+        return model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
+                     batch_invariant=True)[:, -1]
 
     def _prefill_chunk(self, r: Request) -> None:
         dev = self.model.device
@@ -305,17 +322,30 @@ class Engine:
 
     def _decode(self, rows: list[Request]) -> None:
         dev = self.model.device
+        rows = self._pack(rows)
         ids = torch.tensor([[r.pending] for r in rows], device=dev)
         pos = torch.tensor([[r.fed] for r in rows], device=dev)
         kv_len = max(r.fed for r in rows) + 1
-        contiguous = [r.slot for r in rows] == list(range(len(rows)))
-        slots = None if contiguous else torch.tensor([r.slot for r in rows], device=dev)
-        logits = self._forward(ids, pos, kv_len, slots)
+        logits = self._forward(ids, pos, kv_len, None)  # rows are slots 0..n-1: attention reads cache views
         for r in rows:
             self.slot_ids[r.slot].append(r.pending)
             r.fed += 1
             r.pending = None
         self._sample_and_emit(rows, logits)
+
+    def _pack(self, rows: list[Request]) -> list[Request]:
+        """Move the decoding rows to slots 0..n-1 (a request still prefilling can sit among them after a swap in
+        `_finish`), so decode attention reads plain views of the cache, never a gathered copy, and a compiled
+        step sees one kind of call. Returns the rows in slot order."""
+        n, decoding = len(rows), set(map(id, rows))
+        holes = [r for r in self.running[:n] if id(r) not in decoding]
+        movers = [r for r in self.running[n:] if id(r) in decoding]
+        for a, b in zip(holes, movers, strict=True):
+            sa, sb = a.slot, b.slot
+            self._swap_slots(sa, sb, max(len(self.slot_ids[sa]), len(self.slot_ids[sb])))
+            a.slot, b.slot = sb, sa
+            self.running[sa], self.running[sb] = b, a
+        return sorted(rows, key=lambda r: r.slot)
 
     def _sample_and_emit(self, rows: list[Request], logits: torch.Tensor) -> None:
         """Sample one token per row (B, V) and hand each request its new text."""

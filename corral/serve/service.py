@@ -82,7 +82,7 @@ class Service:
 
     # --- request → jobs ------------------------------------------------------------------------------------
 
-    def _params(self, r: P._Sampling, prompt_len: int, max_tokens: int | None, param: str) -> SamplingParams:
+    def _params(self, r: P._Sampling, prompt_len: int, max_tokens: int | None) -> SamplingParams:
         if r.presence_penalty or r.frequency_penalty:
             raise ParamError("presence_penalty and frequency_penalty are not supported; use repetition_penalty",
                              "presence_penalty" if r.presence_penalty else "frequency_penalty")
@@ -130,7 +130,7 @@ class Service:
         top = r.top_logprobs if r.logprobs else None
         if r.top_logprobs is not None and not r.logprobs:
             raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
-        params = self._params(r, len(ids), r.max_completion_tokens or r.max_tokens, "max_tokens")
+        params = self._params(r, len(ids), r.max_completion_tokens or r.max_tokens)
         factory = self._constraint_factory(r.response_format)
         jobs = []
         for i in range(r.n):
@@ -160,7 +160,7 @@ class Service:
         jobs = []
         for k, ids in enumerate(prompts):
             self._check_prompt(ids, "prompt")
-            params = self._params(r, len(ids), r.max_tokens if r.max_tokens is not None else 16, "max_tokens")
+            params = self._params(r, len(ids), r.max_tokens if r.max_tokens is not None else 16)
             for j in range(r.n):
                 pj = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + j})
                 jobs.append(Job(k * r.n + j, ids, pj, r.logprobs))
