@@ -80,6 +80,7 @@ class Guard:
             return
         path: str = scope["path"]
         route = ROUTES.get(path) or ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
+
         async def counted_send(msg: Message) -> None:
             if msg["type"] == "http.response.start":
                 self.metrics.http.labels(route, str(msg["status"])).inc()
