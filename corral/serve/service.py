@@ -228,11 +228,10 @@ class Service:
 
     # --- chat ----------------------------------------------------------------------------------------------
 
-    async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
-        jobs = self.chat_jobs(r)
-        q, reqs = self.submit(jobs, "chat")
+    async def _collect(self, jobs: list[Job], endpoint: str) -> tuple[list[str], list[list], dict[int, Finished]]:
+        """Run jobs to the end (non-streaming): each one's text, logprobs and Finished event."""
+        q, reqs = self.submit(jobs, endpoint)
         texts, lps = [""] * len(jobs), [[] for _ in jobs]
-        reasons: list[str | None] = [None] * len(jobs)
         done: dict[int, Finished] = {}
         try:
             while len(done) < len(jobs):
@@ -242,11 +241,16 @@ class Service:
                     lps[i] += ev.logprobs or []
                 else:
                     done[i] = ev
-                    reasons[i] = self._reason(ev)
-        finally:
+        finally:  # cancelled (the client went away): free the slots at the next step
             if len(done) < len(jobs):
                 self.cancel(reqs)
         _raise_errors(done)
+        return texts, lps, done
+
+    async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
+        jobs = self.chat_jobs(r)
+        texts, lps, done = await self._collect(jobs, "chat")
+        reasons = [self._reason(done[i]) for i in range(len(jobs))]
         choices = [P.ChatChoice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i],
                                 logprobs=self._chat_logprobs(lps[i]) if r.logprobs else None)
                    for i in range(len(jobs))]
@@ -301,21 +305,7 @@ class Service:
 
     async def complete(self, r: P.CompletionRequest) -> P.Completion:
         jobs, prompts = self.completion_jobs(r)
-        q, reqs = self.submit(jobs, "completions")
-        texts, lps = [""] * len(jobs), [[] for _ in jobs]
-        done: dict[int, Finished] = {}
-        try:
-            while len(done) < len(jobs):
-                i, ev = await q.get()
-                if isinstance(ev, Delta):
-                    texts[i] += ev.text
-                    lps[i] += ev.logprobs or []
-                else:
-                    done[i] = ev
-        finally:
-            if len(done) < len(jobs):
-                self.cancel(reqs)
-        _raise_errors(done)
+        texts, lps, done = await self._collect(jobs, "completions")
         echo_lps = await self._echo_logprobs(r, prompts)
         choices = []
         for job in jobs:
