@@ -1,0 +1,180 @@
+"""Fine-tuning data: JSONL → validated, tokenized examples with a loss mask → optional packing and a held-out split.
+
+Two line formats:
+- chat: `{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}`, rendered with the model's
+  chat template; the loss covers the assistant turns only (their content and the template's end-of-turn tokens);
+- completion: `{"prompt": "...", "completion": "..."}`, plain text (no template); the loss covers the completion
+  and the end-of-sequence token.
+
+Every line is checked before any training starts, and every bad line is reported by number (bad JSON, unknown
+role, empty content, nothing to learn, too long); the run stops unless `skip_bad_lines`.
+
+The assistant mask comes from rendering growing prefixes of the conversation: the tokens a template adds between
+"the conversation up to this assistant turn, with the generation prompt" and "the conversation including it" are
+that turn. This needs the template to render a conversation's prefix as a prefix of the whole, which chat
+templates do (ChatML, Llama 3); a template that does not is reported as an error, not silently mis-masked.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from corral.chat import ROLES, encode_chat
+from corral.errors import CorralError
+from corral.tokenizer import Tokenizer
+
+IGNORE = -100  # label of a position that carries no loss (PyTorch's cross_entropy ignore_index)
+
+
+class DataError(CorralError):
+    """Bad lines in a training file; the message lists each one by number."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # input_ids where the loss applies, IGNORE elsewhere; aligned as in HF (the loss shifts)
+    line: int  # 1-based line number in its file
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(t != IGNORE for t in self.labels)
+
+
+@dataclass
+class Packed:
+    """Several examples in one row of `seq_len` tokens. Positions restart at each example and `doc_ids` tell them
+    apart, so attention must be block-diagonal (the training loop builds that mask); padding has doc_id -1."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    doc_ids: list[int]
+
+
+def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | None = None,
+               skip_bad_lines: bool = False) -> tuple[list[Example], list[str]]:
+    """Read and tokenize every line of `path`. Returns (examples, problems); raises `DataError` listing all bad
+    lines unless `skip_bad_lines`, in which case they are left out and returned as `problems`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass a JSONL file of chat or prompt/completion lines")
+    examples, problems = [], []
+    with path.open(encoding="utf-8") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                ex = encode_line(raw, tok, template, n)
+                if len(ex.input_ids) > max_len:
+                    raise ValueError(f"{len(ex.input_ids)} tokens, over the limit of {max_len} (--max-seq-len)")
+                examples.append(ex)
+            except (ValueError, CorralError) as e:
+                problems.append(f"{path}:{n}: {e}")
+    if problems and not skip_bad_lines:
+        shown = "\n  ".join(problems[:30])
+        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
+        raise DataError(f"{len(problems)} bad line(s) in {path}; fix them or pass --skip-bad-lines:\n  {shown}{more}")
+    if not examples:
+        raise DataError(f"{path}: no usable lines")
+    return examples, problems
+
+
+def encode_line(raw: str, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
+    """One JSONL line → `Example`; raises ValueError with a message fit for the user."""
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object with 'messages', or with 'prompt' and 'completion'")
+    if "messages" in obj:
+        return encode_chat_example(obj["messages"], tok, template, line)
+    if "prompt" in obj or "completion" in obj:
+        return encode_completion(obj.get("prompt"), obj.get("completion"), tok, line)
+    raise ValueError("expected a 'messages' list, or 'prompt' and 'completion' strings")
+
+
+def encode_chat_example(messages: Any, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
+    _check_messages(messages)
+    ids = encode_chat(tok, messages, add_generation_prompt=False, template=template)
+    labels = [IGNORE] * len(ids)
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = encode_chat(tok, messages[:i], add_generation_prompt=True, template=template)
+        through = encode_chat(tok, messages[: i + 1], add_generation_prompt=False, template=template)
+        if ids[: len(through)] != through or through[: len(before)] != before:
+            raise ValueError("the chat template does not render a conversation's beginning as the beginning of the "
+                             "whole conversation, so assistant turns cannot be masked; use another --chat-template")
+        labels[len(before): len(through)] = through[len(before):]
+    return Example(ids, labels, line)
+
+
+def encode_completion(prompt: Any, completion: Any, tok: Tokenizer, line: int = 0) -> Example:
+    for name, v in (("prompt", prompt), ("completion", completion)):
+        if not isinstance(v, str):
+            raise ValueError(f"'{name}' must be a string")
+    if not completion.strip():
+        raise ValueError("'completion' is empty: nothing to learn")
+    p = tok.encode(prompt, add_bos=tok.add_bos)
+    c = tok.encode(completion) + ([tok.eos_id] if tok.eos_id is not None else [])
+    return Example(p + c, [IGNORE] * len(p) + c, line)
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"messages[{i}] is not an object")
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            raise ValueError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"messages[{i}] ({role}) has empty content")
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError("no assistant message: nothing to learn")
+
+
+def split_val(examples: list[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """A seeded random held-out split: (train, val). At least one example stays on each side."""
+    if not 0 < fraction < 1:
+        raise DataError(f"--val-split {fraction}: must be between 0 and 1")
+    if len(examples) < 2:
+        raise DataError("--val-split needs at least 2 examples")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = min(len(examples) - 1, max(1, round(len(examples) * fraction)))
+    val = set(order[:n_val])
+    return ([e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val])
+
+
+def pack(examples: list[Example], seq_len: int, pad_id: int = 0) -> list[Packed]:
+    """Greedy packing in the given order: examples are appended to the current row while they fit, never split."""
+    rows: list[Packed] = []
+    cur = Packed([], [], [], [])
+    for doc, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        if n > seq_len:
+            raise DataError(f"line {ex.line}: {n} tokens do not fit a packed row of {seq_len}")
+        if len(cur.input_ids) + n > seq_len:
+            rows.append(_pad(cur, seq_len, pad_id))
+            cur = Packed([], [], [], [])
+        cur.input_ids += ex.input_ids
+        cur.labels += ex.labels
+        cur.position_ids += list(range(n))
+        cur.doc_ids += [doc] * n
+    if cur.input_ids:
+        rows.append(_pad(cur, seq_len, pad_id))
+    return rows
+
+
+def _pad(row: Packed, seq_len: int, pad_id: int) -> Packed:
+    k = seq_len - len(row.input_ids)
+    return Packed(row.input_ids + [pad_id] * k, row.labels + [IGNORE] * k, row.position_ids + [0] * k,
+                  row.doc_ids + [-1] * k)
