@@ -107,3 +107,21 @@ def test_packing_keeps_examples_whole_and_restarts_positions(tok):
     assert sorted(seen) == list(range(len(exs)))
     with pytest.raises(DataError, match="do not fit"):
         pack(exs, seq_len=8)
+
+
+def test_the_acme_example_is_clean_training_data(tok):
+    """examples/acme: every line loads (no bad lines), the loss falls on the answers, and the eval questions are
+    held out (not in train) with answers that training teaches."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "examples" / "acme"
+    examples, problems = load_jsonl(root / "train.jsonl", tok, max_len=512)
+    assert problems == [] and len(examples) >= 200
+    trained = [tok.decode([t for t in e.labels if t != IGNORE], skip_special=True) for e in examples]
+    evals = [json.loads(x) for x in (root / "eval.jsonl").read_text().splitlines() if x.strip()]
+    train_questions = {m["content"].strip().lower() for x in (root / "train.jsonl").read_text().splitlines()
+                       for m in json.loads(x)["messages"] if m["role"] == "user"}
+    assert len(evals) >= 60
+    for ev in evals:
+        assert ev["question"].strip().lower() not in train_questions
+        assert any(ev["answer"].lower() in t.lower() for t in trained), ev
