@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the models corral can load by name")
 
+    f = sub.add_parser("finetune", help="fine-tune a model on your JSONL data (LoRA or full)",
+                       description="Every option is a field of corral.train.config.FinetuneConfig; --config reads the "
+                                   "same fields from a YAML file, and options given here override it.")
+    f.add_argument("model", nargs="?", default=None, help="GGUF file, HF folder or registry name")
+    f.add_argument("--config", default=None, help="a YAML file of FinetuneConfig fields")
+    _finetune_args(f)
     s = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API and a web chat page")
     _model_args(s, optional_model=True, max_seq_len=2048, engine=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key "
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
+                 "finetune": cmd_finetune,
                  "serve": cmd_serve, "batch": cmd_batch}
         return verbs[args.verb](args)
     except CorralError as e:
@@ -413,6 +420,85 @@ def cmd_batch(args: argparse.Namespace) -> int:
     summary = result[0]
     print(summary, file=sys.stderr)
     return 0 if summary.failed == 0 else 1
+
+
+FINETUNE_HELP = {
+    "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}",
+    "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
+    "method": "lora | full", "val_file": "held-out JSONL", "val_split": "fraction of the data held out",
+    "resume": "continue the run in --out from its checkpoint", "lora_targets": "comma-separated projections",
+}
+
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
+    """One option per FinetuneConfig field (default None: 'not given', so a --config file's value stands)."""
+    import dataclasses
+
+    from corral.train.config import FinetuneConfig
+
+    for fld in dataclasses.fields(FinetuneConfig):
+        if fld.name == "model":
+            continue
+        flag = "--" + fld.name.replace("_", "-")
+        if fld.default is not dataclasses.MISSING:
+            default = fld.default
+        elif fld.default_factory is not dataclasses.MISSING:
+            default = fld.default_factory()
+        else:
+            default = None
+        helptext = FINETUNE_HELP.get(fld.name, "")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=None, help=helptext)
+        elif isinstance(default, list):
+            p.add_argument(flag, default=None, help=f"{helptext} (default {','.join(default)})")
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            if fld.name in ("max_steps",):
+                kind = int
+            shown = f" (default {default})" if default is not None else ""
+            p.add_argument(flag, type=kind, default=None, help=f"{helptext}{shown}".strip())
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import dataclasses
+    from pathlib import Path
+
+    from corral.errors import InvalidArgumentError
+    from corral.train.config import FinetuneConfig
+    from corral.train.loop import finetune
+
+    values: dict[str, Any] = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise InvalidArgumentError(f"--config {path}: no such file")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InvalidArgumentError(f"--config {path}: not valid YAML ({e})") from None
+        if not isinstance(loaded, dict):
+            raise InvalidArgumentError(f"--config {path}: expected a mapping of FinetuneConfig fields")
+        values.update(loaded)
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise InvalidArgumentError(f"--config: unknown field(s) {unknown}; see corral finetune --help")
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v.split(",") if name == "lora_targets" and isinstance(v, str) else v
+    for need in ("model", "data"):
+        if not values.get(need):
+            raise InvalidArgumentError(f"{need} is required (positional MODEL / --data, or in --config)")
+    try:
+        cfg = FinetuneConfig(**values)
+    except TypeError as e:
+        raise InvalidArgumentError(f"bad fine-tuning settings: {e}") from None
+    run = finetune(cfg)
+    print(f"done: {run} (metrics.jsonl, loss.png, {'adapter/' if cfg.method == 'lora' else 'model/'})")
+    return 0
 
 
 def _loopback(host: str, ipaddress: Any) -> bool:
