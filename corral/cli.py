@@ -24,6 +24,7 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_se
                    help="auto | int4 | float32 | bfloat16 | float16 (auto: Q4 GGUFs run 4-bit packed; "
                         "otherwise bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    p.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to merge into the model at load")
     p.add_argument("--max-seq-len", type=int, default=max_seq_len,
                    help=f"{'context of each sequence' if engine else 'KV cache length'} in tokens "
                         f"(default {max_seq_len})")
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("model", nargs="?", default=None, help="GGUF file, HF folder or registry name")
     f.add_argument("--config", default=None, help="a YAML file of FinetuneConfig fields")
     _finetune_args(f)
+    mg = sub.add_parser("merge", help="merge a LoRA adapter into its base and write an HF folder")
+    mg.add_argument("model", help="the base: GGUF file, HF folder or registry name")
+    mg.add_argument("--adapter", required=True, help="the PEFT adapter folder (corral finetune's run/adapter)")
+    mg.add_argument("--out", required=True, help="the HF folder to write")
+    mg.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
     s = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API and a web chat page")
     _model_args(s, optional_model=True, max_seq_len=2048, engine=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key "
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
-                 "finetune": cmd_finetune,
+                 "finetune": cmd_finetune, "merge": cmd_merge,
                  "serve": cmd_serve, "batch": cmd_batch}
         return verbs[args.verb](args)
     except CorralError as e:
@@ -143,8 +149,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     from corral.engine.generate import Generator
     from corral.errors import InvalidArgumentError
-    from corral.model.loader import load_model
-    from corral.tokenizer import load_tokenizer
 
     if args.threads is not None:
         if args.threads < 1:
@@ -152,9 +156,41 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         torch.set_num_threads(args.threads)
     if args.max_seq_len < 16:
         raise InvalidArgumentError("--max-seq-len must be >= 16")
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    tok = load_tokenizer(lm.path)
+    lm = _load_model(args)
+    tok = _tokenizer_for(lm)
     return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile)
+
+
+def _tokenizer_for(lm: Any) -> Any:
+    """The model's tokenizer, checked against its embedding (a tokenizer from another model would index past it)."""
+    from corral.errors import ModelFormatError
+    from corral.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(lm.path)
+    if tok.vocab_size > lm.config.vocab_size:
+        raise ModelFormatError(f"{lm.path}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                               f"{lm.config.vocab_size}; the tokenizer files belong to another model")
+    return tok
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    """`load_model`, with `--adapter` merged in (into fp32 weights unless --dtype says otherwise: LoRA needs the
+    unfused layers, not the packed 4-bit ones)."""
+    from corral.errors import InvalidArgumentError
+    from corral.model.loader import load_model
+
+    adapter = getattr(args, "adapter", None)
+    if not adapter:
+        return load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.dtype == "int4":
+        raise InvalidArgumentError("--adapter merges into unquantized weights; use --dtype auto, float32, bfloat16 "
+                                   "or float16")
+    from corral.model.lora import load_adapter, merge_lora
+
+    lm = load_model(args.model, device=args.device, dtype="float32" if args.dtype == "auto" else args.dtype)
+    load_adapter(lm.model, adapter)
+    merge_lora(lm.model)
+    return lm
 
 
 def _params(args: argparse.Namespace, default_temperature: float) -> Any:
@@ -372,15 +408,13 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
 
     from corral.engine.engine import Engine
     from corral.errors import InvalidArgumentError
-    from corral.model.loader import load_model
     from corral.serve.service import Service
-    from corral.tokenizer import load_tokenizer
 
     template = _template(args)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    tok = load_tokenizer(lm.path)
+    lm = _load_model(args)
+    tok = _tokenizer_for(lm)
     seq = min(args.max_seq_len, lm.config.max_position_embeddings)
     batch = args.max_batch
     if args.kv_cache_tokens is not None:
@@ -498,6 +532,32 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"bad fine-tuning settings: {e}") from None
     run = finetune(cfg)
     print(f"done: {run} (metrics.jsonl, loss.png, {'adapter/' if cfg.method == 'lora' else 'model/'})")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from corral.errors import InvalidArgumentError
+    from corral.formats.hf import save_hf_folder
+    from corral.model.loader import load_model
+    from corral.model.lora import load_adapter, merge_lora
+    from corral.tokenizer import load_tokenizer
+
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if args.dtype not in dtypes:
+        raise InvalidArgumentError(f"--dtype {args.dtype}: choose float32, bfloat16 or float16")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidArgumentError(f"--out {out} exists and is not empty; choose a new folder")
+    lm = load_model(args.model, device="cpu", dtype="float32")
+    tok = load_tokenizer(lm.path)
+    load_adapter(lm.model, args.adapter)
+    n = merge_lora(lm.model)
+    save_hf_folder(lm.model, lm.config, tok, lm.path, out, dtypes[args.dtype])
+    print(f"merged {n} LoRA layers into {lm.path.name}; wrote {out} (config.json, model.safetensors, tokenizer)")
     return 0
 
 

@@ -124,3 +124,10 @@ def test_models_lists_default_first():
     assert r.returncode == 0, r.stderr
     first = next(ln for ln in r.stdout.splitlines() if "smollm2" in ln or "gguf" in ln)
     assert "smollm2-135m-instruct" in first and "Q4_1" in first and "8192" in first
+
+
+def test_a_tokenizer_from_another_model_is_a_clear_error(make_tiny_hf, tok):
+    _, folder = make_tiny_hf(name="small-vocab")  # 256 embedding rows
+    (folder / "tokenizer.json").write_text(tok._tok.to_str())  # 49152 tokens
+    r = run_cli("generate", str(folder), "hello", "--max-tokens", "2")
+    assert_clean_error(r, "tokenizer has 49152 tokens", "another model")

@@ -101,3 +101,38 @@ def test_bad_requests_are_clear_errors(tiny, tmp_path):
     model.model.layers[0].self_attn.fuse_qkv(torch.nn.Linear(8, 8))
     with pytest.raises(InvalidArgumentError, match="fused"):
         apply_lora(model)
+
+
+def test_merge_writes_an_hf_folder_transformers_loads_and_adapter_flag(make_tiny_hf, tok, tmp_path):
+    import subprocess
+    import sys
+
+    transformers = pytest.importorskip("transformers")
+    _, folder = make_tiny_hf(name="tiny-vocab", vocab_size=tok.vocab_size)  # the default tokenizer's vocabulary
+    (folder / "tokenizer.json").write_text(tok._tok.to_str())
+    model = load_model(str(folder), device="cpu", dtype="float32").model
+    apply_lora(model, r=4, alpha=8)
+    randomize_lora(model)
+    ours = logits(model)
+    save_adapter(model, tmp_path / "adapter")
+    out = tmp_path / "merged"
+    r = subprocess.run([sys.executable, "-m", "corral", "merge", str(folder), "--adapter", str(tmp_path / "adapter"),
+                        "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "tokenizer.json").is_file()
+    theirs = logits(transformers.AutoModelForCausalLM.from_pretrained(out).eval())
+    assert (theirs - ours).abs().max() < 1e-4
+    assert (logits(load_model(str(out), device="cpu", dtype="float32").model) - ours).abs().max() < 1e-4
+    again = subprocess.run([sys.executable, "-m", "corral", "merge", str(folder), "--adapter",
+                            str(tmp_path / "adapter"), "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "not empty" in again.stderr
+    gen = subprocess.run([sys.executable, "-m", "corral", "tokenize", str(out), "hello"], capture_output=True,
+                         text=True, timeout=60)
+    assert gen.returncode == 0
+    with_adapter = subprocess.run([sys.executable, "-m", "corral", "generate", str(folder), "hello", "--adapter",
+                                   str(tmp_path / "adapter"), "--max-tokens", "4", "--no-stream"],
+                                  capture_output=True, text=True, timeout=120)
+    merged = subprocess.run([sys.executable, "-m", "corral", "generate", str(out), "hello", "--max-tokens", "4",
+                             "--no-stream"], capture_output=True, text=True, timeout=120)
+    assert with_adapter.returncode == merged.returncode == 0, with_adapter.stderr + merged.stderr
+    assert with_adapter.stdout == merged.stdout

@@ -48,3 +48,37 @@ def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelFormatError(f"{f}: truncated or corrupt safetensors file ({e}); re-download it") from None
     return sd
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json", "chat_template.jinja")
+
+
+def save_hf_folder(model: torch.nn.Module, config: object, tok: object, source: Path, out: Path,
+                   dtype: torch.dtype = torch.float32) -> Path:
+    """Write an HF folder transformers loads: `config.json`, `model.safetensors` and the tokenizer files (copied
+    from an HF source folder, or written from the tokenizer a GGUF carried: tokenizer.json + chat template)."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tied = getattr(config, "tie_word_embeddings", False)
+    sd = {k: v.detach().to(dtype).contiguous().cpu() for k, v in model.state_dict().items()
+          if not (tied and k == "lm_head.weight")}
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    cfg = config.to_hf_dict()
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    if source.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source / name).exists():
+                shutil.copy(source / name, out / name)
+    elif hasattr(tok, "_tok"):  # a GGUF's vocabulary, held as a `tokenizers` tokenizer
+        (out / "tokenizer.json").write_text(tok._tok.to_str())
+        tc = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": tok.chat_template,
+              "bos_token": tok.bos_token or None, "eos_token": tok.eos_token or None,
+              "add_bos_token": bool(tok.add_bos)}
+        (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
+        (out / "generation_config.json").write_text(json.dumps({"eos_token_id": sorted(tok.stop_ids)}) + "\n")
+    return out
