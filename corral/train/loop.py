@@ -110,7 +110,6 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
             now = time.perf_counter()
             rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                                    "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "epoch": state["epoch"]}
-            t_last, tokens_since = now, 0
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 rec["val_loss"] = evaluate(model, val, cfg)
             metrics.write(json.dumps(rec) + "\n")
@@ -118,6 +117,7 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
             bar(rec)
             if state["step"] % cfg.save_every == 0 or state["step"] == total:
                 _save_checkpoint(run / CHECKPOINT, model, names, opt, state, cfg)
+            t_last, tokens_since = time.perf_counter(), 0  # evaluation and checkpoints do not count as training
             if stop_after is not None and state["step"] >= stop_after:
                 return run
     finally:
