@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import torch
 from conftest import TIKTOKEN_CORPUS
+from test_engine import Collector
 from test_tokenizer_spm import write_spm_gguf
 
 from corral.config import ModelConfig
-from corral.engine.engine import Delta, Engine, Finished, Request
+from corral.engine.engine import Engine, Request
 from corral.engine.grammar import GrammarCompiler
 from corral.engine.sampling import SamplingParams
 from corral.errors import InvalidArgumentError
@@ -203,26 +203,6 @@ def tiny_on_tok(tok):
             if not name.endswith("norm.weight"):
                 p.normal_(0, 0.2)
     return model.eval()
-
-
-class Collector:
-    def __init__(self):
-        self.ids: list[int] = []
-        self.text = ""
-        self.finished: Finished | None = None
-        self.done = threading.Event()
-
-    def __call__(self, ev):
-        if isinstance(ev, Delta):
-            self.ids += ev.token_ids
-            self.text += ev.text
-        else:
-            self.finished = ev
-            self.done.set()
-
-    def wait(self) -> Collector:
-        assert self.done.wait(60), "request did not finish"
-        return self
 
 
 @pytest.fixture

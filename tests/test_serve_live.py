@@ -29,7 +29,7 @@ HEALTH_TIMEOUT_S = 120
 
 
 @contextlib.contextmanager
-def corral_serve(tmp: Path, *args: str) -> Iterator[str]:
+def corral_serve(tmp: Path, *args: str, health_timeout: float = HEALTH_TIMEOUT_S) -> Iterator[str]:
     """Run `python -m corral serve [args]` on a free port; yields its base URL once /health answers."""
     port = free_port()
     log = tmp / f"serve-{port}.log"
@@ -39,7 +39,7 @@ def corral_serve(tmp: Path, *args: str) -> Iterator[str]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT_S
+        deadline = time.monotonic() + health_timeout
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"corral serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
@@ -47,7 +47,7 @@ def corral_serve(tmp: Path, *args: str) -> Iterator[str]:
                 if httpx.get(url + "/health", timeout=5).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"corral serve did not answer /health in {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"corral serve did not answer /health in {health_timeout} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
         yield url
     finally:

@@ -8,12 +8,7 @@ on a free local port.
 from __future__ import annotations
 
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,53 +27,19 @@ ANSWER_TIMEOUT_MS = 180_000
 if not CHROMIUM.exists():
     pytest.skip("web UI test needs Debian's Chromium at /usr/bin/chromium: `apt-get install -y chromium` "
                 "(.ci/run does this when run as root)", allow_module_level=True)
+from test_serve_live import corral_serve  # noqa: E402 - after the skips above
+
 sync_api = pytest.importorskip(
     "playwright.sync_api",
     reason="web UI test needs the playwright Python package: `pip install -e '.[test]'` (do not run "
            "`playwright install`; the test drives /usr/bin/chromium)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"corral serve exited with {proc.returncode} before /health answered:\n"
-                        f"{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"corral serve did not answer /health within {HEALTH_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Base URL of a `corral serve` with the default model; stopped at the end of the module."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("webui") / "serve.log"
-    cmd = [sys.executable, "-m", "corral", "serve", "--host", "127.0.0.1", "--port", str(port), "--threads", "2"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_health(url, proc, log)
+    with corral_serve(tmp_path_factory.mktemp("webui"), health_timeout=HEALTH_TIMEOUT_S) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -456,14 +456,8 @@ class Service:
                        prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
 
     def _token(self, tid: int) -> tuple[str, list[int]]:
-        b = self._token_bytes(tid)
+        b = self.tok.token_bytes()[tid]
         return b.decode("utf-8", errors="replace"), list(b)
-
-    def _token_bytes(self, tid: int) -> bytes:
-        tb = getattr(self.tok, "token_bytes", None)
-        if tb is not None:
-            return tb()[tid]
-        return self.tok.decode([tid], skip_special=False).encode()
 
     def _chat_logprobs(self, lps: list[TokenLogprob]) -> P.ChoiceLogprobs:
         content = []

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from corral.chat import ROLES, encode_chat
-from corral.errors import CorralError
+from corral.chat import encode_chat, validate_messages
+from corral.errors import CorralError, InvalidArgumentError
 from corral.tokenizer import Tokenizer
 
 IGNORE = -100  # label of a position that carries no loss (PyTorch's cross_entropy ignore_index)
@@ -127,16 +127,14 @@ def encode_completion(prompt: Any, completion: Any, tok: Tokenizer, line: int = 
 
 
 def _check_messages(messages: Any) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list of {role, content} objects")
+    """The chat module's checks (list, objects, roles, string contents), plus what training needs on top."""
+    try:
+        messages = validate_messages(messages)
+    except InvalidArgumentError as e:
+        raise ValueError(str(e)) from None
     for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ValueError(f"messages[{i}] is not an object")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise ValueError(f"messages[{i}].role {role!r} is not one of {', '.join(ROLES)}")
-        if not isinstance(content, str) or not content.strip():
-            raise ValueError(f"messages[{i}] ({role}) has empty content")
+        if not m["content"].strip():
+            raise ValueError(f"messages[{i}] ({m['role']}) has empty content")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant message: nothing to learn")
 
