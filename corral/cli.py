@@ -6,6 +6,7 @@ Errors a user can cause (`CorralError`) print one line and exit 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -459,8 +460,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
 FINETUNE_HELP = {
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}",
     "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
-    "method": "lora | full", "val_file": "held-out JSONL", "val_split": "fraction of the data held out",
+    "method": "lora | qlora (frozen 4-bit base) | full", "val_file": "held-out JSONL",
+    "val_split": "fraction of the data held out",
     "resume": "continue the run in --out from its checkpoint", "lora_targets": "comma-separated projections",
+    "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA) | bf16 | fp32",
+    "packing": "pack several examples per row", "grad_checkpointing": "recompute activations in backward",
 }
 
 
@@ -531,7 +535,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     except TypeError as e:
         raise InvalidArgumentError(f"bad fine-tuning settings: {e}") from None
     run = finetune(cfg)
-    print(f"done: {run} (metrics.jsonl, loss.png, {'adapter/' if cfg.method == 'lora' else 'model/'})")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+            print(f"done: {run} (metrics.jsonl, loss.png, {'model/' if cfg.method == 'full' else 'adapter/'})")
     return 0
 
 

@@ -112,3 +112,125 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
     missing = subprocess.run([sys.executable, "-m", "corral", "finetune", str(tiny_chat)],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "data is required" in missing.stderr
+
+
+def test_packed_rows_attend_within_their_own_example(tiny_chat, tok):
+    """A packed row's logits equal each example's own forward: positions restart, attention is block-diagonal."""
+    from corral.model.loader import load_model
+    from corral.train.data import encode_line, pack
+    from corral.train.loop import _collate
+
+    model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
+    exs = [encode_line(x, tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
+    rows = pack(exs, seq_len=sum(len(e.input_ids) for e in exs) + 5)
+    assert len(rows) == 1
+    b = _collate(rows, torch.device("cpu"))
+    with torch.no_grad():
+        packed = model(b["ids"], positions=b["positions"], doc_ids=b["doc_ids"])[0]
+        start = 0
+        for e in exs:
+            alone = model(torch.tensor([e.input_ids]))[0]
+            torch.testing.assert_close(packed[start: start + len(e.input_ids)], alone, atol=1e-5, rtol=1e-5)
+            start += len(e.input_ids)
+        unmasked = model(b["ids"], positions=b["positions"])[0]  # the same row without the document mask
+    assert not torch.allclose(unmasked[len(exs[0].input_ids):], packed[len(exs[0].input_ids):], atol=1e-3)
+
+
+def test_packing_run_learns(tiny_chat, data, tmp_path):
+    run = finetune(cfg(tiny_chat, data, tmp_path / "packed", packing=True, batch_size=2, max_seq_len=512,
+                       max_steps=12, val_split=0.0), progress=False)
+    ls = losses(run)
+    assert len(ls) == 12 and sum(ls[-3:]) < sum(ls[:3]) * 0.9, ls
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(tiny_chat, data, tmp_path):
+    plain = finetune(cfg(tiny_chat, data, tmp_path / "plain", max_steps=4, lora_dropout=0.1, val_split=0.0),
+                     progress=False)
+    ckpt = finetune(cfg(tiny_chat, data, tmp_path / "ckpt", max_steps=4, lora_dropout=0.1, val_split=0.0,
+                        grad_checkpointing=True), progress=False)
+    assert losses(ckpt) == pytest.approx(losses(plain), rel=1e-6)  # recomputation replays the dropout masks
+
+
+def test_bf16_autocast_tracks_fp32(tiny_chat, data, tmp_path):
+    fp32 = finetune(cfg(tiny_chat, data, tmp_path / "fp32", max_steps=6, val_split=0.0), progress=False)
+    bf16 = finetune(cfg(tiny_chat, data, tmp_path / "bf16", max_steps=6, val_split=0.0, precision="bf16"),
+                    progress=False)
+    assert losses(bf16) != losses(fp32)  # it did run in bf16
+    assert losses(bf16) == pytest.approx(losses(fp32), rel=0.02)
+
+
+def test_qlora_trains_on_a_4bit_base_and_saves_a_plain_adapter(tiny_chat, data, tmp_path):
+    from corral.model.loader import load_model
+    from corral.model.lora import load_adapter
+    from corral.model.quant import Q4TrainLinear
+
+    run = finetune(cfg(tiny_chat, data, tmp_path / "qlora", method="qlora", max_steps=15), progress=False)
+    ls = losses(run)
+    assert sum(ls[-3:]) / 3 < sum(ls[:3]) / 3 * 0.9, ls
+    meta = json.loads((run / "config.json").read_text())
+    # the tiny model is mostly embedding (kept fp32); the projections shrink 32 -> 5 bits
+    assert meta["model_mb"] < meta["fp32_model_mb"]
+    model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
+    assert len(load_adapter(model, run / "adapter")) == 7 * model.config.num_hidden_layers
+    assert not any(isinstance(m, Q4TrainLinear) for m in model.modules())
+
+
+def test_kill_9_mid_run_then_resume_repeats_the_straight_run(tiny_chat, data, tmp_path):
+    """The real crash: the CLI process is SIGKILLed mid-run (maybe mid-checkpoint), `--resume` continues it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = [sys.executable, "-m", "corral", "finetune", str(tiny_chat), "--data", str(data), "--max-steps", "60",
+            "--batch-size", "2", "--save-every", "4", "--lr", "1e-3", "--lora-r", "4", "--lora-dropout", "0.1",
+            "--max-seq-len", "256", "--seed", "3"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run([*args, "--out", str(straight)], check=True, capture_output=True, timeout=600, env=env)
+    crashed = tmp_path / "crashed"
+    p = subprocess.Popen([*args, "--out", str(crashed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=env)
+    metrics = crashed / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 23):
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    killed_at = len(metrics.read_text().splitlines())
+    assert 23 <= killed_at < 60, "the run was not killed mid-way"
+    r = subprocess.run([*args, "--out", str(crashed), "--resume"], capture_output=True, text=True, timeout=600,
+                       env=env)
+    assert r.returncode == 0, r.stderr
+    assert losses(crashed) == losses(straight)
+    assert (crashed / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (straight / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
+    """FSDP2 on CPU (gloo): 2 processes x batch 2 follow 1 process x batch 4, step by step."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["finetune", str(tiny_chat), "--data", str(data), "--max-steps", "6", "--lr", "3e-3",
+              "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "-m", "corral", *common, "--batch-size", "4", "--out", str(one)], check=True,
+                   capture_output=True, timeout=600, env=env)
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "corral", *common, "--batch-size", "2", "--out", str(two)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    assert losses(two)[-1] < losses(two)[0]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(one / "adapter" / "adapter_model.safetensors")), \
+        load_file(str(two / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)

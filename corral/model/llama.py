@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from corral.config import ModelConfig
@@ -244,6 +245,9 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.compute_dtype: torch.dtype | None = None
         self.batch_head: torch.Tensor | None = None  # (V, H) bf16 head for batched decoding (`head`)
+        # Training: recompute each layer's activations in the backward pass instead of keeping them (memory for
+        # time: about one more forward per step).
+        self.grad_checkpointing = False
 
     def reset_rope(self, inv_freq: torch.Tensor | None = None) -> None:
         """Recompute the RoPE frequencies on the weights' device (after a meta-device build), or set given ones."""
@@ -297,17 +301,24 @@ class LlamaForCausalLM(nn.Module):
         last_only: bool = False,
         batch_invariant: bool = False,
         return_hidden: bool = False,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in fp32 (or (B, 1, V) with `last_only`).
 
         Without a cache this is a plain causal forward over positions 0..T-1 (training, scoring). With one, the
         new keys/values are written at `positions` and attention spans cache entries [0, kv_len).
+        `doc_ids` (B, T), no cache: packed rows, several documents per row: a token attends only to earlier tokens
+        of its own document (block-diagonal causal mask), and `positions` restart at each document.
         """
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         if cache is None:
             b = self.make_batch(positions, T)
+            if doc_ids is not None:
+                idx = torch.arange(T, device=input_ids.device)
+                same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+                b.mask = (same & (idx[None, :] <= idx[:, None]))[:, None]  # (B, 1, T, T)
         else:
             kv_len = kv_len or cache.max_len
             # Decode on CPU: blocked attention when asked for batch invariance (the engine), or in half
@@ -318,8 +329,12 @@ class LlamaForCausalLM(nn.Module):
                 kv_len = min(-(-kv_len // KV_BLOCK) * KV_BLOCK, cache.max_len)
             b = self.make_batch(positions, kv_len, slots, cached=True, blocked=blocked)
         x = self.model.embed_tokens(input_ids).to(b.cos.dtype)
+        ckpt = self.grad_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, b, cache.k[i] if cache else None, cache.v[i] if cache else None)
+            if ckpt:
+                x = torch.utils.checkpoint.checkpoint(layer, x, b, use_reentrant=False)
+            else:
+                x = layer(x, b, cache.k[i] if cache else None, cache.v[i] if cache else None)
         x = self.model.norm(x)
         if return_hidden:
             return x

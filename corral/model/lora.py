@@ -88,8 +88,10 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: nn.Module, folder: str | Path, base_model: str = "", dtype: torch.dtype | None = None) -> Path:
-    """Write `adapter_config.json` and `adapter_model.safetensors` in PEFT's format into `folder`."""
+def save_adapter(model: nn.Module, folder: str | Path, base_model: str = "", dtype: torch.dtype | None = None,
+                 tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `adapter_config.json` and `adapter_model.safetensors` in PEFT's format into `folder`. `tensors`
+    (PEFT names, as `lora_state_dict`) replaces the model's own: whole tensors gathered from FSDP shards."""
     from safetensors.torch import save_file
 
     mods = lora_modules(model)
@@ -107,7 +109,7 @@ def save_adapter(model: nn.Module, folder: str | Path, base_model: str = "", dty
         "use_rslora": False, "use_dora": False, "modules_to_save": None, "layers_to_transform": None,
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    sd = {k: (v.to(dtype) if dtype else v).cpu() for k, v in lora_state_dict(model).items()}
+    sd = {k: (v.to(dtype) if dtype else v).cpu() for k, v in (tensors or lora_state_dict(model)).items()}
     save_file(sd, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     return folder
 

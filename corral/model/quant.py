@@ -10,6 +10,7 @@ Q4_1 block exactly (scale = d, zero = m + 8d); only the fp16 → bf16 rounding o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 GROUP = 32
@@ -72,3 +73,82 @@ class Int4Linear(nn.Module):
             return self.forward(eye).float().T.contiguous()
         finally:
             self.bias = b
+
+
+def quantize_q4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) weights → 4-bit codes (N, K) uint8, fp16 scale and offset (N, K/32): w ≈ code * scale + offset per
+    group of 32 (min/max, as GGUF's Q4_1). A Q4_1 GGUF's dequantized weights come back bit-exact: each block's
+    min and max are its own offset and offset + 15 * scale, already fp16."""
+    n, k = w.shape
+    if k % GROUP:
+        raise ValueError(f"in_features {k} is not a multiple of {GROUP}")
+    g = w.detach().float().view(n, k // GROUP, GROUP)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).half()
+    offset = lo.half()
+    s = scale.float().clamp_min(torch.finfo(torch.float16).tiny)[..., None]
+    codes = ((g - offset.float()[..., None]) / s).round_().clamp_(0, 15).to(torch.uint8)
+    return codes.view(n, k), scale, offset
+
+
+class _Q4Matmul(torch.autograd.Function):
+    """x @ W.T with W dequantized from 4 bits in the forward and again in the backward: the full-precision weight
+    lives only for the duration of one matmul, so a frozen 4-bit base stays 4-bit through the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: "Q4TrainLinear") -> torch.Tensor:  # noqa: UP037
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        ctx.layer, ctx.dt, ctx.x_dtype = layer, dt, x.dtype
+        return F.linear(x.to(dt), layer.dequantize(dt))
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        w = ctx.layer.dequantize(ctx.dt)
+        return (gy.to(ctx.dt) @ w).to(ctx.x_dtype), None
+
+
+class Q4TrainLinear(nn.Module):
+    """A frozen 4-bit linear layer for QLoRA-style training: codes packed two to a byte, fp16 scale and offset
+    per 32 weights (4.5 bits a weight against 32 for fp32), dequantized per matmul. Gradients flow to the input,
+    never to the weights; LoRA wraps it like any Linear."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        codes, scale, offset = quantize_q4(linear.weight)
+        self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))  # (N, K/2) uint8
+        self.register_buffer("scale", scale)  # (N, K/32) fp16
+        self.register_buffer("offset", offset)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        codes = torch.stack((self.packed & 15, self.packed >> 4), dim=-1).view(n, k // GROUP, GROUP)
+        w = codes.to(dtype) * self.scale.to(dtype)[..., None] + self.offset.to(dtype)[..., None]
+        return w.view(n, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = _Q4Matmul.apply(x, self)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
+
+
+def quantize_for_training(model: nn.Module, targets: tuple[str, ...] | list[str]) -> int:
+    """Swap every `nn.Linear` named in `targets` (q_proj, ...) for a frozen `Q4TrainLinear`. Returns the count."""
+    n = 0
+    for name, mod in list(model.named_modules()):
+        parent, _, child = name.rpartition(".")
+        if child in targets and isinstance(mod, nn.Linear) and mod.in_features % GROUP == 0:
+            setattr(model.get_submodule(parent), child, Q4TrainLinear(mod))
+            n += 1
+    return n
+
+
+def tensor_bytes(model: nn.Module, trainable: bool | None = None) -> int:
+    """Bytes of the model's parameters and buffers (each shared tensor once); `trainable` picks one side."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in seen or (trainable is not None and t.requires_grad != trainable):
+            continue
+        seen.add(id(t))
+        total += t.numel() * t.element_size()
+    return total

@@ -13,7 +13,7 @@ class FinetuneConfig:
     model: str
     data: str
     out: str = "runs/finetune"
-    method: str = "lora"  # lora | full
+    method: str = "lora"  # lora | qlora | full
     val_file: str | None = None
     val_split: float = 0.0
     max_seq_len: int = 512
@@ -33,13 +33,18 @@ class FinetuneConfig:
     eval_every: int = 50
     save_every: int = 100
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto | cpu | cuda[:N]; under torchrun, each process takes cuda:LOCAL_RANK
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    packing: bool = False  # several examples per row of max_seq_len tokens (block-diagonal attention)
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
     chat_template: str | None = None
     skip_bad_lines: bool = False
     resume: bool = False  # continue from `out`/checkpoint
 
     def check(self) -> None:
-        checks = [(self.method in ("lora", "full"), f"--method {self.method}: choose lora or full"),
+        checks = [(self.method in ("lora", "qlora", "full"), f"--method {self.method}: choose lora, qlora or full"),
+                  (self.precision in ("auto", "bf16", "fp32"), f"--precision {self.precision}: choose auto, bf16 or "
+                                                                 "fp32"),
                   (self.batch_size >= 1, "--batch-size must be >= 1"),
                   (self.grad_accum >= 1, "--grad-accum must be >= 1"),
                   (self.lr > 0, "--lr must be > 0"), (self.max_seq_len >= 16, "--max-seq-len must be >= 16"),

@@ -1,5 +1,6 @@
-"""The one fine-tuning loop: full or LoRA, AdamW with warmup + cosine, gradient accumulation and clipping, seeded,
-validation loss, `metrics.jsonl` + a loss-curve PNG, atomic checkpoints and exact resume.
+"""The one fine-tuning loop: full, LoRA or QLoRA, AdamW with warmup + cosine, gradient accumulation and clipping,
+seeded, validation loss, `metrics.jsonl` + a loss-curve PNG, atomic checkpoints and exact resume; optional
+sequence packing, activation checkpointing and bf16 autocast; data-parallel with FSDP2 under torchrun.
 
 One signature serves the CLI, a YAML file and Python: `finetune(FinetuneConfig(...))`.
 
@@ -10,8 +11,14 @@ repeats the straight run's losses exactly (same machine, same threads; tested).
 Checkpoints hold no pickles: tensors (trainable weights, AdamW moments, RNG state) go to safetensors, the rest
 (step, epoch, position, config) to JSON; a checkpoint is written to a temporary folder and renamed into place.
 
-The loss is summed over the assistant tokens of all micro-batches of a step and divided by their count, so
-gradient accumulation gives the same update as one big batch.
+The loss is summed over the assistant tokens of all micro-batches of a step (on all processes) and divided by their
+count, so gradient accumulation and data parallelism give the same update as one big batch.
+
+Distributed: under `torchrun --nproc_per_node N -m corral finetune ...` (WORLD_SIZE > 1) the same loop shards each
+decoder layer and the root with FSDP2 (`fully_shard`: parameters, gradients and AdamW state split across
+processes; NCCL on CUDA, gloo on CPU). `batch_size` is per process: one step sees batch_size x grad_accum x N
+examples, the slice of each process cut from the same global draw, so N processes follow the one-process run of
+the same global batch. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +39,7 @@ import torch.nn.functional as F
 
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
-from corral.train.data import IGNORE, Example, load_jsonl, split_val
+from corral.train.data import IGNORE, Example, Packed, load_jsonl, pack, split_val
 
 CHECKPOINT = "checkpoint"
 
@@ -44,19 +52,68 @@ def lr_at(step: int, cfg: FinetuneConfig, total: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
+class _Dist:
+    """Rank, world size and device of this process; world 1 without torchrun."""
+
+    def __init__(self, device: str):
+        from corral.model.loader import resolve_device
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = resolve_device(device)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, x: float) -> float:
+        if self.world == 1:
+            return x
+        t = torch.tensor([x], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t)
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder. `stop_after` (tests) ends the run after that many steps, as a crash would."""
+    cfg.check()
+    dist = _Dist(cfg.device)
+    try:
+        return _finetune(cfg, dist, stop_after, progress)
+    finally:
+        dist.close()
+
+
+def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool) -> Path:
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
+    from corral.model.quant import quantize_for_training, tensor_bytes
     from corral.tokenizer import load_tokenizer
 
-    cfg.check()
     run = Path(cfg.out)
     if run.exists() and not cfg.resume and any(run.iterdir()):
         raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
-    run.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every process has checked before rank 0 writes
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    lm = load_model(cfg.model, device=cfg.device, dtype="float32")  # unfused fp32 layers: trainable
+    lm = load_model(cfg.model, device=str(dist.device), dtype="float32")  # unfused fp32 layers: trainable
     tok = load_tokenizer(lm.path)
     model = lm.model
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
@@ -68,63 +125,112 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
         train, val = split_val(examples, cfg.val_split, cfg.seed)
     else:
         train, val = examples, []
-    if cfg.method == "lora":
+    rows: list[Example] | list[Packed] = train
+    if cfg.packing:  # packed once, in a seeded order; the epochs then shuffle whole rows
+        order = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(order)
+        rows = pack([train[i] for i in order], cfg.max_seq_len)  # padding: doc -1, no loss
+    base_fp32 = tensor_bytes(model)
+    if cfg.method == "qlora":
+        quantize_for_training(model, cfg.lora_targets)
+    if cfg.method in ("lora", "qlora"):
         apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    memory = {"model_mb": tensor_bytes(model) / 2**20, "fp32_model_mb": base_fp32 / 2**20,
+              "trainable_mb": tensor_bytes(model, trainable=True) / 2**20}
+    if dist.world > 1:
+        import warnings
+
+        from torch.distributed.fsdp import fully_shard
+
+        # The logits are a view of the head's 2-D output; nothing writes into them in place.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    per_step = cfg.batch_size * cfg.grad_accum
-    steps_per_epoch = max(1, len(train) // per_step)
+    per_step = cfg.batch_size * cfg.grad_accum * dist.world
+    steps_per_epoch = max(1, len(rows) // per_step)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
+    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and dist.device.type == "cuda")
+    autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
-        state = _load_checkpoint(run / CHECKPOINT, model, names, opt)
-    (run / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    _keep_metrics_until(run / "metrics.jsonl", state["step"])  # a crash may have logged steps past the checkpoint
-    metrics = (run / "metrics.jsonl").open("a")
-    bar = _progress(progress, total, state["step"])
+        state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)
+    metrics = None
+    if dist.main:
+        (run / "config.json").write_text(json.dumps({**asdict(cfg), "world_size": dist.world, **memory},
+                                                    indent=2) + "\n")
+        _keep_metrics_until(run / "metrics.jsonl", state["step"])  # a crash may have logged steps past the checkpoint
+        metrics = (run / "metrics.jsonl").open("a")
+    bar = _progress(progress and dist.main, total, state["step"])
     model.train()
     t_last, tokens_since = time.perf_counter(), 0
     try:
         while state["step"] < total:
             batches = []
             for _ in range(cfg.grad_accum):
-                batch, state["epoch"], state["cursor"] = _next_batch(train, cfg, state["epoch"], state["cursor"])
-                batches.append(batch)
-            n_tok = sum(int((b[1][:, 1:] != IGNORE).sum()) for b in batches)
+                picked, state["epoch"], state["cursor"] = _next_rows(rows, cfg, dist.world, state["epoch"],
+                                                                     state["cursor"])
+                n_tok = sum(sum(t != IGNORE for t in r.labels[1:]) for r in picked)
+                batches.append((_collate(picked[dist.rank * cfg.batch_size: (dist.rank + 1) * cfg.batch_size],
+                                         dist.device), n_tok))
+            n_tok = max(1, sum(n for _, n in batches))  # over all processes: each sees the global draw
             lr = lr_at(state["step"], cfg, total)
             for g in opt.param_groups:
                 g["lr"] = lr
             loss_sum = 0.0
-            for ids, labels in batches:
-                logits = model(ids)
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                       ignore_index=IGNORE, reduction="sum") / max(1, n_tok)
-                loss.backward()
+            for i, (batch, _) in enumerate(batches):
+                if dist.world > 1:  # gradients are reduced once, after the last micro-batch
+                    model.set_requires_gradient_sync(i == len(batches) - 1)
+                with autocast():
+                    loss = _loss(model, batch, "sum") / n_tok
+                # FSDP averages gradients over processes; the loss is already a share of the global sum
+                (loss * dist.world).backward()
                 loss_sum += float(loss.detach())
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+                tokens_since += batch["tokens"]
+            grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
             opt.step()
             opt.zero_grad(set_to_none=True)
             state["step"] += 1
-            tokens_since += sum(b[0].numel() for b in batches)
+            loss_sum = dist.sum(loss_sum)
             now = time.perf_counter()
-            rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                                   "tokens_per_s": tokens_since / max(now - t_last, 1e-9), "epoch": state["epoch"]}
+            rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                                   "tokens_per_s": dist.sum(tokens_since) / max(now - t_last, 1e-9),
+                                   "epoch": state["epoch"]}
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
-                rec["val_loss"] = evaluate(model, val, cfg)
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
+                with autocast():
+                    rec["val_loss"] = evaluate(model, val, cfg, dist.device)
+            if metrics:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
             bar(rec)
             if state["step"] % cfg.save_every == 0 or state["step"] == total:
-                _save_checkpoint(run / CHECKPOINT, model, names, opt, state, cfg)
+                _save_checkpoint(run / CHECKPOINT, model, names, opt, state, cfg, dist)
             t_last, tokens_since = time.perf_counter(), 0  # evaluation and checkpoints do not count as training
             if stop_after is not None and state["step"] >= stop_after:
                 return run
     finally:
-        metrics.close()
+        if metrics:
+            metrics.close()
         bar(None)
-    _finish(run, model, lm, tok, cfg)
+    _finish(run, model, lm, tok, cfg, dist)
     return run
+
+
+def _loss(model: torch.nn.Module, batch: dict[str, Any], reduction: str) -> torch.Tensor:
+    logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"])
+    labels = batch["labels"]
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE, reduction=reduction)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2) as its whole value; a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:
@@ -134,108 +240,162 @@ def _keep_metrics_until(path: Path, step: int) -> None:
     path.write_text("".join(x + "\n" for x in keep))
 
 
-def evaluate(model: torch.nn.Module, val: list[Example], cfg: FinetuneConfig) -> float:
+def evaluate(model: torch.nn.Module, val: list[Example], cfg: FinetuneConfig,
+             device: torch.device | str = "cpu") -> float:
     """Mean loss per assistant token over the held-out examples (no dropout, no grad)."""
     was = model.training
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(val), cfg.batch_size):
-            ids, labels = _collate(val[i: i + cfg.batch_size])
-            logits = model(ids)
-            total += float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                           ignore_index=IGNORE, reduction="sum"))
-            count += int((labels[:, 1:] != IGNORE).sum())
+            batch = _collate(val[i: i + cfg.batch_size], torch.device(device))
+            total += float(_loss(model, batch, "sum"))
+            count += int((batch["labels"][:, 1:] != IGNORE).sum())
     model.train(was)
     return total / max(1, count)
 
 
-def _next_batch(train: list[Example], cfg: FinetuneConfig, epoch: int, cursor: int):
-    order = list(range(len(train)))
-    random.Random(cfg.seed * 1000003 + epoch).shuffle(order)
-    if cursor + cfg.batch_size > len(order):
+def _next_rows(rows: list, cfg: FinetuneConfig, world: int, epoch: int, cursor: int):
+    """The next micro-batch of all processes (batch_size x world rows) in this epoch's seeded order."""
+    n = cfg.batch_size * world
+    if n > len(rows):
+        raise InvalidArgumentError(f"{len(rows)} training rows cannot fill a batch of {n}; lower --batch-size")
+    if cursor + n > len(rows):
         epoch, cursor = epoch + 1, 0
-        order = list(range(len(train)))
-        random.Random(cfg.seed * 1000003 + epoch).shuffle(order)
-    picked = [train[i] for i in order[cursor: cursor + cfg.batch_size]]
-    return _collate(picked), epoch, cursor + cfg.batch_size
+    order = list(range(len(rows)))
+    random.Random(cfg.seed * 1000003 + epoch).shuffle(order)
+    return [rows[i] for i in order[cursor: cursor + n]], epoch, cursor + n
 
 
-def _collate(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+def _collate(rows: list[Example] | list[Packed], device: torch.device) -> dict[str, Any]:
     """Right-padded (B, T) ids and labels; padding is masked out of the loss (the causal mask keeps it out of the
-    real tokens' attention)."""
-    T = max(len(e.input_ids) for e in examples)
-    ids = torch.zeros(len(examples), T, dtype=torch.long)
-    labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return ids, labels
+    real tokens' attention). Packed rows also carry their restarting positions and document ids."""
+    T = max(len(e.input_ids) for e in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    packed = isinstance(rows[0], Packed)
+    positions = torch.zeros(len(rows), T, dtype=torch.long) if packed else None
+    doc_ids = torch.full((len(rows), T), -1, dtype=torch.long) if packed else None
+    tokens = 0
+    for i, e in enumerate(rows):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        if packed:
+            positions[i, :n] = torch.tensor(e.position_ids)
+            doc_ids[i, :n] = torch.tensor(e.doc_ids)
+            tokens += sum(d >= 0 for d in e.doc_ids)
+        else:
+            tokens += n
+    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+    return {"ids": move(ids), "labels": move(labels), "positions": move(positions), "doc_ids": move(doc_ids),
+            "tokens": tokens}
+
+
+def _rng_states(dist: Any) -> dict[str, torch.Tensor]:
+    """Every process's torch RNG (CPU, and CUDA when used): dropout masks draw from them."""
+    mine = {"torch": torch.get_rng_state()}
+    if dist.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(dist.device)
+    if dist.world == 1:
+        return {f"rng/{k}/0": v for k, v in mine.items()}
+    out = {}
+    for k, v in mine.items():
+        parts = [torch.empty_like(v, device=dist.device) for _ in range(dist.world)]
+        torch.distributed.all_gather(parts, v.to(dist.device))
+        out.update({f"rng/{k}/{r}": p.cpu() for r, p in enumerate(parts)})
+    return out
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt: torch.optim.Optimizer,
-                     state: dict[str, int], cfg: FinetuneConfig) -> None:
+                     state: dict[str, int], cfg: FinetuneConfig, dist: Any) -> None:
     from safetensors.torch import save_file
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    # Every process takes part in gathering sharded tensors; rank 0 writes.
     params = dict(model.named_parameters())
-    tensors = {f"param/{n}": params[n].detach().contiguous() for n in names}
+    tensors = {f"param/{n}": _full(params[n].detach()).cpu().contiguous() for n in names}
     for i, n in enumerate(names):
         st = opt.state.get(opt.param_groups[0]["params"][i], {})
         for k in ("exp_avg", "exp_avg_sq"):
             if k in st:
-                tensors[f"adam/{n}/{k}"] = st[k].contiguous()
+                tensors[f"adam/{n}/{k}"] = _full(st[k]).cpu().contiguous()
         if "step" in st:
-            tensors[f"adam/{n}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
-    tensors["rng/torch"] = torch.get_rng_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({**state, "config": asdict(cfg)}, indent=2) + "\n")
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+            tensors[f"adam/{n}/step"] = torch.as_tensor(_full(st["step"]), dtype=torch.float32).cpu().reshape(1)
+    tensors.update(_rng_states(dist))
+    if dist.main:
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "world_size": dist.world, "config": asdict(cfg)},
+                                                   indent=2) + "\n")
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
 
 
-def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt: torch.optim.Optimizer) -> dict:
+def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt: torch.optim.Optimizer,
+                     dist: Any) -> dict:
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "state.safetensors"))
     meta = json.loads((folder / "state.json").read_text())
+    if int(meta.get("world_size", 1)) != dist.world:
+        raise InvalidArgumentError(f"{folder} was written by {meta.get('world_size', 1)} process(es); resume it "
+                                   f"with as many (this run has {dist.world})")
     params = dict(model.named_parameters())
+
+    def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The saved whole tensor placed as `ref` is: this process's shard under FSDP2."""
+        t = t.to(ref.device if not hasattr(ref, "device_mesh") else dist.device, ref.dtype)
+        if hasattr(ref, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            return distribute_tensor(t, ref.device_mesh, ref.placements)
+        return t
+
     with torch.no_grad():
         for n in names:
-            params[n].copy_(tensors[f"param/{n}"])
+            params[n].copy_(like(tensors[f"param/{n}"], params[n]))
     for i, n in enumerate(names):
         p = opt.param_groups[0]["params"][i]
         if f"adam/{n}/exp_avg" in tensors:
             opt.state[p] = {"step": tensors[f"adam/{n}/step"].reshape(()),
-                            "exp_avg": tensors[f"adam/{n}/exp_avg"], "exp_avg_sq": tensors[f"adam/{n}/exp_avg_sq"]}
-    torch.set_rng_state(tensors["rng/torch"])
+                            "exp_avg": like(tensors[f"adam/{n}/exp_avg"], p),
+                            "exp_avg_sq": like(tensors[f"adam/{n}/exp_avg_sq"], p)}
+    torch.set_rng_state(tensors[f"rng/torch/{dist.rank}"])
+    if dist.device.type == "cuda" and f"rng/cuda/{dist.rank}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"rng/cuda/{dist.rank}"], dist.device)
     return {k: int(meta[k]) for k in ("step", "epoch", "cursor")}
 
 
-def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig) -> None:
+def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any) -> None:
     """The open artifact (a PEFT adapter or full safetensors weights) and the loss curve."""
     from safetensors.torch import save_file
 
     model.eval()
-    if cfg.method == "lora":
-        from corral.model.lora import save_adapter
+    if cfg.method in ("lora", "qlora"):
+        from corral.model.lora import lora_state_dict, save_adapter
 
-        save_adapter(model, run / "adapter", base_model=str(lm.path))
+        sd = {k: _full(v).cpu() for k, v in lora_state_dict(model).items()}
+        if dist.main:
+            save_adapter(model, run / "adapter", base_model=str(lm.path), tensors=sd)
     else:
-        out = run / "model"
-        out.mkdir(exist_ok=True)
-        sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        sd = {k: _full(v.detach()).cpu().contiguous() for k, v in model.state_dict().items()}
         if lm.config.tie_word_embeddings:
             sd.pop("lm_head.weight", None)
-        save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-        (out / "config.json").write_text(json.dumps(lm.config.to_hf_dict(), indent=2) + "\n")
-    plot_metrics(run / "metrics.jsonl", run / "loss.png")
+        if dist.main:
+            out = run / "model"
+            out.mkdir(exist_ok=True)
+            save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+            (out / "config.json").write_text(json.dumps(lm.config.to_hf_dict(), indent=2) + "\n")
+    if dist.main:
+        plot_metrics(run / "metrics.jsonl", run / "loss.png")
+    dist.barrier()
 
 
 def plot_metrics(metrics: Path, png: Path) -> None:
