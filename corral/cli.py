@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--adapter", required=True, help="the PEFT adapter folder (corral finetune's run/adapter)")
     mg.add_argument("--out", required=True, help="the HF folder to write")
     mg.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 (default float32)")
+    ex = sub.add_parser("export", help="write a model, its tokenizer and chat template as a GGUF for llama.cpp")
+    ex.add_argument("model", help="GGUF file, HF folder (a `corral merge` output too) or registry name")
+    ex.add_argument("--out", required=True, help="the .gguf file to write")
+    ex.add_argument("--format", default="gguf", help="gguf (the only one so far; `corral merge` writes HF folders)")
+    ex.add_argument("--quant", default="f16", help="f16 | q8_0 | q4_0 | f32 (default f16; norms stay f32, and "
+                    "q4_0 keeps the output matrix q8_0)")
+    ex.add_argument("--adapter", default=None, help="a PEFT LoRA adapter folder to merge in before writing")
+    ex.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s = sub.add_parser("serve", help="serve a model behind an OpenAI-compatible API and a web chat page")
     _model_args(s, optional_model=True, max_seq_len=2048, engine=True)
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --api-key "
@@ -133,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "merge": cmd_merge,
-                 "serve": cmd_serve, "batch": cmd_batch}
+                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -563,6 +571,19 @@ def cmd_merge(args: argparse.Namespace) -> int:
     n = merge_lora(lm.model)
     save_hf_folder(lm.model, lm.config, tok, lm.path, out, dtypes[args.dtype])
     print(f"merged {n} LoRA layers into {lm.path.name}; wrote {out} (config.json, model.safetensors, tokenizer)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from corral.errors import InvalidArgumentError
+    from corral.model.export import export_gguf
+
+    if args.format != "gguf":
+        raise InvalidArgumentError(f"--format {args.format!r}: corral export writes gguf; for an HF folder of a "
+                                   "model with an adapter merged in, use corral merge")
+    r = export_gguf(args.model, args.out, quant=args.quant, adapter=args.adapter, force=args.force)
+    types = ", ".join(f"{n} {k}" for k, n in sorted(r.tensor_types.items(), key=lambda kv: -kv[1]))
+    print(f"wrote {r.path} ({r.quant}: {types} tensors; {r.size_bytes / 2**20:.1f} MiB)")
     return 0
 
 

@@ -400,3 +400,58 @@ def _gguf_spm(tokens: list[str], scores: list[float], types: list[int], space_pr
     tok.decoder = decoders.Sequence(steps)
     _added(tok, tokens, control, user)
     return tok
+
+
+# A text that tells pre-tokenizers apart (the idea of convert_hf_to_gguf.py's `chktxt`): digit runs, contractions,
+# whitespace runs and line breaks, punctuation runs, other scripts, emoji.
+PRE_PROBE = ("Hello world! I'm sure they're here; we'll see, you'd've. 'S 'T 'VE\n\n  \n\t\tx  y   z    \n"
+             "3 33 333 4444 55555 3.14 1,000,000 x2 a1b22c333 ------====== ...!!!??? ``` \"\"\" ''' "
+             "Привет мир 你好世界1314 こんにちは 🦙🚀✅ café naïve ÅÄÖ\r\n end  ")
+# The llama.cpp pre-tokenizer names an export may write, each rebuilt by `_gguf_bpe` as corral reads it.
+GGUF_BPE_PRES = ("smollm", "gpt2", "llama-bpe")
+
+
+def gguf_vocab(folder: Path, n_vocab: int) -> dict[str, Any]:
+    """The GGUF `tokenizer.*` keys (gpt2 BPE) for the byte-level BPE `tokenizer.json` of an HF folder, with the
+    chat template. The vocabulary is padded with unused `[PADn]` entries to the model's `n_vocab` embedding rows,
+    as convert_hf_to_gguf.py does. `tokenizer.ggml.pre` (how llama.cpp splits text before BPE) is the name of
+    `GGUF_BPE_PRES` whose rebuilt tokenizer encodes `PRE_PROBE` exactly as the source; none → `TokenizerError`."""
+    tok = _from_hf_folder(folder)
+    if not isinstance(tok, HFTokenizer):
+        raise TokenizerError(f"{folder}: a tiktoken tokenizer.model; GGUF export needs the model's tokenizer.json")
+    data = json.loads(tok._tok.to_str())
+    model = data.get("model") or {}
+    if model.get("type") != "BPE" or "ByteLevel" not in {d.get("type") for d in _decoder_steps(data.get("decoder"))}:
+        raise TokenizerError(f"{folder}/tokenizer.json: a {model.get('type')} tokenizer without byte-level "
+                             "decoding (SentencePiece style); GGUF export supports byte-level BPE (GPT-2, Llama 3, "
+                             "SmolLM) tokenizers only")
+    if tok.vocab_size > n_vocab:
+        raise TokenizerError(f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model only {n_vocab} "
+                             "embedding rows; the tokenizer files belong to another model")
+    added = tok._tok.get_added_tokens_decoder()
+    tokens, types = [], []
+    for i in range(n_vocab):
+        piece = tok._tok.id_to_token(i)
+        tokens.append(f"[PAD{i}]" if piece is None else piece)
+        # gguf.TokenType: 1 normal, 3 control (special), 4 user-defined (added, not special), 5 unused
+        types.append(5 if piece is None else 1 if i not in added else 3 if added[i].special else 4)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    control = {i for i, t in enumerate(types) if t == 3}
+    user = {i for i, t in enumerate(types) if t == 4}
+    want = tok.encode(PRE_PROBE)
+    pre = next((p for p in GGUF_BPE_PRES
+                if _gguf_bpe(tokens, merges, p, control, user).encode(PRE_PROBE, add_special_tokens=False).ids == want),
+               None)
+    if pre is None:
+        raise TokenizerError(f"{folder}/tokenizer.json: its pre-tokenizer splits text unlike any llama.cpp knows "
+                             f"among {', '.join(GGUF_BPE_PRES)}; llama.cpp would tokenize differently")
+    tc = _read_json(folder / "tokenizer_config.json")
+    kv: dict[str, Any] = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, "tokenizer.ggml.tokens": tokens,
+                          "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": merges}
+    ids = {"bos": tok.bos_id, "eos": tok.eos_id, "padding": tok.token_id(_token_str(tc.get("pad_token")) or ""),
+           "unknown": tok.token_id(_token_str(tc.get("unk_token") or model.get("unk_token")) or "")}
+    kv |= {f"tokenizer.ggml.{k}_token_id": int(v) for k, v in ids.items() if v is not None}
+    kv["tokenizer.ggml.add_bos_token"] = bool(tok.add_bos)
+    if tok.chat_template:
+        kv["tokenizer.chat_template"] = tok.chat_template
+    return kv

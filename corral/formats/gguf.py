@@ -1,7 +1,8 @@
-"""Read GGUF files (llama.cpp's format): metadata, tokenizer vocabulary and tensors.
+"""Read and write GGUF files (llama.cpp's format): metadata, tokenizer vocabulary and tensors.
 
 Tensors are mapped to HF names, so the model sees one layout whatever file it came from. llama.cpp's converter
-permutes the rows of Q and K so that its RoPE (adjacent pairs) matches HF's (rotate-half); `unpermute_qk` undoes it.
+permutes the rows of Q and K so that its RoPE (adjacent pairs) matches HF's (rotate-half); `unpermute_qk` undoes it,
+`permute_qk` redoes it when `write_gguf` exports a model.
 Quantized tensors are dequantized with the `gguf` package, or — for Q4_0/Q4_1 — kept as 4-bit codes with per-group
 scales so `corral.model.quant` can run them without ever making an fp32 copy.
 """
@@ -12,11 +13,14 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from corral.errors import ModelFormatError
+from corral.errors import InvalidArgumentError, ModelFormatError
+
+if TYPE_CHECKING:
+    from corral.config import ModelConfig
 
 GGUF_MAGIC = b"GGUF"
 
@@ -49,6 +53,12 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's `permute` of Q/K rows: (n_head, hd/2, 2, ...) → (n_head, 2, hd/2, ...)."""
     shape = w.shape
     return w.reshape(n_head, shape[0] // n_head // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's rotate-half Q/K rows → llama.cpp's adjacent pairs: (n_head, 2, hd/2, ...) → (n_head, hd/2, 2, ...)."""
+    shape = w.shape
+    return w.reshape(n_head, 2, shape[0] // n_head // 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
 
 
 @dataclass
@@ -165,9 +175,14 @@ class GGUFFile:
         if n_tensors > 1_000_000 or n_kv > 1_000_000:
             raise ModelFormatError(f"{self.path}: implausible header ({n_tensors} tensors, {n_kv} keys); corrupt file")
         self.metadata: dict[str, Any] = {}
+        # key → (GGUF value type, item type of an array): an export copies keys with the types llama.cpp expects.
+        self.value_types: dict[str, tuple[int, int | None]] = {}
         for _ in range(n_kv):
             key = c.string()
-            self.metadata[key] = _value(c, c.unpack("I"))
+            vtype = c.unpack("I")
+            item = struct.unpack_from("<I", c.buf, c.pos)[0] if vtype == 9 and c.pos + 4 <= len(c.buf) else None
+            self.value_types[key] = (vtype, item)
+            self.metadata[key] = _value(c, vtype)
         infos = []
         for _ in range(n_tensors):
             name = c.string()
@@ -257,3 +272,134 @@ class GGUFFile:
             if t.name == "rope_freqs.weight":
                 return np.array(self._data(t), dtype=np.float32).reshape(-1)  # a copy: the map is read-only
         return None
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+EXPORT_QUANTS = ("f16", "q8_0", "q4_0", "f32")
+_FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7}  # gguf.LlamaFileType: ALL_F32, MOSTLY_F16, MOSTLY_Q4_0, ...
+_GGUF_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
+_GGUF_TOP = {v: k for k, v in _TOP_NAMES.items()}
+
+
+def gguf_name(name: str) -> str:
+    """`model.layers.3.self_attn.q_proj.weight` → `blk.3.attn_q.weight`: the inverse of `hf_name`."""
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+    if m and m.group(2) in _GGUF_LAYER:
+        return f"blk.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}.{m.group(3)}"
+    m = re.fullmatch(r"(.+)\.(weight|bias)", name)
+    if m and m.group(1) in _GGUF_TOP:
+        return f"{_GGUF_TOP[m.group(1)]}.{m.group(2)}"
+    raise ModelFormatError(f"tensor {name}: GGUF has no name for it; corral exports Llama-family weights only")
+
+
+def export_type(name: str, shape: tuple[int, ...], quant: str, tied: bool) -> Any:
+    """The GGUF type of tensor `name` (GGUF name, HF-layout shape) in an export to `quant`, as llama.cpp's
+    `llama-quantize` picks by default:
+    - 1-D tensors (norms, biases, rope factors) stay F32;
+    - f32/f16: every 2-D tensor in that type; q8_0: every 2-D tensor Q8_0;
+    - q4_0: Q4_0, except the output matrix (`output`, or `token_embd` when tied, as it is the output too), which
+      llama-quantize puts in Q6_K. The gguf package cannot quantize Q6_K, so it gets Q8_0: llama-quantize's own
+      choice for an output whose rows are not a multiple of 256;
+    - a row (the last dimension) that is not a multiple of the 32-weight block: F16, as convert_hf_to_gguf.py
+      falls back.
+    """
+    from gguf import GGMLQuantizationType as Q
+
+    if len(shape) < 2:
+        return Q.F32
+    if quant in ("f32", "f16"):
+        return Q.F32 if quant == "f32" else Q.F16
+    if shape[-1] % 32:
+        return Q.F16
+    is_output = name == "output.weight" or (tied and name == "token_embd.weight")
+    return Q.Q8_0 if quant == "q8_0" or is_output else Q.Q4_0
+
+
+def _value_type(value: Any) -> tuple[Any, Any]:
+    """(GGUF type, item type) for a metadata value without a recorded type: ints as UINT32, the type llama.cpp
+    reads sizes and token ids as (it checks key types strictly), int arrays as INT32 (`token_type`)."""
+    from gguf import GGUFValueType as V
+
+    if isinstance(value, list):
+        first = value[0]
+        item = V.STRING if isinstance(first, str) else V.BOOL if isinstance(first, bool) else \
+            V.FLOAT32 if isinstance(first, float) else V.INT32
+        return V.ARRAY, item
+    if isinstance(value, bool):
+        return V.BOOL, None
+    if isinstance(value, int):
+        return (V.UINT32 if value >= 0 else V.INT32), None
+    return (V.FLOAT32 if isinstance(value, float) else V.STRING), None
+
+
+def write_gguf(path: str | Path, tensors: dict[str, np.ndarray], config: ModelConfig, quant: str,
+               metadata: dict[str, Any], value_types: dict[str, tuple[int, int | None]] | None = None,
+               rope_factors: np.ndarray | None = None) -> dict[str, int]:
+    """Write a llama-architecture GGUF that llama.cpp loads; return the count of tensors per GGUF type.
+
+    `tensors`: fp32 arrays by HF name, in HF layout (Q/K rows are permuted here; `lm_head.weight` is left out when
+    the embeddings are tied). Each gets `export_type(..., quant)`. The `llama.*` keys come from `config`;
+    `metadata` adds the rest (`general.*`, `tokenizer.*`), typed as `value_types` says (`GGUFFile.value_types` of a
+    source file) or else by `_value_type`. `rope_factors`: per-frequency divisors (Llama 3.1 scaling), written as
+    `rope_freqs.weight` the way convert_hf_to_gguf.py does. The file appears at `path` only once complete.
+    """
+    import os
+
+    import gguf
+    from gguf import GGUFValueType as V
+
+    if quant not in EXPORT_QUANTS:
+        raise InvalidArgumentError(f"quantization {quant!r}: choose one of {', '.join(EXPORT_QUANTS)}")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(tmp, "llama")
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    w.add_feed_forward_length(config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    w.add_rope_dimension_count(config.head_dim)
+    w.add_rope_freq_base(config.rope_theta)
+    w.add_layer_norm_rms_eps(config.rms_norm_eps)
+    w.add_vocab_size(int(tensors["model.embed_tokens.weight"].shape[0]))
+    w.add_file_type(_FILE_TYPES[quant])
+    if quant.startswith("q"):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in metadata.items():
+        if (value_types or {}).get(key):
+            vtype, item = value_types[key]
+            w.add_key_value(key, value, V(vtype), None if item is None else V(item))
+        elif value is not None and value != []:
+            w.add_key_value(key, value, *_value_type(value))
+
+    counts: dict[str, int] = {}
+
+    def put(name: str, arr: np.ndarray) -> None:
+        kind = export_type(name, arr.shape, quant, config.tie_word_embeddings)
+        if kind.name in ("F32", "F16"):
+            w.add_tensor(name, arr.astype(np.float32 if kind.name == "F32" else np.float16))
+        else:
+            w.add_tensor(name, gguf.quants.quantize(arr, kind), raw_dtype=kind)
+        counts[kind.name] = counts.get(kind.name, 0) + 1
+
+    if rope_factors is not None:
+        put("rope_freqs.weight", np.asarray(rope_factors, np.float32))
+    for name, arr in tensors.items():
+        if config.tie_word_embeddings and name == "lm_head.weight":
+            continue
+        heads = (config.num_attention_heads if ".q_proj." in name else
+                 config.num_key_value_heads if ".k_proj." in name else 0)
+        put(gguf_name(name), np.ascontiguousarray(permute_qk(arr, heads) if heads else arr, np.float32))
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return counts
