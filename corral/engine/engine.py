@@ -106,6 +106,11 @@ class Engine:
         self.max_batch, self.max_seq_len = max_batch, min(max_seq_len, ctx)
         self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
         self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len, model.dtype, model.device)
+        if model.device.type == "cuda":
+            # Measured on an H200 (bench/gpu_check.py, profiled): SDPA's cuDNN backend spends ~1.9 ms of host
+            # time per call on a masked one-token decode, 30 calls a step: 13 tok/s for one stream. Without it
+            # SDPA dispatches to the memory-efficient or math kernels, which take any mask. Not yet re-measured.
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.slot_ids: list[list[int]] = [[] for _ in range(max_batch)]  # tokens whose KV each slot holds
         self.running: list[Request] = []  # index == slot
         self.waiting: deque[Request] = deque()

@@ -50,7 +50,10 @@ class Int4Linear(nn.Module):
             packed = pack_int4_cpu(codes)
         else:
             c = codes.to(device, torch.int32)
-            packed = torch._convert_weight_to_int4pack((c[:, ::2] << 4 | c[:, 1::2]).to(torch.uint8), 8)
+            # tinygemm wants K to be a multiple of 16 x inner k-tiles: 8 tiles where K allows (SmolLM2's 576
+            # does not), else 4 or 2.
+            tiles = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+            packed = torch._convert_weight_to_int4pack((c[:, ::2] << 4 | c[:, 1::2]).to(torch.uint8), tiles)
         self.register_buffer("packed", packed.to(device))
         # Chosen once: the decode step calls this 120 times, and per-call Python work shows at that rate.
         self._mm = torch._weight_int4pack_mm_for_cpu if device.type == "cpu" else torch._weight_int4pack_mm
