@@ -182,23 +182,13 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
             lr = lr_at(state["step"], cfg, total)
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss_sum = 0.0
-            for i, (batch, _) in enumerate(batches):
-                if dist.world > 1:  # gradients are reduced once, after the last micro-batch
-                    model.set_requires_gradient_sync(i == len(batches) - 1)
-                with autocast():
-                    loss = _loss(model, batch, "sum") / n_tok
-                # FSDP averages gradients over processes; the loss is already a share of the global sum
-                (loss * dist.world).backward()
-                loss_sum += float(loss.detach())
-                tokens_since += batch["tokens"]
-            grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss_sum, grad_norm = train_step(model, opt, params, [b for b, _ in batches], n_tok, cfg.clip,
+                                             autocast, dist.world)
+            tokens_since += sum(b["tokens"] for b, _ in batches)
             state["step"] += 1
             loss_sum = dist.sum(loss_sum)
             now = time.perf_counter()
-            rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+            rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
                                    "tokens_per_s": dist.sum(tokens_since) / max(now - t_last, 1e-9),
                                    "epoch": state["epoch"]}
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
@@ -219,6 +209,26 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         bar(None)
     _finish(run, model, lm, tok, cfg, dist)
     return run
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.Tensor],
+               batches: list[dict[str, Any]], n_tok: int, clip: float, autocast: Any = nullcontext,
+               world: int = 1) -> tuple[float, float]:
+    """One optimizer step over the micro-batches of this process: (its share of the loss, gradient norm).
+    `n_tok` counts the loss tokens of the whole step on all processes, so the shares add up to the mean."""
+    loss_sum = 0.0
+    for i, batch in enumerate(batches):
+        if world > 1:  # gradients are reduced once, after the last micro-batch
+            model.set_requires_gradient_sync(i == len(batches) - 1)
+        with autocast():
+            loss = _loss(model, batch, "sum") / n_tok
+        # FSDP averages gradients over processes; the loss is already a share of the global sum
+        (loss * world).backward()
+        loss_sum += float(loss.detach())
+    grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, clip))
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss_sum, float(grad_norm)
 
 
 def _loss(model: torch.nn.Module, batch: dict[str, Any], reduction: str) -> torch.Tensor:
