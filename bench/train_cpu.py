@@ -3,10 +3,11 @@
     python bench/train_cpu.py [--steps 6] [--rounds 2] [--batch 4] [--seq 256] [--rank 16] [--threads 2]
 
 Both train the default SmolLM2-135M (its GGUF dequantized to fp32) with LoRA on all seven projections (q, k, v,
-o, gate, up, down; alpha = 2 x rank, no dropout), AdamW, gradient clipping at 1.0, the loss on every token of
-`batch` full rows of `seq` tokens cut from the acme training text. corral's step is its fine-tuning loop's own
-(`corral.train.loop.train_step`); the peer's is the usual transformers + peft one. The two alternate in rounds in
-one process and the tokens/s of each is the median over its timed steps; the ratio is the figure.
+o, gate, up, down; alpha = 2 x rank, no dropout), AdamW, gradient clipping at 1.0, on `batch` full rows of `seq`
+tokens of acme conversations, the loss on their assistant turns (or on every token: `--labels all`). corral's step
+is its fine-tuning loop's own (`corral.train.loop.train_step`); the peer's is the usual transformers + peft one.
+The two alternate in rounds in one process; the tokens/s of each is the median over its timed steps; the ratio is
+the figure.
 """
 
 from __future__ import annotations
@@ -26,25 +27,28 @@ from corral.model.loader import load_model  # noqa: E402
 from corral.model.lora import DEFAULT_TARGETS, apply_lora  # noqa: E402
 from corral.registry import default_model_path  # noqa: E402
 from corral.tokenizer import load_tokenizer  # noqa: E402
-from corral.train.data import IGNORE  # noqa: E402
+from corral.train.data import IGNORE, load_jsonl  # noqa: E402
 from corral.train.loop import train_step  # noqa: E402
 
 
-def batch_of(tok, batch: int, seq: int) -> torch.Tensor:
-    text = (ROOT / "examples" / "acme" / "train.jsonl").read_text()
-    ids = tok.encode(text)
+def batch_of(tok, batch: int, seq: int, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch` full rows of `seq` tokens: the acme conversations rendered with the chat template, end to end.
+    labels "assistant": the loss on the assistant turns only (fine-tuning data as it comes); "all": every token."""
+    examples, _ = load_jsonl(ROOT / "examples" / "acme" / "train.jsonl", tok, 4096)
+    ids = [t for e in examples for t in e.input_ids]
+    lab = [t for e in examples for t in e.labels] if labels == "assistant" else list(ids)
     need = batch * seq
-    ids = (ids * (need // len(ids) + 1))[:need]
-    return torch.tensor(ids).view(batch, seq)
+    reps = need // len(ids) + 1
+    return torch.tensor((ids * reps)[:need]).view(batch, seq), torch.tensor((lab * reps)[:need]).view(batch, seq)
 
 
-def corral_trainer(path: Path, ids: torch.Tensor, rank: int):
+def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int):
     model = load_model(str(path), device="cpu", dtype="float32").model
     apply_lora(model, rank, 2.0 * rank, 0.0, DEFAULT_TARGETS)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    batch = {"ids": ids, "labels": ids.clone(), "positions": None, "doc_ids": None, "tokens": ids.numel()}
+    batch = {"ids": ids, "labels": labels, "positions": None, "doc_ids": None, "tokens": ids.numel()}
     n_tok = int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def step() -> float:
@@ -52,7 +56,7 @@ def corral_trainer(path: Path, ids: torch.Tensor, rank: int):
     return step
 
 
-def peer_trainer(path: Path, ids: torch.Tensor, rank: int):
+def peer_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -64,7 +68,7 @@ def peer_trainer(path: Path, ids: torch.Tensor, rank: int):
     opt = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> float:
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -81,12 +85,15 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--labels", choices=["assistant", "all"], default="assistant",
+                    help="loss on the assistant turns (default) or on every token")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = default_model_path()
-    ids = batch_of(load_tokenizer(path), args.batch, args.seq)
+    ids, labels = batch_of(load_tokenizer(path), args.batch, args.seq, args.labels)
     tokens = ids.numel()
-    programs = {"corral": corral_trainer(path, ids, args.rank), "transformers+peft": peer_trainer(path, ids, args.rank)}
+    programs = {"corral": corral_trainer(path, ids, labels, args.rank),
+                "transformers+peft": peer_trainer(path, ids, labels, args.rank)}
     times: dict[str, list[float]] = {k: [] for k in programs}
     first: dict[str, float] = {}
     for name, step in programs.items():  # warm-up (first-touch allocations, thread pools); first losses
@@ -99,8 +106,9 @@ def main() -> int:
                 times[name].append(time.perf_counter() - t0)
             print(f"round {r + 1}: {name} {tokens / statistics.median(times[name]):.0f} tok/s", flush=True)
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
+    share = float((labels[:, 1:] != IGNORE).float().mean())
     print(f"\nLoRA r{args.rank} on all 7 projections, batch {args.batch} x {args.seq}, {args.threads} threads, "
-          f"{args.rounds} x {args.steps} timed steps each")
+          f"{args.rounds} x {args.steps} timed steps each; loss on {args.labels} tokens ({share:.0%})")
     print(f"first-step loss: corral {first['corral']:.4f}, transformers+peft {first['transformers+peft']:.4f}")
     for k, v in rate.items():
         print(f"  {k:18s} {v:7.1f} tok/s")

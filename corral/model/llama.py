@@ -116,6 +116,7 @@ class Batch:
     kv_len: int  # attend over cache[..., :kv_len, :]
     write_idx: tuple[torch.Tensor, ...] | None = None  # index_put_ indices for (B, n_kv, T) cache entries
     bias: torch.Tensor | None = None  # (B*n_kv, n_rep*T, S) fp32 additive mask, blocked path
+    causal: bool = False  # no cache, positions 0..T-1 in every row: `mask` is the plain causal one
 
 
 class Attention(nn.Module):
@@ -154,7 +155,9 @@ class Attention(nn.Module):
         if b.bias is not None:
             y = self._attend_blocked(q, k, v, b.bias)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, enable_gqa=self.n_kv != self.n_heads)
+            # A plain causal pass (training, scoring) says so: the kernels then skip the masked half of the blocks.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if b.causal else b.mask, is_causal=b.causal,
+                                               enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * hd))
 
     def _attend_blocked(self, q, k, v, bias):
@@ -302,6 +305,7 @@ class LlamaForCausalLM(nn.Module):
         batch_invariant: bool = False,
         return_hidden: bool = False,
         doc_ids: torch.Tensor | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T) → logits (B, T, V) in fp32 (or (B, 1, V) with `last_only`).
 
@@ -309,12 +313,16 @@ class LlamaForCausalLM(nn.Module):
         new keys/values are written at `positions` and attention spans cache entries [0, kv_len).
         `doc_ids` (B, T), no cache: packed rows, several documents per row: a token attends only to earlier tokens
         of its own document (block-diagonal causal mask), and `positions` restart at each document.
+        `keep` (B, T) bool: logits only at those positions, as (N, V) — training computes the head (a sixth of the
+        model's FLOPs for SmolLM2) only where a loss applies.
         """
         B, T = input_ids.shape
+        plain = positions is None
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
         if cache is None:
             b = self.make_batch(positions, T)
+            b.causal = plain and doc_ids is None
             if doc_ids is not None:
                 idx = torch.arange(T, device=input_ids.device)
                 same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
@@ -338,6 +346,8 @@ class LlamaForCausalLM(nn.Module):
         x = self.model.norm(x)
         if return_hidden:
             return x
+        if keep is not None:
+            return self.head(x[keep])
         if last_only:
             x = x[:, -1:]
         return self.head(x, batch_invariant)

@@ -232,10 +232,13 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[
 
 
 def _loss(model: torch.nn.Module, batch: dict[str, Any], reduction: str) -> torch.Tensor:
-    logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"])
+    """Cross-entropy of the next token where a label applies; the head runs at those positions only."""
     labels = batch["labels"]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE, reduction=reduction)
+    target = torch.roll(labels, -1, dims=1)  # position t predicts label t + 1
+    target[:, -1] = IGNORE
+    keep = target != IGNORE
+    logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"], keep=keep)  # (N, V)
+    return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
