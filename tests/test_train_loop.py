@@ -234,3 +234,22 @@ def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
+
+
+def test_loss_on_kept_positions_equals_the_full_head(tiny_chat, tok):
+    """The head runs only where a label applies; the loss equals cross-entropy over the full logits."""
+    import torch.nn.functional as F
+
+    from corral.model.loader import load_model
+    from corral.train.data import IGNORE, encode_line
+    from corral.train.loop import _collate, _loss
+
+    model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
+    exs = [encode_line(x, tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
+    b = _collate(exs, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(b["ids"])
+        want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")
+        got = _loss(model, b, "sum")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
