@@ -2,12 +2,12 @@
 
     python bench/train_cpu.py [--steps 6] [--rounds 2] [--batch 4] [--seq 256] [--rank 16] [--threads 2]
 
-Both train the default SmolLM2-135M (its GGUF dequantized to fp32) with LoRA on all seven projections (q, k, v,
-o, gate, up, down; alpha = 2 x rank, no dropout), AdamW, gradient clipping at 1.0, on `batch` full rows of `seq`
-tokens of acme conversations, the loss on their assistant turns (or on every token: `--labels all`). corral's step
-is its fine-tuning loop's own (`corral.train.loop.train_step`); the peer's is the usual transformers + peft one.
-The two alternate in rounds in one process; the tokens/s of each is the median over its timed steps; the ratio is
-the figure.
+Both train the default SmolLM2-135M (its GGUF dequantized to fp32; `--precision bf16`: both under bf16 autocast)
+with LoRA on all seven projections (q, k, v, o, gate, up, down; alpha = 2 x rank, no dropout), AdamW, gradient
+clipping at 1.0, on `batch` full rows of `seq` tokens of acme conversations, the loss on their assistant turns (or
+on every token: `--labels all`). corral's step is its fine-tuning loop's own (`corral.train.loop.train_step`); the
+peer's is the usual transformers + peft one. The two alternate in rounds in one process; the tokens/s of each is
+the median over its timed steps; the ratio is the figure.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -42,7 +43,11 @@ def batch_of(tok, batch: int, seq: int, labels: str) -> tuple[torch.Tensor, torc
     return torch.tensor((ids * reps)[:need]).view(batch, seq), torch.tensor((lab * reps)[:need]).view(batch, seq)
 
 
-def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int):
+def autocast_for(precision: str):
+    return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
+
+
+def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int, precision: str):
     model = load_model(str(path), device="cpu", dtype="float32").model
     apply_lora(model, rank, 2.0 * rank, 0.0, DEFAULT_TARGETS)
     model.train()
@@ -52,11 +57,11 @@ def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: in
     n_tok = int((batch["labels"][:, 1:] != IGNORE).sum())
 
     def step() -> float:
-        return train_step(model, opt, params, [batch], n_tok, clip=1.0)[0]
+        return train_step(model, opt, params, [batch], n_tok, clip=1.0, autocast=autocast_for(precision))[0]
     return step
 
 
-def peer_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int):
+def peer_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int, precision: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -68,7 +73,8 @@ def peer_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int)
     opt = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> float:
-        loss = model(input_ids=ids, labels=labels).loss
+        with autocast_for(precision)():
+            loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -85,6 +91,8 @@ def main() -> int:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="both programs: fp32, or bf16 autocast (fp32 weights and optimizer)")
     ap.add_argument("--labels", choices=["assistant", "all"], default="assistant",
                     help="loss on the assistant turns (default) or on every token")
     args = ap.parse_args()
@@ -92,8 +100,8 @@ def main() -> int:
     path = default_model_path()
     ids, labels = batch_of(load_tokenizer(path), args.batch, args.seq, args.labels)
     tokens = ids.numel()
-    programs = {"corral": corral_trainer(path, ids, labels, args.rank),
-                "transformers+peft": peer_trainer(path, ids, labels, args.rank)}
+    programs = {"corral": corral_trainer(path, ids, labels, args.rank, args.precision),
+                "transformers+peft": peer_trainer(path, ids, labels, args.rank, args.precision)}
     times: dict[str, list[float]] = {k: [] for k in programs}
     first: dict[str, float] = {}
     for name, step in programs.items():  # warm-up (first-touch allocations, thread pools); first losses
@@ -108,7 +116,8 @@ def main() -> int:
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
     share = float((labels[:, 1:] != IGNORE).float().mean())
     print(f"\nLoRA r{args.rank} on all 7 projections, batch {args.batch} x {args.seq}, {args.threads} threads, "
-          f"{args.rounds} x {args.steps} timed steps each; loss on {args.labels} tokens ({share:.0%})")
+          f"{args.precision}, {args.rounds} x {args.steps} timed steps each; loss on {args.labels} tokens "
+          f"({share:.0%})")
     print(f"first-step loss: corral {first['corral']:.4f}, transformers+peft {first['transformers+peft']:.4f}")
     for k, v in rate.items():
         print(f"  {k:18s} {v:7.1f} tok/s")

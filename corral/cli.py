@@ -471,7 +471,7 @@ FINETUNE_HELP = {
     "method": "lora | qlora (frozen 4-bit base) | full", "val_file": "held-out JSONL",
     "val_split": "fraction of the data held out",
     "resume": "continue the run in --out from its checkpoint", "lora_targets": "comma-separated projections",
-    "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA) | bf16 | fp32",
+    "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA and bf16-capable CPUs) | bf16 | fp32",
     "packing": "pack several examples per row", "grad_checkpointing": "recompute activations in backward",
 }
 

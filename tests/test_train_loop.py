@@ -38,7 +38,8 @@ def losses(run: Path, key: str = "loss") -> list[float]:
 
 def cfg(tiny_chat, data, out, **kw) -> FinetuneConfig:
     base = dict(model=str(tiny_chat), data=str(data), out=str(out), batch_size=4, max_steps=12, lr=3e-3,
-                warmup_steps=2, max_seq_len=256, save_every=5, eval_every=6, val_split=0.2, lora_r=8, seed=1)
+                warmup_steps=2, max_seq_len=256, save_every=5, eval_every=6, val_split=0.2, lora_r=8, seed=1,
+                precision="fp32")  # exact comparisons; bf16 has its own test
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -214,7 +215,8 @@ def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
     import sys
 
     common = ["finetune", str(tiny_chat), "--data", str(data), "--max-steps", "6", "--lr", "3e-3",
-              "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu"]
+              "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu",
+              "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = tmp_path / "one"
     subprocess.run([sys.executable, "-m", "corral", *common, "--batch-size", "4", "--out", str(one)], check=True,

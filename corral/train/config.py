@@ -34,7 +34,7 @@ class FinetuneConfig:
     save_every: int = 100
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; under torchrun, each process takes cuda:LOCAL_RANK
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions, else fp32) | bf16 | fp32
     packing: bool = False  # several examples per row of max_seq_len tokens (block-diagonal attention)
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
     chat_template: str | None = None
