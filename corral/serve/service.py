@@ -271,35 +271,25 @@ class Service:
         head = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id,
                 **({"usage": None} if include_usage else {})}
 
-        async def gen() -> AsyncIterator[str]:
-            done: dict[int, Finished] = {}
-            try:
-                for job in jobs:
-                    yield chunk([P.ChunkChoice(index=job.index, delta=P.DeltaMessage(role="assistant", content=""))])
-                while len(done) < len(jobs):
-                    i, ev = await q.get()
-                    if isinstance(ev, Delta):
-                        if ev.logprobs and r.logprobs:
-                            lp = self._chat_logprobs(ev.logprobs)
-                            yield chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
-                        elif ev.text:  # the common case, built without pydantic: it runs per token per stream
-                            yield _sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
-                                                   "logprobs": None, "finish_reason": None}]},
-                                                  ensure_ascii=False, separators=(",", ":")))
-                        continue
-                    done[i] = ev
-                    if ev.finish_reason == "error":
-                        yield _sse_error(ev.error or "generation failed")
-                        return
-                    yield chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=self._reason(ev))])
-                if include_usage:
-                    yield chunk([], self._usage(jobs, done))
-                yield "data: [DONE]\n\n"
-            finally:  # the client went away (or we are done): free the slots at the next step
-                if len(done) < len(jobs):
-                    self.cancel(reqs)
+        async def opening() -> AsyncIterator[str]:
+            for job in jobs:
+                yield chunk([P.ChunkChoice(index=job.index, delta=P.DeltaMessage(role="assistant", content=""))])
 
-        return gen()
+        def delta(i: int, ev: Delta) -> str | None:
+            if ev.logprobs and r.logprobs:
+                lp = self._chat_logprobs(ev.logprobs)
+                return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
+            if ev.text:  # the common case, built without pydantic: it runs per token per stream
+                return _sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
+                                                             "logprobs": None, "finish_reason": None}]},
+                                       ensure_ascii=False, separators=(",", ":")))
+            return None
+
+        def finish(i: int, ev: Finished) -> str:
+            return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=self._reason(ev))])
+
+        usage = (lambda u: chunk([], u)) if include_usage else None
+        return self._events(jobs, q, reqs, opening(), delta, finish, usage)
 
     # --- completions ---------------------------------------------------------------------------------------
 
@@ -337,41 +327,59 @@ class Service:
         def chunk(choices: list[P.CompletionChoice], usage: P.Usage | None = None) -> str:
             return _chunk_sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=usage), include_usage)
 
-        async def gen() -> AsyncIterator[str]:
-            done: dict[int, Finished] = {}
-            offsets = [0] * len(jobs)
-            try:
-                if r.echo:
-                    echo_lps = await self._echo_logprobs(r, prompts)
-                    for job in jobs:
-                        text = self.tok.decode(job.prompt_ids)
-                        offsets[job.index] = len(text)
-                        lp = (self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids)
-                              if echo_lps else None)
-                        yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None,
-                                                        logprobs=lp)])
-                while len(done) < len(jobs):
-                    i, ev = await q.get()
-                    if isinstance(ev, Delta):
-                        if ev.text or ev.logprobs:
-                            lp = (self._completion_logprobs(ev.logprobs or [], offsets[i])
-                                  if r.logprobs is not None else None)
-                            offsets[i] += len(ev.text)
-                            yield chunk([P.CompletionChoice(index=i, text=ev.text, finish_reason=None, logprobs=lp)])
-                        continue
-                    done[i] = ev
-                    if ev.finish_reason == "error":
-                        yield _sse_error(ev.error or "generation failed")
-                        return
-                    yield chunk([P.CompletionChoice(index=i, text="", finish_reason=self._reason(ev))])
-                if include_usage:
-                    yield chunk([], self._usage(jobs, done))
-                yield "data: [DONE]\n\n"
-            finally:
-                if len(done) < len(jobs):
-                    self.cancel(reqs)
+        offsets = [0] * len(jobs)
 
-        return gen()
+        async def opening() -> AsyncIterator[str]:
+            if not r.echo:
+                return
+            echo_lps = await self._echo_logprobs(r, prompts)
+            for job in jobs:
+                text = self.tok.decode(job.prompt_ids)
+                offsets[job.index] = len(text)
+                lp = self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids) if echo_lps else None
+                yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None, logprobs=lp)])
+
+        def delta(i: int, ev: Delta) -> str | None:
+            if not (ev.text or ev.logprobs):
+                return None
+            lp = self._completion_logprobs(ev.logprobs or [], offsets[i]) if r.logprobs is not None else None
+            offsets[i] += len(ev.text)
+            return chunk([P.CompletionChoice(index=i, text=ev.text, finish_reason=None, logprobs=lp)])
+
+        def finish(i: int, ev: Finished) -> str:
+            return chunk([P.CompletionChoice(index=i, text="", finish_reason=self._reason(ev))])
+
+        usage = (lambda u: chunk([], u)) if include_usage else None
+        return self._events(jobs, q, reqs, opening(), delta, finish, usage)
+
+    async def _events(self, jobs: list[Job], q: asyncio.Queue, reqs: list[Request], opening: AsyncIterator[str],
+                      delta: Callable[[int, Delta], str | None], finish: Callable[[int, Finished], str],
+                      usage: Callable[[P.Usage], str] | None) -> AsyncIterator[str]:
+        """The SSE lines of a stream, chat or completions alike (they differ in the chunks `opening`, `delta`,
+        `finish` and `usage` build): an error event ends it early, `[DONE]` ends it well, and a client that goes
+        away frees its slots at the next engine step."""
+        done: dict[int, Finished] = {}
+        try:
+            async for line in opening:
+                yield line
+            while len(done) < len(jobs):
+                i, ev = await q.get()
+                if isinstance(ev, Delta):
+                    line = delta(i, ev)
+                    if line:
+                        yield line
+                    continue
+                done[i] = ev
+                if ev.finish_reason == "error":
+                    yield _sse_error(ev.error or "generation failed")
+                    return
+                yield finish(i, ev)
+            if usage:
+                yield usage(self._usage(jobs, done))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (or we are done): free the slots at the next step
+            if len(done) < len(jobs):
+                self.cancel(reqs)
 
     # --- embeddings, tokens --------------------------------------------------------------------------------
 
