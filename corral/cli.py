@@ -544,7 +544,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"bad fine-tuning settings: {e}") from None
     run = finetune(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
-            print(f"done: {run} (metrics.jsonl, loss.png, {'model/' if cfg.method == 'full' else 'adapter/'})")
+        print(f"done: {run} (metrics.jsonl, loss.png, {'model/' if cfg.method == 'full' else 'adapter/'})")
     return 0
 
 
