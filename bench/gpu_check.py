@@ -18,7 +18,6 @@ import json
 import shutil
 import statistics
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -110,31 +109,24 @@ def int4_cuda(folder: Path, dev: torch.device, tmp: Path):
 
 
 def run_engine(model, tok, prompts, max_tokens, max_batch, compile=False):
-    from corral.engine.engine import Delta, Engine, Finished, Request
+    from corral.engine.engine import Delta, Engine, Request
     from corral.engine.sampling import SamplingParams
 
     eng = Engine(model, tok, max_batch=max_batch, max_seq_len=1024, compile=compile)
     if compile:
         eng.warm_up()
     toks: list[list[int]] = [[] for _ in prompts]
-    done = threading.Semaphore(0)
 
     def cb(i):
         def f(ev):
             if isinstance(ev, Delta):
                 toks[i] += ev.token_ids
-            elif isinstance(ev, Finished):
-                done.release()
         return f
 
     t0 = time.perf_counter()
     for i, p in enumerate(prompts):
         eng.submit(Request(p, SamplingParams(max_tokens=max_tokens, ignore_eos=True), cb(i)))
-    n = 0
-    while n < len(prompts):
-        eng.step()
-        while done.acquire(blocking=False):
-            n += 1
+    eng.run_until_idle()
     sync(model.device)
     return toks, time.perf_counter() - t0
 

@@ -180,3 +180,13 @@ def test_stop_strings_max_tokens_and_logprobs(tiny):
     first = lp.logprobs[0]
     assert first.token_id == free[0] and abs(first.logprob - ref[free[0]].item()) < 1e-4
     assert [t for t, _ in first.top] == ref.topk(3).indices.tolist()
+
+
+def test_run_until_idle_finishes_everything_on_the_calling_thread(tiny):
+    ps = prompts(5)
+    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128)  # no thread of its own
+    cs = [submit(eng, p, max_tokens=6) for p in ps]
+    eng.run_until_idle()
+    assert eng.running == [] and not eng.waiting
+    for c, p in zip(cs, ps, strict=True):
+        assert c.finished.finish_reason == "length" and c.ids == naive_greedy(tiny, p, 6)

@@ -260,6 +260,12 @@ class Engine:
             if self.on_step:
                 self.on_step(self)
 
+    def run_until_idle(self) -> None:
+        """Step on the calling thread until every submitted request has finished: offline use (scripts,
+        benchmarks) of an engine that is not running its own thread."""
+        while self.running or self.waiting:
+            self.step()
+
     @torch.inference_mode()
     def step(self) -> None:
         """One scheduling round: cancellations, admissions, one prefill chunk, one batched decode."""

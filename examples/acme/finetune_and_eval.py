@@ -17,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from corral.chat import encode_chat
-from corral.engine.engine import Delta, Engine, Finished, Request
+from corral.engine.engine import Delta, Engine, Request
 from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
 from corral.model.lora import load_adapter, merge_lora
@@ -39,24 +38,18 @@ QUICK_SECTIONS = ("Expenses and pay", "Time off and on-call")
 
 def answers(model, tok, questions: list[str], max_tokens: int = 48) -> list[str]:
     eng = Engine(model, tok, max_batch=16, max_seq_len=512)
-    texts, left = [""] * len(questions), threading.Semaphore(0)
+    texts = [""] * len(questions)
 
     def emit(i):
         def f(ev):
             if isinstance(ev, Delta):
                 texts[i] += ev.text
-            elif isinstance(ev, Finished):
-                left.release()
         return f
 
     for i, q in enumerate(questions):
         ids = encode_chat(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
         eng.submit(Request(ids, SamplingParams(max_tokens=max_tokens), emit(i)))
-    done = 0
-    while done < len(questions):  # stepped here: the engine owns this (main) thread
-        eng.step()
-        while left.acquire(blocking=False):
-            done += 1
+    eng.run_until_idle()  # stepped here: the engine owns this (main) thread
     return texts
 
 
