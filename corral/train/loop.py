@@ -23,6 +23,7 @@ the same global batch. Only rank 0 writes files.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -285,9 +286,16 @@ def _next_rows(rows: list, cfg: FinetuneConfig, world: int, epoch: int, cursor: 
         raise InvalidArgumentError(f"{len(rows)} training rows cannot fill a batch of {n}; lower --batch-size")
     if cursor + n > len(rows):
         epoch, cursor = epoch + 1, 0
-    order = list(range(len(rows)))
-    random.Random(cfg.seed * 1000003 + epoch).shuffle(order)
+    order = _epoch_order(len(rows), cfg.seed, epoch)
     return [rows[i] for i in order[cursor: cursor + n]], epoch, cursor + n
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded order of epoch `epoch`, shuffled once per epoch rather than once per micro-batch."""
+    order = list(range(n))
+    random.Random(seed * 1000003 + epoch).shuffle(order)
+    return tuple(order)
 
 
 def _collate(rows: list[Example] | list[Packed], device: torch.device) -> dict[str, Any]:
