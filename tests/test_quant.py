@@ -31,3 +31,23 @@ def test_int4_linear_equals_dequantized_matmul():
     assert y.shape == (3, n)
     assert torch.allclose(y.float(), ref, atol=0.05, rtol=0.02), (y.float() - ref).abs().max()
     assert torch.allclose(lin.dequantize(), w.view(n, k), atol=0.01)
+
+
+def test_q4_train_linear_requantizes_exactly_and_passes_gradients_to_its_input():
+    from corral.model.quant import Q4TrainLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = Q4TrainLinear(lin)
+    w = q.dequantize()
+    assert (w - lin.weight).abs().max() <= lin.weight.abs().max() / 8  # 4-bit steps of (max - min) / 15
+    again = torch.nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        again.weight.copy_(w)
+    assert torch.equal(Q4TrainLinear(again).dequantize(), w)  # a Q4_1 grid comes back bit-exact
+    x = torch.randn(3, 64, requires_grad=True)
+    q(x).square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    torch.nn.functional.linear(x2, w, lin.bias).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert not any(p.requires_grad for p in q.parameters())
