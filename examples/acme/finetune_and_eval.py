@@ -96,6 +96,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/acme")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decoder layers (corral finetune "
+                    "--compile): the first steps compile, the rest run faster")
     args = ap.parse_args()
     args.epochs = args.epochs or (3.0 if args.quick else 2.0)  # a third epoch over all 44 facts overfits
     torch.set_num_threads(args.threads)
@@ -113,7 +115,8 @@ def main() -> int:
     run = finetune(FinetuneConfig(model=args.model, data=str(data), out=str(out), epochs=args.epochs, lr=args.lr,
                                   batch_size=args.batch_size, max_seq_len=256, warmup_steps=args.warmup_steps,
                                   lora_r=args.lora_r, lora_alpha=2.0 * args.lora_r, lora_dropout=args.lora_dropout,
-                                  seed=args.seed, save_every=1000, eval_every=1000, resume=out.exists()))
+                                  seed=args.seed, save_every=1000, eval_every=1000, resume=out.exists(),
+                                  compile=args.compile))
     train_s = time.perf_counter() - t0
     tuned = load_model(args.model, dtype="float32").model
     load_adapter(tuned, run / "adapter")
