@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("model", nargs="?", default=None, help="GGUF file, HF folder or registry name")
     f.add_argument("--config", default=None, help="a YAML file of FinetuneConfig fields")
     _finetune_args(f)
+    d = sub.add_parser("distill", help="distill a teacher into a smaller student (prune + knowledge distillation)",
+                       description="Every option is a field of corral.distill.config.DistillConfig (the fine-tuning "
+                                   "fields plus the student, teacher and loss); --config reads them from YAML.")
+    d.add_argument("model", nargs="?", default=None, help="the teacher: GGUF file, HF folder or registry name")
+    d.add_argument("--config", default=None, help="a YAML file of DistillConfig fields")
+    _finetune_args(d, distill=True)
     mg = sub.add_parser("merge", help="merge a LoRA adapter into its base and write an HF folder")
     mg.add_argument("model", help="the base: GGUF file, HF folder or registry name")
     mg.add_argument("--adapter", required=True, help="the PEFT adapter folder (corral finetune's run/adapter)")
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
-                 "finetune": cmd_finetune, "merge": cmd_merge,
+                 "finetune": cmd_finetune, "distill": cmd_distill, "merge": cmd_merge,
                  "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export}
         return verbs[args.verb](args)
     except CorralError as e:
@@ -465,6 +471,22 @@ def cmd_batch(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+DISTILL_HELP = {
+    "out": "run folder: student_init/, prune.json, metrics.jsonl, loss.png, checkpoint/, model/ or adapter/, "
+           "report.json",
+    "method": "full (every student weight trains) | lora | qlora (a LoRA student)",
+    "student": "a student model with the teacher's tokenizer (instead of pruning the teacher)",
+    "student_layers": "depth pruning: keep this many decoder layers", "student_mlp": "width pruning: MLP size to keep",
+    "student_heads": "width pruning: query heads to keep (a multiple of the KV heads)",
+    "prune_score": "how layers are ranked: kl (output change without the layer) | bi (block influence)",
+    "calib_examples": "training examples used to rank layers, channels and heads",
+    "kd_loss": "fkl (forward KL) | rkl (reverse KL) | jsd (generalised JSD, --jsd-beta)",
+    "kd_alpha": "loss = (1 - alpha) CE + alpha KD; 0 = plain SFT of the student", "kd_temperature": "KD temperature",
+    "jsd_beta": "JSD mixture weight of the teacher, in (0, 1)",
+    "teacher_topk": "0: teacher online at every step; k: its top-k written to disk once and read back",
+    "teacher_adapter": "a PEFT adapter merged into the teacher at load",
+}
+
 FINETUNE_HELP = {
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}",
     "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
@@ -477,13 +499,15 @@ FINETUNE_HELP = {
 }
 
 
-def _finetune_args(p: argparse.ArgumentParser) -> None:
-    """One option per FinetuneConfig field (default None: 'not given', so a --config file's value stands)."""
+def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
+    """One option per FinetuneConfig (or DistillConfig) field (default None: 'not given', so a --config file's value
+    stands)."""
     import dataclasses
 
+    from corral.distill.config import DistillConfig
     from corral.train.config import FinetuneConfig
 
-    for fld in dataclasses.fields(FinetuneConfig):
+    for fld in dataclasses.fields(DistillConfig if distill else FinetuneConfig):
         if fld.name == "model":
             continue
         flag = "--" + fld.name.replace("_", "-")
@@ -493,26 +517,25 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
             default = fld.default_factory()
         else:
             default = None
-        helptext = FINETUNE_HELP.get(fld.name, "")
+        helptext = (DISTILL_HELP if distill else {}).get(fld.name) or FINETUNE_HELP.get(fld.name, "")
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=helptext)
         elif isinstance(default, list):
             p.add_argument(flag, default=None, help=f"{helptext} (default {','.join(default)})")
         else:
             kind = {int: int, float: float}.get(type(default), str)
-            if fld.name in ("max_steps",):
+            if fld.name in ("max_steps", "student_layers", "student_mlp", "student_heads"):
                 kind = int
             shown = f" (default {default})" if default is not None else ""
             p.add_argument(flag, type=kind, default=None, help=f"{helptext}{shown}".strip())
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, cls: type) -> Any:
+    """The run's config: the --config YAML file's fields, overridden by the options given."""
     import dataclasses
     from pathlib import Path
 
     from corral.errors import InvalidArgumentError
-    from corral.train.config import FinetuneConfig
-    from corral.train.loop import finetune
 
     values: dict[str, Any] = {}
     if args.config:
@@ -526,12 +549,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except yaml.YAMLError as e:
             raise InvalidArgumentError(f"--config {path}: not valid YAML ({e})") from None
         if not isinstance(loaded, dict):
-            raise InvalidArgumentError(f"--config {path}: expected a mapping of FinetuneConfig fields")
+            raise InvalidArgumentError(f"--config {path}: expected a mapping of {cls.__name__} fields")
         values.update(loaded)
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise InvalidArgumentError(f"--config: unknown field(s) {unknown}; see corral finetune --help")
+        raise InvalidArgumentError(f"--config: unknown field(s) {unknown}; see corral {args.verb} --help")
     for name in names:
         v = getattr(args, name, None)
         if v is not None:
@@ -540,12 +563,31 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         if not values.get(need):
             raise InvalidArgumentError(f"{need} is required (positional MODEL / --data, or in --config)")
     try:
-        cfg = FinetuneConfig(**values)
+        return cls(**values)
     except TypeError as e:
-        raise InvalidArgumentError(f"bad fine-tuning settings: {e}") from None
+        raise InvalidArgumentError(f"bad {args.verb} settings: {e}") from None
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from corral.train.config import FinetuneConfig
+    from corral.train.loop import finetune
+
+    cfg = _config(args, FinetuneConfig)
     run = finetune(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
         print(f"done: {run} (metrics.jsonl, loss.png, {'model/' if cfg.method == 'full' else 'adapter/'})")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from corral.distill.config import DistillConfig
+    from corral.distill.run import distill
+
+    cfg = _config(args, DistillConfig)
+    run = distill(cfg)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {run} (prune.json, metrics.jsonl, loss.png, report.json, "
+              f"{'model/' if cfg.method == 'full' else 'adapter/'})")
     return 0
 
 

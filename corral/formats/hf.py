@@ -58,8 +58,6 @@ def save_hf_folder(model: torch.nn.Module, config: object, tok: object, source: 
                    dtype: torch.dtype = torch.float32) -> Path:
     """Write an HF folder transformers loads: `config.json`, `model.safetensors` and the tokenizer files (copied
     from an HF source folder, or written from the tokenizer a GGUF carried: tokenizer.json + chat template)."""
-    import shutil
-
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +68,15 @@ def save_hf_folder(model: torch.nn.Module, config: object, tok: object, source: 
     cfg = config.to_hf_dict()
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    write_tokenizer_files(tok, source, out)
+    return out
+
+
+def write_tokenizer_files(tok: object, source: Path, out: Path) -> None:
+    """The tokenizer files of an HF folder: copied from an HF source folder, or written from the tokenizer a GGUF
+    carried (tokenizer.json + tokenizer_config.json with the chat template + generation_config.json)."""
+    import shutil
+
     if source.is_dir():
         for name in TOKENIZER_FILES:
             if (source / name).exists():
@@ -81,4 +88,3 @@ def save_hf_folder(model: torch.nn.Module, config: object, tok: object, source: 
               "add_bos_token": bool(tok.add_bos)}
         (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
         (out / "generation_config.json").write_text(json.dumps({"eos_token_id": sorted(tok.stop_ids)}) + "\n")
-    return out

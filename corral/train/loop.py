@@ -91,6 +91,18 @@ class _Dist:
             torch.distributed.destroy_process_group()
 
 
+class Objective:
+    """What a training step minimises. This one: cross-entropy on the labelled tokens. Distillation
+    (`corral.distill`) brings its own (a teacher beside the student) and runs this same loop."""
+
+    def setup(self, rows: list, dist: _Dist, autocast: Any) -> None:
+        """Called once, before the first step, with the training rows (after packing)."""
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        """Summed (not averaged) over the batch's loss positions."""
+        return _loss(model, batch, "sum")
+
+
 def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True) -> Path:
     """Train; returns the run folder. `stop_after` (tests) ends the run after that many steps, as a crash would."""
     cfg.check()
@@ -101,14 +113,18 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
         dist.close()
 
 
-def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool) -> Path:
+def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool,
+              objective: Objective | None = None, prepared: bool = False) -> Path:
+    """The loop. `objective`: the loss (default: cross-entropy). `prepared`: the caller has already made the run
+    folder and put its own files there (distillation: the student's initial weights), so it may be non-empty."""
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.model.quant import quantize_for_training, tensor_bytes
     from corral.tokenizer import load_tokenizer
 
+    objective = objective or Objective()
     run = Path(cfg.out)
-    if run.exists() and not cfg.resume and any(run.iterdir()):
+    if run.exists() and not cfg.resume and not prepared and any(run.iterdir()):
         raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
     dist.barrier()  # every process has checked before rank 0 writes
     if dist.main:
@@ -160,6 +176,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and (dist.device.type == "cuda" or _native_bf16_cpu()))
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
+    objective.setup(rows, dist, autocast)
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
         state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)
@@ -186,7 +203,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
             for g in opt.param_groups:
                 g["lr"] = lr
             loss_sum, grad_norm = train_step(model, opt, params, [b for b, _ in batches], n_tok, cfg.clip,
-                                             autocast, dist.world)
+                                             autocast, dist.world, objective.loss)
             tokens_since += sum(b["tokens"] for b, _ in batches)
             state["step"] += 1
             loss_sum = dist.sum(loss_sum)
@@ -235,15 +252,17 @@ def _native_bf16_cpu() -> bool:
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.Tensor],
                batches: list[dict[str, Any]], n_tok: int, clip: float, autocast: Any = nullcontext,
-               world: int = 1) -> tuple[float, float]:
+               world: int = 1, loss_fn: Any = None) -> tuple[float, float]:
     """One optimizer step over the micro-batches of this process: (its share of the loss, gradient norm).
-    `n_tok` counts the loss tokens of the whole step on all processes, so the shares add up to the mean."""
+    `n_tok` counts the loss tokens of the whole step on all processes, so the shares add up to the mean.
+    `loss_fn(model, batch)`: the batch's summed loss (default: cross-entropy, `Objective.loss`)."""
+    loss_fn = loss_fn or Objective().loss
     loss_sum = 0.0
     for i, batch in enumerate(batches):
         if world > 1:  # gradients are reduced once, after the last micro-batch
             model.set_requires_gradient_sync(i == len(batches) - 1)
         with autocast():
-            loss = _loss(model, batch, "sum") / n_tok
+            loss = loss_fn(model, batch) / n_tok
         # FSDP averages gradients over processes; the loss is already a share of the global sum
         (loss * world).backward()
         loss_sum += float(loss.detach())
@@ -253,12 +272,16 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[
     return loss_sum, float(grad_norm)
 
 
+def loss_targets(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token targets (B, T), keep mask (B, T)): position t predicts label t + 1, where one applies."""
+    target = torch.roll(batch["labels"], -1, dims=1)
+    target[:, -1] = IGNORE
+    return target, target != IGNORE
+
+
 def _loss(model: torch.nn.Module, batch: dict[str, Any], reduction: str) -> torch.Tensor:
     """Cross-entropy of the next token where a label applies; the head runs at those positions only."""
-    labels = batch["labels"]
-    target = torch.roll(labels, -1, dims=1)  # position t predicts label t + 1
-    target[:, -1] = IGNORE
-    keep = target != IGNORE
+    target, keep = loss_targets(batch)
     logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"], keep=keep)  # (N, V)
     return F.cross_entropy(logits.float(), target[keep], reduction=reduction)
 
@@ -331,7 +354,7 @@ def _collate(rows: list[Example] | list[Packed], device: torch.device) -> dict[s
             tokens += n
     move = (lambda t: None if t is None else t.to(device, non_blocking=True))
     return {"ids": move(ids), "labels": move(labels), "positions": move(positions), "doc_ids": move(doc_ids),
-            "tokens": tokens}
+            "tokens": tokens, "rows": rows}
 
 
 def _rng_states(dist: Any) -> dict[str, torch.Tensor]:
@@ -419,6 +442,8 @@ def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneC
     """The open artifact (a PEFT adapter or full safetensors weights) and the loss curve."""
     from safetensors.torch import save_file
 
+    from corral.formats.hf import write_tokenizer_files
+
     model.eval()
     if cfg.method in ("lora", "qlora"):
         from corral.model.lora import lora_state_dict, save_adapter
@@ -435,6 +460,7 @@ def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneC
             out.mkdir(exist_ok=True)
             save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
             (out / "config.json").write_text(json.dumps(lm.config.to_hf_dict(), indent=2) + "\n")
+            write_tokenizer_files(tok, lm.path, out)  # a complete HF folder: transformers and corral load it alone
     if dist.main:
         plot_metrics(run / "metrics.jsonl", run / "loss.png")
     dist.barrier()

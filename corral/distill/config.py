@@ -1,0 +1,48 @@
+"""`DistillConfig`: a fine-tuning run's fields (it trains with the same loop) plus the teacher, the student and the
+loss. The CLI's options, a YAML file's keys and the Python API's arguments. No torch import here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from corral.errors import InvalidArgumentError
+from corral.train.config import FinetuneConfig
+
+
+@dataclass
+class DistillConfig(FinetuneConfig):
+    # `model` is the teacher; the student is `student` or pruned from the teacher by the student_* fields
+    out: str = "runs/distill"
+    method: str = "full"  # full: every student weight trains; lora / qlora: a LoRA student on a frozen base
+    lr: float = 5e-4
+    student: str | None = None  # a model with the teacher's tokenizer; None: prune the teacher
+    student_layers: int | None = None  # keep this many decoder layers (depth pruning)
+    student_mlp: int | None = None  # MLP width (intermediate size) to keep (width pruning)
+    student_heads: int | None = None  # query heads to keep per layer, a multiple of the KV heads (width pruning)
+    prune_score: str = "kl"  # depth: kl (output change when the layer is removed) | bi (block influence)
+    calib_examples: int = 32  # training examples that rank layers, channels and heads
+    kd_loss: str = "fkl"  # fkl | rkl | jsd
+    kd_alpha: float = 0.5  # loss = (1 - alpha) CE + alpha KD; 0 = plain SFT of the student
+    kd_temperature: float = 1.0
+    jsd_beta: float = 0.5
+    teacher_topk: int = 0  # 0: teacher online at every step; k > 0: its top-k cached to disk once
+    teacher_adapter: str | None = None  # a PEFT adapter merged into the teacher at load
+
+    def check(self) -> None:
+        super().check()
+        checks = [(self.kd_loss in ("fkl", "rkl", "jsd"), f"--kd-loss {self.kd_loss}: choose fkl, rkl or jsd"),
+                  (0.0 <= self.kd_alpha <= 1.0, "--kd-alpha must be in [0, 1]"),
+                  (self.kd_temperature > 0, "--kd-temperature must be > 0"),
+                  (0.0 < self.jsd_beta < 1.0, "--jsd-beta must be in (0, 1)"),
+                  (self.teacher_topk >= 0, "--teacher-topk must be >= 0 (0: online teacher)"),
+                  (self.prune_score in ("kl", "bi"), f"--prune-score {self.prune_score}: choose kl or bi"),
+                  (self.calib_examples >= 1, "--calib-examples must be >= 1"),
+                  (self.student is None or not (self.student_layers or self.student_mlp or self.student_heads),
+                   "give either --student (a model) or the --student-layers/--student-mlp/--student-heads pruning "
+                   "options, not both"),
+                  (self.student is not None or self.student_layers or self.student_mlp or self.student_heads,
+                   "no student: give --student MODEL or prune the teacher with --student-layers N, --student-mlp N "
+                   "or --student-heads N")]
+        for ok, msg in checks:
+            if not ok:
+                raise InvalidArgumentError(msg)

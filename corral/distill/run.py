@@ -1,0 +1,195 @@
+"""`distill(DistillConfig)`: prune the teacher into a student (or take a given one), then train the student on the
+user's data with (1 - alpha) CE + alpha KD against the teacher, in the fine-tuning loop (checkpoints, exact resume,
+torchrun FSDP2, LoRA students included), and report how the student compares.
+
+The run folder holds, beside the loop's files (metrics.jsonl, loss.png, checkpoint/, model/ or adapter/):
+- `student_init/`: the pruned student before training, an HF folder (the loop loads it like any model);
+- `prune.json`: the scores that chose the layers / channels / heads;
+- `teacher_topk.safetensors` with `teacher_topk > 0`: the teacher's cached top-k (see `teacher.py`);
+- `report.json`: parameters, size on disk, decode tokens/s and top-1 agreement with the teacher (see `compare`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from corral.distill.config import DistillConfig
+from corral.distill.losses import distill_loss
+from corral.distill.teacher import CACHE_FILE, CachedTeacher, OnlineTeacher, write_cache
+from corral.errors import InvalidArgumentError
+from corral.train.loop import Objective, _collate, _Dist, _finetune, loss_targets
+
+STUDENT_INIT = "student_init"
+
+
+class KDObjective(Objective):
+    """(1 - alpha) CE + alpha KD, the teacher online or from its cached top-k."""
+
+    def __init__(self, cfg: DistillConfig, teacher: torch.nn.Module, run: Path):
+        self.cfg, self.teacher_model, self.run = cfg, teacher, run
+        self.teacher: OnlineTeacher | CachedTeacher | None = None
+
+    def setup(self, rows: list, dist: _Dist, autocast: Any) -> None:
+        cfg = self.cfg
+        if cfg.kd_alpha == 0.0:  # plain SFT of the student: no teacher at all
+            self.teacher_model = None
+            return
+        if cfg.teacher_topk == 0:
+            self.teacher = OnlineTeacher(self.teacher_model)
+            return
+        path = self.run / CACHE_FILE
+        if dist.main and not path.is_file():
+            from tqdm import tqdm
+
+            with tqdm(total=len(rows), desc=f"teacher top-{cfg.teacher_topk}", unit="row", leave=False) as bar:
+                write_cache(self.teacher_model, rows, path, cfg.teacher_topk, _collate, dist.device,
+                            cfg.batch_size, autocast, bar.update)
+        dist.barrier()
+        self.teacher = CachedTeacher(path, dist.device)
+        self.teacher_model = None  # the teacher is not needed again: free its memory
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        target, keep = loss_targets(batch)
+        logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"], keep=keep)
+        t = self.teacher.targets(batch, keep) if self.teacher is not None else None
+        c = self.cfg
+        return distill_loss(logits, target[keep], t, c.kd_alpha, c.kd_loss, c.kd_temperature, c.jsd_beta)
+
+
+def distill(cfg: DistillConfig, stop_after: int | None = None, progress: bool = True) -> Path:
+    """Make (or take) the student, train it against the teacher; returns the run folder."""
+    cfg.check()
+    dist = _Dist(cfg.device)
+    try:
+        return _distill(cfg, dist, stop_after, progress)
+    finally:
+        dist.close()
+
+
+def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: bool) -> Path:
+    from corral.formats.hf import save_hf_folder
+    from corral.tokenizer import load_tokenizer
+    from corral.train.data import load_jsonl
+
+    run = Path(cfg.out)
+    if run.exists() and not cfg.resume and any(run.iterdir()):
+        raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
+    dist.barrier()
+    torch.manual_seed(cfg.seed)
+    teacher = load_teacher(cfg.model, cfg.teacher_adapter, str(dist.device))
+    tok = load_tokenizer(teacher.path)
+    init = run / STUDENT_INIT
+    if cfg.student is not None:
+        student_path = cfg.student
+        check_same_tokenizer(tok, student_path)
+    else:
+        student_path = str(init)
+        if dist.main and not (init / "config.json").is_file():
+            run.mkdir(parents=True, exist_ok=True)
+            template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+            examples, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+            batches = calibration_batches([e.input_ids for e in examples[: cfg.calib_examples]],
+                                          min(cfg.max_seq_len, 256), dist.device)
+            student, info = prune(teacher.model, batches, cfg.student_layers, cfg.student_mlp, cfg.student_heads,
+                                  cfg.prune_score)
+            save_hf_folder(student, student.config, tok, teacher.path, init)
+            (run / "prune.json").write_text(json.dumps(info, indent=2) + "\n")
+            del student
+        dist.barrier()
+    objective = KDObjective(cfg, teacher.model, run)
+    del teacher
+    loop_cfg = dataclasses.replace(cfg, model=student_path)
+    out = _finetune(loop_cfg, dist, stop_after, progress, objective, prepared=True)
+    return out
+
+
+def load_teacher(model: str, adapter: str | None, device: str) -> Any:
+    """The teacher in fp32 plain layers (the loop's own loading), with a LoRA adapter merged if given."""
+    from corral.model.loader import load_model
+
+    lm = load_model(model, device=device, dtype="float32")
+    if adapter:
+        from corral.model.lora import load_adapter, merge_lora
+
+        load_adapter(lm.model, adapter)
+        merge_lora(lm.model)
+    lm.model.eval().requires_grad_(False)
+    return lm
+
+
+def check_same_tokenizer(tok: Any, student: str) -> None:
+    """A student must share the teacher's vocabulary: KD compares distributions token id by token id."""
+    from corral.registry import resolve_model_path
+    from corral.tokenizer import load_tokenizer
+
+    other = load_tokenizer(resolve_model_path(student))
+    probe = "The quick brown fox jumps over 13 lazy dogs. ¿Qué tal? 你好 <|im_start|>"
+    if other.vocab_size != tok.vocab_size or other.encode(probe) != tok.encode(probe):
+        raise InvalidArgumentError(f"--student {student}: its tokenizer differs from the teacher's (vocab "
+                                   f"{other.vocab_size} vs {tok.vocab_size}); distillation needs the same one")
+
+
+def calibration_batches(docs: list[list[int]], seq: int, device: torch.device, rows: int = 4) -> list[torch.Tensor]:
+    """The documents end to end, cut into full rows of `seq` tokens (no padding to skew the scores)."""
+    flat = [t for d in docs for t in d]
+    if len(flat) < seq:
+        seq = len(flat)
+    n = len(flat) // seq
+    ids = torch.tensor(flat[: n * seq], device=device).view(n, seq)
+    return list(ids.split(rows))
+
+
+def prune(teacher: torch.nn.Module, batches: list[torch.Tensor], layers: int | None, mlp: int | None,
+          heads: int | None, score: str = "kl") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The student: the teacher with its least important heads, MLP channels and layers removed."""
+    from corral.distill import prune as P
+
+    cfg = teacher.config
+    info: dict[str, Any] = {"teacher": {"layers": cfg.num_hidden_layers, "mlp": cfg.intermediate_size,
+                                        "heads": cfg.num_attention_heads, "parameters": cfg.num_parameters}}
+    student = teacher
+    t0 = time.perf_counter()
+    if layers is not None:
+        if not 1 <= layers <= cfg.num_hidden_layers:
+            raise InvalidArgumentError(f"--student-layers {layers}: between 1 and the teacher's "
+                                       f"{cfg.num_hidden_layers}")
+        scores = P.layer_scores(teacher, batches, score)
+        order = sorted(range(len(scores)), key=lambda i: scores[i])
+        drop = sorted(order[: cfg.num_hidden_layers - layers])
+        info["layer_scores"], info["dropped_layers"] = scores, drop
+    if heads is not None and heads != cfg.num_attention_heads:
+        student = P.prune_heads(student, P.head_scores(teacher, batches), heads)
+    if mlp is not None and mlp != cfg.intermediate_size:
+        student = P.prune_mlp(student, P.mlp_channel_scores(teacher, batches), mlp)
+    if layers is not None and layers != cfg.num_hidden_layers:
+        student = P.prune_layers(student, info["dropped_layers"])
+    info["student"] = {"layers": student.config.num_hidden_layers, "mlp": student.config.intermediate_size,
+                       "heads": student.config.num_attention_heads, "parameters": student.config.num_parameters}
+    info["score"], info["seconds"] = score, time.perf_counter() - t0
+    return student, info
+
+
+@torch.no_grad()
+def agreement(teacher: torch.nn.Module, student: torch.nn.Module, rows: list[Any], device: torch.device,
+              batch_size: int = 4) -> float:
+    """Top-1 agreement: the share of loss positions where the student's most likely next token is the teacher's."""
+    same = total = 0
+    for i in range(0, len(rows), batch_size):
+        batch = _collate(rows[i: i + batch_size], device)
+        _, keep = loss_targets(batch)
+        if not keep.any():
+            continue
+        kw = {"positions": batch["positions"], "doc_ids": batch["doc_ids"], "keep": keep}
+        t = teacher(batch["ids"], **kw).argmax(-1)
+        s = student(batch["ids"], **kw).argmax(-1)
+        same += int((t == s).sum())
+        total += int(keep.sum())
+    return same / max(1, total)
+
+

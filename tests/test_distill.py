@@ -1,0 +1,258 @@
+"""Distillation: the KD losses against their formulas, pruning that removes what matters least (and nothing else),
+the pruned student as an HF folder transformers loads, and `distill` runs (online and cached teacher, SFT, LoRA
+student, resume) on tiny random models."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from corral.distill.config import DistillConfig
+from corral.distill.losses import TopK, distill_loss, kd_loss
+from corral.errors import InvalidArgumentError
+
+ACME = Path(__file__).resolve().parent.parent / "examples" / "acme" / "train.jsonl"
+
+
+# --- losses --------------------------------------------------------------------------------------------------------
+
+def _pq(n=5, v=11, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g) * 2, torch.randn(n, v, generator=g) * 2  # teacher, student logits
+
+
+def test_kl_losses_follow_their_formulas():
+    t, s = _pq()
+    p, q = t.softmax(-1), s.softmax(-1)
+    fkl = (p * (p.log() - q.log())).sum()
+    rkl = (q * (q.log() - p.log())).sum()
+    assert float(kd_loss(s, t, "fkl")) == pytest.approx(float(fkl), rel=1e-5)
+    assert float(kd_loss(s, t, "rkl")) == pytest.approx(float(rkl), rel=1e-5)
+    assert float(kd_loss(s, t, "fkl")) != pytest.approx(float(kd_loss(s, t, "rkl")), rel=1e-2)
+    # temperature: both softened, times T^2
+    pt, qt = (t / 2).softmax(-1), (s / 2).softmax(-1)
+    assert float(kd_loss(s, t, "fkl", temperature=2.0)) == pytest.approx(
+        float(4 * (pt * (pt.log() - qt.log())).sum()), rel=1e-5)
+    assert float(kd_loss(t, t, "fkl")) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_jsd_is_symmetric_at_half_and_bounded():
+    t, s = _pq(seed=1)
+    p, q = t.softmax(-1), s.softmax(-1)
+    m = (p + q) / 2
+    js = 0.5 * (p * (p / m).log()).sum() + 0.5 * (q * (q / m).log()).sum()
+    assert float(kd_loss(s, t, "jsd", beta=0.5)) == pytest.approx(float(js), rel=1e-5)
+    assert float(kd_loss(s, t, "jsd")) == pytest.approx(float(kd_loss(t, s, "jsd")), rel=1e-5)
+    assert float(kd_loss(s, t, "jsd")) <= math.log(2) * t.shape[0]
+    b = 0.1  # beta weights the teacher's side; the mixture moves with it
+    mb = b * p + (1 - b) * q
+    want = b * (p * (p / mb).log()).sum() + (1 - b) * (q * (q / mb).log()).sum()
+    assert float(kd_loss(s, t, "jsd", beta=b)) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_alpha_mixes_cross_entropy_and_kd():
+    t, s = _pq(seed=2)
+    y = torch.tensor([1, 2, 3, 4, 5])
+    ce = F.cross_entropy(s, y, reduction="sum")
+    assert float(distill_loss(s, y, t, alpha=0.0)) == pytest.approx(float(ce))
+    assert float(distill_loss(s, y, None, alpha=0.0)) == pytest.approx(float(ce))  # SFT needs no teacher
+    mixed = 0.7 * ce + 0.3 * kd_loss(s, t, "fkl")
+    assert float(distill_loss(s, y, t, alpha=0.3)) == pytest.approx(float(mixed), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["fkl", "rkl", "jsd"])
+def test_topk_loss_is_exact_with_every_token_and_close_with_few(kind):
+    v = 200
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(8, v, generator=g) * 4  # a peaked teacher, as trained models are
+    s = t + torch.randn(8, v, generator=g)
+    full = float(kd_loss(s, t, kind))
+    lp = F.log_softmax(t, -1)
+    every = lp.topk(v, -1)
+    assert float(kd_loss(s, TopK(every.values, every.indices), kind)) == pytest.approx(full, rel=1e-4)
+    few = lp.topk(32, -1)
+    assert float(kd_loss(s, TopK(few.values, few.indices), kind)) == pytest.approx(full, rel=0.1)
+    # the gradient reaches the student through the top-k path too
+    s2 = s.clone().requires_grad_(True)
+    kd_loss(s2, TopK(few.values, few.indices), kind).backward()
+    assert s2.grad.abs().sum() > 0
+
+
+# --- pruning -------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_chat(make_tiny_hf, tok):
+    """A tiny random Llama over the default model's vocabulary, with its tokenizer and chat template
+    (4 layers, 4 query heads in 2 KV groups, MLP 128)."""
+    _, folder = make_tiny_hf(name="tiny-chat", vocab_size=tok.vocab_size, num_hidden_layers=4)
+    (folder / "tokenizer.json").write_text(tok._tok.to_str())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": tok.chat_template, "eos_token": tok.eos_token, "bos_token": tok.bos_token}))
+    return folder
+
+
+def _model(folder):
+    from corral.model.loader import load_model
+
+    return load_model(str(folder), device="cpu", dtype="float32").model
+
+
+def _calib(vocab: int, n: int = 2, t: int = 48) -> list[torch.Tensor]:
+    return [torch.randint(3, vocab, (n, t), generator=torch.Generator().manual_seed(7))]
+
+
+@pytest.mark.parametrize("score", ["kl", "bi"])
+def test_depth_scores_find_a_layer_that_does_nothing(tiny_chat, score):
+    from corral.distill.prune import layer_scores, prune_layers
+
+    model = _model(tiny_chat)
+    layer = model.model.layers[2]
+    layer.self_attn.o_proj.weight.data.zero_()  # the layer adds nothing to the residual stream
+    layer.mlp.down_proj.weight.data.zero_()
+    batches = _calib(model.config.vocab_size)
+    scores = layer_scores(model, batches, score)
+    assert min(range(4), key=lambda i: scores[i]) == 2
+    assert scores[2] == pytest.approx(0.0, abs=1e-5)
+    student = prune_layers(model, [2])
+    assert student.config.num_hidden_layers == 3 and len(model.model.layers) == 4  # the teacher is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(student(batches[0]), model(batches[0]), atol=1e-4, rtol=1e-4)
+
+
+def test_width_pruning_removes_dead_channels_and_heads_first(tiny_chat):
+    from corral.distill.prune import head_scores, mlp_channel_scores, prune_heads, prune_mlp
+
+    model = _model(tiny_chat)
+    cfg = model.config
+    dead = torch.arange(0, cfg.intermediate_size, 2)  # half the MLP channels never fire
+    hd = cfg.head_dim
+    for layer in model.model.layers:
+        layer.mlp.up_proj.weight.data[dead] = 0
+        # in each KV group (heads 0-1 -> kv 0, heads 2-3 -> kv 1) one head is ignored by o_proj
+        for h in (1, 2):
+            layer.self_attn.o_proj.weight.data[:, h * hd:(h + 1) * hd] = 0
+    batches = _calib(cfg.vocab_size)
+    with torch.no_grad():
+        want = model(batches[0])
+    narrow = prune_mlp(model, mlp_channel_scores(model, batches), cfg.intermediate_size // 2)
+    assert narrow.config.intermediate_size == cfg.intermediate_size // 2
+    with torch.no_grad():
+        torch.testing.assert_close(narrow(batches[0]), want, atol=1e-4, rtol=1e-4)
+    scores = head_scores(model, batches)
+    fewer = prune_heads(model, scores, 2)
+    assert fewer.config.num_attention_heads == 2 and fewer.config.head_dim == hd
+    with torch.no_grad():
+        torch.testing.assert_close(fewer(batches[0]), want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(InvalidArgumentError, match="multiple of the 2 KV heads"):
+        prune_heads(model, scores, 3)
+
+
+def test_pruned_student_is_an_hf_folder_transformers_loads(tiny_chat, tok, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference for the HF format")
+    from corral.distill.run import calibration_batches, prune
+    from corral.formats.hf import save_hf_folder
+
+    model = _model(tiny_chat)
+    batches = calibration_batches([list(range(5, 300))], 64, torch.device("cpu"))
+    student, info = prune(model, batches, layers=2, mlp=64, heads=2)
+    assert info["student"] == {"layers": 2, "mlp": 64, "heads": 2, "parameters": student.config.num_parameters}
+    assert len(info["dropped_layers"]) == 2
+    out = save_hf_folder(student, student.config, tok, tiny_chat, tmp_path / "student")
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    assert sum(p.numel() for p in ref.parameters()) == student.config.num_parameters
+    ids = batches[0][:1]
+    with torch.no_grad():
+        torch.testing.assert_close(student(ids), ref(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+# --- runs ----------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def data(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(ACME.read_text().splitlines(keepends=True)[:24]))
+    return path
+
+
+def dcfg(teacher, data, out, **kw) -> DistillConfig:
+    base = dict(model=str(teacher), data=str(data), out=str(out), student_layers=2, batch_size=4, max_steps=8,
+                lr=3e-3, warmup_steps=2, max_seq_len=256, save_every=4, eval_every=100, seed=1, precision="fp32",
+                calib_examples=8)
+    return DistillConfig(**{**base, **kw})
+
+
+def losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _peaked(folder: Path) -> Path:
+    """The tiny random teacher with its head scaled up: next-token distributions as peaked as a trained model's
+    (a random one's are nearly flat over 49k tokens, where no top-k holds much of the mass)."""
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    sd = load_file(str(path))
+    sd["lm_head.weight"] = sd["lm_head.weight"] * 12
+    save_file(sd, str(path), metadata={"format": "pt"})
+    return folder
+
+
+def test_distill_online_and_cached_teacher_agree(tiny_chat, data, tmp_path):
+    from corral.distill.run import distill
+
+    teacher = _peaked(tiny_chat)
+    online = distill(dcfg(teacher, data, tmp_path / "online"), progress=False)
+    cached = distill(dcfg(teacher, data, tmp_path / "cached", teacher_topk=64), progress=False)
+    a, b = losses(online), losses(cached)
+    assert len(a) == 8 and a[-1] < a[0], a
+    assert b == pytest.approx(a, rel=0.05), (a, b)  # top-64 of a 49k vocabulary: close, not equal
+    assert b != a
+    assert (cached / "teacher_topk.safetensors").is_file()
+    prune_info = json.loads((online / "prune.json").read_text())
+    assert prune_info["student"]["layers"] == 2
+    from corral.model.loader import load_model
+
+    student = load_model(str(online / "model"), device="cpu", dtype="float32")  # a complete HF folder
+    assert student.config.num_hidden_layers == 2
+
+
+def test_distill_sft_lora_student_and_resume(tiny_chat, data, tmp_path):
+    from corral.distill.run import distill
+
+    sft = distill(dcfg(tiny_chat, data, tmp_path / "sft", kd_alpha=0.0), progress=False)
+    kd = distill(dcfg(tiny_chat, data, tmp_path / "kd", kd_alpha=1.0, kd_loss="jsd"), progress=False)
+    assert losses(sft) != losses(kd)
+    lora = distill(dcfg(tiny_chat, data, tmp_path / "lora", method="lora", lora_r=4, teacher_topk=16),
+                   progress=False)
+    assert (lora / "adapter" / "adapter_model.safetensors").is_file()
+    # a run stopped after step 5 (checkpoint at 4) and resumed repeats the straight run
+    straight = distill(dcfg(tiny_chat, data, tmp_path / "straight", teacher_topk=16), progress=False)
+    part = tmp_path / "part"
+    distill(dcfg(tiny_chat, data, part, teacher_topk=16), stop_after=5, progress=False)
+    distill(dcfg(tiny_chat, data, part, teacher_topk=16, resume=True), progress=False)
+    assert losses(part)[-8:] == pytest.approx(losses(straight), rel=1e-6)
+
+
+def test_distill_config_errors(tiny_chat, data, tmp_path):
+    from corral.distill.run import distill
+
+    with pytest.raises(InvalidArgumentError, match="no student"):
+        distill(dcfg(tiny_chat, data, tmp_path / "a", student_layers=None), progress=False)
+    with pytest.raises(InvalidArgumentError, match="--kd-loss"):
+        distill(dcfg(tiny_chat, data, tmp_path / "b", kd_loss="kl2"), progress=False)
+    with pytest.raises(InvalidArgumentError, match="--student-layers 9"):
+        distill(dcfg(tiny_chat, data, tmp_path / "c", student_layers=9), progress=False)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_chat, other)
+    tj = json.loads((other / "tokenizer.json").read_text())
+    vocab = tj["model"]["vocab"]
+    vocab["The"], vocab["Ġquick"] = vocab["Ġquick"], vocab["The"]  # same size, other ids
+    (other / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(InvalidArgumentError, match="tokenizer differs"):
+        distill(dcfg(tiny_chat, data, tmp_path / "d", student_layers=None, student=str(other)), progress=False)
