@@ -485,6 +485,8 @@ DISTILL_HELP = {
     "jsd_beta": "JSD mixture weight of the teacher, in (0, 1)",
     "teacher_topk": "0: teacher online at every step; k: its top-k written to disk once and read back",
     "teacher_adapter": "a PEFT adapter merged into the teacher at load",
+    "sft_baseline": "also train the same initial student with plain CE (out/sft) and compare it in report.json",
+    "report_rows": "held-out rows for the report's teacher agreement (the validation split, else training rows)",
 }
 
 FINETUNE_HELP = {

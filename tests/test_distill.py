@@ -220,14 +220,21 @@ def test_distill_online_and_cached_teacher_agree(tiny_chat, data, tmp_path):
 
     student = load_model(str(online / "model"), device="cpu", dtype="float32")  # a complete HF folder
     assert student.config.num_hidden_layers == 2
+    report = json.loads((online / "report.json").read_text())["models"]
+    assert list(report) == ["teacher", "student"]
+    assert report["student"]["parameters"] < report["teacher"]["parameters"]
+    assert 0.0 <= report["student"]["agreement"] <= 1.0 and report["teacher"]["agreement"] == 1.0
+    assert report["student"]["decode_tok_s"] > 0 and report["student"]["size_mb"] > 0
 
 
 def test_distill_sft_lora_student_and_resume(tiny_chat, data, tmp_path):
     from corral.distill.run import distill
 
-    sft = distill(dcfg(tiny_chat, data, tmp_path / "sft", kd_alpha=0.0), progress=False)
-    kd = distill(dcfg(tiny_chat, data, tmp_path / "kd", kd_alpha=1.0, kd_loss="jsd"), progress=False)
-    assert losses(sft) != losses(kd)
+    kd = distill(dcfg(tiny_chat, data, tmp_path / "kd", kd_alpha=1.0, kd_loss="jsd", sft_baseline=True,
+                      max_steps=4), progress=False)
+    sft = kd / "sft"  # the same initial student, trained with CE alone
+    assert len(losses(sft)) == 4 and losses(sft) != losses(kd)
+    assert list(json.loads((kd / "report.json").read_text())["models"]) == ["teacher", "student", "sft student"]
     lora = distill(dcfg(tiny_chat, data, tmp_path / "lora", method="lora", lora_r=4, teacher_topk=16),
                    progress=False)
     assert (lora / "adapter" / "adapter_model.safetensors").is_file()

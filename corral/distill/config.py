@@ -27,6 +27,8 @@ class DistillConfig(FinetuneConfig):
     jsd_beta: float = 0.5
     teacher_topk: int = 0  # 0: teacher online at every step; k > 0: its top-k cached to disk once
     teacher_adapter: str | None = None  # a PEFT adapter merged into the teacher at load
+    sft_baseline: bool = False  # also train the same initial student with CE alone (into out/sft) and report both
+    report_rows: int = 64  # held-out rows (the validation split, else the first training rows) for the report
 
     def check(self) -> None:
         super().check()

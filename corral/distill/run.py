@@ -103,10 +103,106 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
             del student
         dist.barrier()
     objective = KDObjective(cfg, teacher.model, run)
-    del teacher
+    teacher_path = teacher.path
+    del teacher  # the objective holds the model while it needs it (an online teacher, or until its cache is written)
     loop_cfg = dataclasses.replace(cfg, model=student_path)
     out = _finetune(loop_cfg, dist, stop_after, progress, objective, prepared=True)
+    if stop_after is not None:
+        return out
+    students = {"student": out}
+    if cfg.sft_baseline:  # the same initial student, cross-entropy only
+        sft_cfg = dataclasses.replace(loop_cfg, out=str(run / "sft"), kd_alpha=0.0,
+                                      resume=cfg.resume and (run / "sft").exists())
+        students["sft student"] = _finetune(sft_cfg, dist, None, progress, KDObjective(sft_cfg, None, run))
+    if dist.main:
+        rows = _report_rows(cfg, tok)
+        teacher = load_teacher(str(teacher_path), cfg.teacher_adapter, str(dist.device))
+        models = {"teacher": teacher.model, **{k: _trained(v, cfg, student_path) for k, v in students.items()}}
+        paths = {"teacher": teacher.path, **{k: v / ("model" if cfg.method == "full" else "adapter")
+                                             for k, v in students.items()}}
+        report = compare(models, paths, rows, tok, dist.device)
+        report["config"] = dataclasses.asdict(cfg)
+        (run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        _print_report(report)
+    dist.barrier()
     return out
+
+
+def _trained(run: Path, cfg: DistillConfig, init: str) -> torch.nn.Module:
+    from corral.model.loader import load_model
+
+    if cfg.method == "full":
+        return load_model(str(run / "model"), device=cfg.device, dtype="float32").model
+    from corral.model.lora import load_adapter, merge_lora
+
+    lm = load_model(init, device=cfg.device, dtype="float32")
+    load_adapter(lm.model, run / "adapter")
+    merge_lora(lm.model)
+    return lm.model
+
+
+def _report_rows(cfg: DistillConfig, tok: Any) -> list[Any]:
+    """Held-out rows for agreement: the validation file or split (as the loop made it), else training rows."""
+    from corral.train.data import load_jsonl, split_val
+
+    template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
+    if cfg.val_file:
+        rows, _ = load_jsonl(cfg.val_file, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+    else:
+        rows, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+        if cfg.val_split > 0:
+            rows = split_val(rows, cfg.val_split, cfg.seed)[1]
+    return rows[: cfg.report_rows]
+
+
+def compare(models: dict[str, torch.nn.Module], paths: dict[str, Path], rows: list[Any], tok: Any,
+            device: torch.device) -> dict[str, Any]:
+    """Teacher vs students: parameters, size on disk, one-stream decode tokens/s, top-1 agreement with the
+    teacher on `rows`. The first model is the teacher."""
+    names = list(models)
+    teacher = models[names[0]]
+    out: dict[str, Any] = {"models": {}, "agreement_rows": len(rows)}
+    for name in names:
+        m = models[name]
+        out["models"][name] = {
+            "path": str(paths[name]), "layers": m.config.num_hidden_layers, "parameters": m.config.num_parameters,
+            "size_mb": _size_mb(paths[name]), "decode_tok_s": decode_speed(m, tok),
+            "agreement": 1.0 if m is teacher else agreement(teacher, m, rows, device)}
+    t = out["models"][names[0]]
+    for m in out["models"].values():
+        m["parameters_vs_teacher"] = m["parameters"] / t["parameters"]
+        m["speedup"] = m["decode_tok_s"] / t["decode_tok_s"]
+    return out
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [*path.glob("*.safetensors"), *path.glob("*.gguf")]
+    return sum(f.stat().st_size for f in files) / 2**20
+
+
+def decode_speed(model: torch.nn.Module, tok: Any, tokens: int = 64, repeats: int = 3) -> float:
+    """One stream's greedy decode tokens/s (best of `repeats`), on the model's device and dtype."""
+    from corral.chat import encode_chat
+    from corral.engine.generate import Generator
+    from corral.engine.sampling import SamplingParams
+
+    was = model.training
+    model.eval()
+    gen = Generator(model, tok, max_seq_len=256)
+    ids = encode_chat(tok, [{"role": "user", "content": "Describe a quiet morning in a fishing village."}])
+    best = 0.0
+    for _ in range(repeats):
+        gen.cached_ids = []
+        best = max(best, gen.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True)).decode_tps)
+    model.train(was)
+    return best
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    for name, m in report["models"].items():
+        print(f"{name:12s} {m['layers']:3d} layers {m['parameters'] / 1e6:8.1f} M params "
+              f"({m['parameters_vs_teacher']:.0%}) {m['size_mb']:8.1f} MB  decode {m['decode_tok_s']:7.1f} tok/s "
+              f"({m['speedup']:.2f}x)  top-1 agreement {m['agreement']:.1%}")
 
 
 def load_teacher(model: str, adapter: str | None, device: str) -> Any:
