@@ -171,6 +171,31 @@ def test_pruned_student_is_an_hf_folder_transformers_loads(tiny_chat, tok, tmp_p
         torch.testing.assert_close(student(ids), ref(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_pruned_student_exports_to_a_gguf_llama_cpp_runs(tiny_chat, tok, tmp_path):
+    """Fewer heads than hidden_size / head_dim, a narrower MLP, fewer layers: llama.cpp reads all of it."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference for GGUF")
+    import numpy as np
+
+    from corral.cli import main
+    from corral.distill.run import calibration_batches, prune
+    from corral.formats.hf import save_hf_folder
+
+    model = _model(tiny_chat)
+    student, _ = prune(model, calibration_batches([list(range(5, 300))], 64, torch.device("cpu")), layers=3,
+                       mlp=96, heads=2)
+    folder = save_hf_folder(student, student.config, tok, tiny_chat, tmp_path / "student")
+    out = tmp_path / "student.gguf"
+    assert main(["export", str(folder), "--out", str(out), "--quant", "f32"]) == 0
+    ids = tok.encode("The cat sat on the mat, then it said: I'm done! The dog came home, tired and hungry.")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    llm.eval(ids)
+    theirs = torch.from_numpy(np.array(llm.scores[: len(ids)], dtype=np.float32))
+    llm.close()
+    with torch.no_grad():
+        ours = student(torch.tensor([ids]))[0]
+    assert ((theirs - ours).abs().max() / ours.std()).item() < 0.05
+
+
 # --- runs ----------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -263,3 +288,28 @@ def test_distill_config_errors(tiny_chat, data, tmp_path):
     (other / "tokenizer.json").write_text(json.dumps(tj))
     with pytest.raises(InvalidArgumentError, match="tokenizer differs"):
         distill(dcfg(tiny_chat, data, tmp_path / "d", student_layers=None, student=str(other)), progress=False)
+
+
+def test_torchrun_distill_two_processes_match_one(tiny_chat, data, tmp_path):
+    """`corral distill` under torchrun (FSDP2 on gloo, 2 x batch 2) follows 1 process x batch 4; cached teacher."""
+    import os
+    import subprocess
+    import sys
+
+    common = ["distill", str(tiny_chat), "--data", str(data), "--student-layers", "2", "--max-steps", "4",
+              "--lr", "3e-3", "--max-seq-len", "256", "--warmup-steps", "2", "--seed", "1", "--device", "cpu",
+              "--precision", "fp32", "--teacher-topk", "16", "--calib-examples", "8", "--report-rows", "4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = tmp_path / "one"
+    r = subprocess.run([sys.executable, "-m", "corral", *common, "--batch-size", "4", "--out", str(one)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "top-1 agreement" in r.stdout  # the report
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "corral", *common, "--batch-size", "2", "--out", str(two)],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4)
+    assert (two / "model" / "model.safetensors").is_file()
