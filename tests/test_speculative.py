@@ -290,6 +290,7 @@ def test_engine_mixes_speculative_and_per_token_rows(target, drafts, one_thread)
     (max_tokens not a multiple of k + 1) share the batch; every greedy row still equals plain decoding."""
     ps = prompts(5)
     eng = Engine(target, AngleTokenizer(), max_batch=8, max_seq_len=64, draft=drafts["pruned"], draft_tokens=3)
+    eng.warm_up()  # the speculative shapes too; its scratch KV must not leak into the requests below
     sampled = [submit(eng, ps[i], temperature=1.0, seed=i, repetition_penalty=1.2) for i in range(2)]
     lp = submit(eng, ps[2], top_logprobs=2, max_tokens=10)
     long = submit(eng, ps[3], max_tokens=500)
