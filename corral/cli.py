@@ -29,6 +29,12 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_se
     p.add_argument("--max-seq-len", type=int, default=max_seq_len,
                    help=f"{'context of each sequence' if engine else 'KV cache length'} in tokens "
                         f"(default {max_seq_len})")
+    p.add_argument("--draft-model", default=None, metavar="DRAFT",
+                   help="speculative decoding: a smaller model with the same tokenizer (e.g. a `corral distill` "
+                        "student) drafts tokens that this model verifies; greedy output is unchanged and sampling "
+                        "keeps this model's distribution")
+    p.add_argument("--draft-tokens", type=int, default=4, metavar="K",
+                   help="tokens the draft proposes per verify round (default 4)")
     if engine:
         p.add_argument("--compile", action="store_true",
                        help="torch.compile the batched decode step (~10%% faster on CPU, after ~2-3 min of compiles)")
@@ -173,7 +179,23 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise InvalidArgumentError("--max-seq-len must be >= 16")
     lm = _load_model(args)
     tok = _tokenizer_for(lm)
-    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile)
+    drafter = None
+    if args.draft_model:
+        from corral.engine.speculative import Drafter
+
+        drafter = Drafter(_load_draft(args, lm, tok), args.draft_tokens, compile=args.compile)
+    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile, draft=drafter)
+
+
+def _load_draft(args: argparse.Namespace, lm: Any, tok: Any) -> Any:
+    """The `--draft-model`, on the target's device, checked to share the target's tokenizer."""
+    from corral.engine.speculative import check_draft
+    from corral.model.loader import load_model
+
+    # --dtype int4 names a Q4 target's packed path; a draft takes auto (which packs a Q4 draft too).
+    draft = load_model(args.draft_model, device=args.device, dtype="auto" if args.dtype == "int4" else args.dtype)
+    check_draft(tok, _tokenizer_for(draft), lm.path.name, args.draft_model)
+    return draft.model
 
 
 def _tokenizer_for(lm: Any) -> Any:
@@ -232,7 +254,14 @@ def _template(args: argparse.Namespace) -> str | None:
 
 def _print_stats(r: Any) -> None:
     print(f"[{r.prompt_tokens} prompt tokens ({r.cached_tokens} cached) at {r.prefill_tps:.0f} tok/s, "
-          f"{r.completion_tokens} generated at {r.decode_tps:.1f} tok/s, finish: {r.finish_reason}]", file=sys.stderr)
+          f"{r.completion_tokens} generated at {r.decode_tps:.1f} tok/s{_draft_stats(r)}, finish: {r.finish_reason}]",
+          file=sys.stderr)
+
+
+def _draft_stats(r: Any) -> str:
+    if not r.draft_proposed:
+        return ""
+    return f", draft acceptance {r.acceptance_rate:.0%} ({r.draft_accepted}/{r.draft_proposed})"
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -318,7 +347,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": result.text})
-        print(f"[{result.completion_tokens} tokens, {result.decode_tps:.1f} tok/s]", file=sys.stderr)
+        print(f"[{result.completion_tokens} tokens, {result.decode_tps:.1f} tok/s{_draft_stats(result)}]",
+              file=sys.stderr)
     return 0
 
 
@@ -385,8 +415,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{shown}:{args.port}"
     key_arg = '"<your key>"' if keys else '"none"'
+    spec = f"; drafts by {args.draft_model} (k={args.draft_tokens})" if engine.drafter is not None else ""
     print(f"corral serve — {model_id} on {lm.model.device}; {batch} slots x {seq} tokens of KV cache "
-          f"({kv_bytes / 2**30:.2f} GiB){'; API keys required' if keys else ''}\n"
+          f"({kv_bytes / 2**30:.2f} GiB){spec}{'; API keys required' if keys else ''}\n"
           f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"
           f"  from openai import OpenAI\n"
           f"  client = OpenAI(base_url=\"{url}/v1\", api_key={key_arg})\n"
@@ -409,6 +440,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("corral serve: stopped", file=sys.stderr)
     except SystemExit:  # uvicorn exits when it cannot bind
         pass
+    if engine.drafter is not None and engine.drafter.proposed:
+        sp = engine.drafter
+        print(f"corral serve: draft acceptance {sp.accepted / sp.proposed:.0%} ({sp.accepted}/{sp.proposed})",
+              file=sys.stderr)
     if not server.started:
         raise InvalidArgumentError(f"could not serve on {args.host}:{args.port} (in use, or not an address of "
                                    "this machine); pick another --host/--port")
@@ -437,8 +472,9 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
         if batch < 1:
             raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
                                        f"--max-seq-len {seq}")
+    draft = _load_draft(args, lm, tok) if args.draft_model else None
     engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
-                    max_queue=args.max_queue, compile=args.compile)
+                    max_queue=args.max_queue, compile=args.compile, draft=draft, draft_tokens=args.draft_tokens)
     if args.compile:
         print("compiling the decode step (a few minutes the first time)...", file=sys.stderr, flush=True)
         engine.warm_up()

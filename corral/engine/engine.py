@@ -13,6 +13,15 @@ them (a system prompt) is placed there and skips that part of its prefill, in wh
 One `step()`: admit waiting requests into free slots, run one prefill chunk (at most `prefill_chunk` tokens of
 one request, so a long prompt cannot stall the others), then one decode forward for every sequence that has a
 token to feed. Sampled ids are read on the host once per step (detokenization and stop checks need them).
+
+Speculative decoding (`draft=`, `corral serve --draft-model`): the decode forward becomes a round of k draft
+forwards for every decoding row (one draft KV slot beside each slot, `BatchDrafter`) and one target forward of
+k + 1 tokens per row; each row keeps its accepted drafts plus one token (`_decode_speculative`). Trade-offs: every
+row of the batch drafts and verifies k tokens (one shape for all, so the forwards stay batch-invariant: a row's
+tokens are the same alone or in a batch), so a batch pays for the drafts of rows whose drafts are rejected; rows
+that need per-token logits work (structured output, logprobs) ride along with their drafts ignored and take one
+token per step from the first verified position; on CPU k is at most 7 (the batch-invariant attention takes at
+most 8 new tokens per row).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import torch
 from corral.engine.generate import Detokenizer, StopStrings
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
-from corral.model.llama import KV_BLOCK, KVCache, LlamaForCausalLM
+from corral.model.llama import KV_BLOCK, SMALL_T, KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
 
 
@@ -97,7 +106,8 @@ class Engine:
     """Owns the model, the cache and the scheduler; `start()` runs `step()` in a background thread."""
 
     def __init__(self, model: LlamaForCausalLM, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False):
+                 prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False,
+                 draft: LlamaForCausalLM | None = None, draft_tokens: int = 4):
         ctx = model.config.max_position_embeddings
         self.model, self.tok = model, tokenizer
         # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
@@ -105,7 +115,18 @@ class Engine:
         self._decode_model = torch.compile(model, dynamic=True) if compile else model
         self.max_batch, self.max_seq_len = max_batch, min(max_seq_len, ctx)
         self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
-        self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len, model.dtype, model.device)
+        self.drafter = None
+        extra = 0  # a verify round writes up to k positions past the last one a sequence may feed
+        if draft is not None:
+            from corral.engine.speculative import BatchDrafter
+
+            if not 1 <= draft_tokens < SMALL_T:
+                raise InvalidArgumentError(f"--draft-tokens {draft_tokens}: the server drafts 1 to {SMALL_T - 1} "
+                                           "tokens per round")
+            self.max_seq_len = min(self.max_seq_len, draft.config.max_position_embeddings)
+            extra = draft_tokens
+            self.drafter = BatchDrafter(draft, draft_tokens, max_batch, self.max_seq_len + extra, compile)
+        self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len + extra, model.dtype, model.device)
         if model.device.type == "cuda":
             # Measured on an H200 (bench/gpu_check.py, profiled): SDPA's cuDNN backend spends ~1.9 ms of host
             # time per call on a masked one-token decode, 30 calls a step: 13 tok/s for one stream. Without it
@@ -224,6 +245,13 @@ class Engine:
                 for pos in (0, min(KV_BLOCK, self.max_seq_len - 1)):
                     self._forward(torch.zeros(b, 1, dtype=torch.long, device=dev),
                                   torch.full((b, 1), pos, dtype=torch.long, device=dev), pos + 1, None)
+                    if self.drafter is not None:  # a speculative round's shapes: draft 2 and 1 tokens, verify k+1
+                        sp, fed = self.drafter, torch.full((b,), max(pos, 1), device=dev)
+                        zeros = torch.zeros(b, dtype=torch.long, device=dev)
+                        plain = [SamplingParams()] * b
+                        drafts, _ = sp.draft(zeros, zeros, fed, self.model.config.vocab_size, plain, [None] * b,
+                                             [None] * b)
+                        self._verify_forward(torch.cat([zeros[:, None], drafts], 1), fed)
 
     @property
     def kv_tokens_used(self) -> int:
@@ -305,6 +333,10 @@ class Engine:
         # Reuse whole prefill chunks only: chunks then always start at multiples of `prefill_chunk`, so a prompt
         # computes bit-identical KV and logits whether or not part of it was cached (batch invariance).
         reuse = max(best_len, 0) // self.prefill_chunk * self.prefill_chunk
+        if self.drafter is not None:  # the draft slot must hold the reused prefix too
+            reuse = min(reuse, _common_prefix(self.drafter.slot_ids[n], r.prompt_ids[:reuse]))
+            reuse = reuse // self.prefill_chunk * self.prefill_chunk
+            self.drafter.slot_ids[n] = list(r.prompt_ids[:reuse])
         r.slot, r.fed = n, reuse
         r.cached = r.fed
         r.detok, r.stops = Detokenizer(self.tok), StopStrings(r.params.stop)
@@ -324,14 +356,20 @@ class Engine:
         dev = self.model.device
         chunk = r.prompt_ids[r.fed: r.fed + self.prefill_chunk]
         pos = torch.arange(r.fed, r.fed + len(chunk), device=dev).view(1, -1)
-        logits = self._forward(torch.tensor([chunk], device=dev), pos, r.fed + len(chunk),
-                               torch.tensor([r.slot], device=dev))
+        ids, slot = torch.tensor([chunk], device=dev), torch.tensor([r.slot], device=dev)
+        logits = self._forward(ids, pos, r.fed + len(chunk), slot)
+        if self.drafter is not None:
+            self.drafter.prefill(ids, pos, r.fed + len(chunk), slot)
+            self.drafter.slot_ids[r.slot] += chunk
         r.fed += len(chunk)
         self.slot_ids[r.slot] += chunk
         if r.fed == len(r.prompt_ids):
             self._sample_and_emit([r], logits)
 
     def _decode(self, rows: list[Request]) -> None:
+        if self.drafter is not None:
+            self._decode_speculative(rows)
+            return
         dev = self.model.device
         rows = self._pack(rows)
         ids = torch.tensor([[r.pending] for r in rows], device=dev)
@@ -343,6 +381,58 @@ class Engine:
             r.fed += 1
             r.pending = None
         self._sample_and_emit(rows, logits)
+
+    def _verify_forward(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
+        """The target's forward of (B, k+1) tokens at positions fed.. in slots 0..B-1 → (B, k+1, V) logits."""
+        pos = fed[:, None] + torch.arange(ids.shape[1], device=fed.device)
+        return self._decode_model(ids, pos, self.cache, kv_len=int(fed.max()) + ids.shape[1], last_only=False,
+                                  batch_invariant=True)
+
+    def _decode_speculative(self, rows: list[Request]) -> None:
+        """One speculative round for every decoding row: draft k tokens, verify them in one target forward,
+        keep each row's accepted drafts plus one token. Two host syncs: the drafts' acceptance, and (only if some
+        row needs per-token work) `_sample_and_emit`'s for those rows."""
+        from corral.engine.speculative import verify_rows
+
+        sp, dev, k = self.drafter, self.model.device, self.drafter.k
+        rows = self._pack(rows)
+        vocab = self.model.config.vocab_size
+        fed = torch.tensor([r.fed for r in rows], device=dev)
+        pending = torch.tensor([r.pending for r in rows], device=dev)
+        prev = torch.tensor([self.slot_ids[r.slot][-1] for r in rows], device=dev)
+        params, gens = [r.params for r in rows], [r.generator for r in rows]
+        seens = [_seen(r, vocab, dev) for r in rows]  # prompt + output, the pending token included
+        drafts, qs = sp.draft(prev, pending, fed, vocab, params, gens, seens)
+        logits = self._verify_forward(torch.cat([pending[:, None], drafts], 1), fed)  # (B, k+1, V)
+        spec = [i for i, r in enumerate(rows) if r.constraint is None and r.top_logprobs is None]
+        got = verify_rows(logits[spec], [qs[i] for i in spec], drafts[spec], [params[i] for i in spec],
+                          [gens[i] for i in spec], [seens[i] for i in spec]).tolist() if spec else []
+        new: dict[int, list[int]] = {}  # row → accepted drafts + the round's own token
+        for i, g in zip(spec, got, strict=True):
+            new[i] = g[1:g[0] + 2]
+            sp.proposed += k
+            sp.accepted += g[0]
+        # Every row's KV bookkeeping first: finishing a request below moves other rows' slots by their `fed`.
+        base = [r.fed for r in rows]
+        for i, r in enumerate(rows):
+            m = len(new[i]) - 1 if i in new else 0
+            self.slot_ids[r.slot] += [r.pending, *new.get(i, [])[:m]]
+            r.fed += 1 + m
+            sp.slot_ids[r.slot] = self.slot_ids[r.slot][:base[i] + 1 + min(m, k - 1)]
+            r.pending = None
+        others = [i for i in range(len(rows)) if i not in new]
+        if others:
+            self._sample_and_emit([rows[i] for i in others], logits[others, 0])
+        for i, toks in new.items():
+            r = rows[i]
+            for j, tid in enumerate(toks):
+                r.fed = base[i] + 1 + j  # what `_accept`'s room check expects: the tokens fed before `tid`
+                r.pending = None
+                self._accept(r, tid, None)
+                if r.pending is None:  # finished: the rest of its tokens are dropped
+                    break
+            else:
+                r.fed = base[i] + len(toks)
 
     def _pack(self, rows: list[Request]) -> list[Request]:
         """Move the decoding rows to slots 0..n-1 (a request still prefilling can sit among them after a swap in
@@ -371,7 +461,7 @@ class Engine:
             chosen[idx] = logits[idx].argmax(-1)
         for i, r in enumerate(rows):
             if i not in greedy:
-                chosen[i] = sample(logits[i:i + 1], r.params, r.generator, _seen(r, logits))[0]
+                chosen[i] = sample(logits[i:i + 1], r.params, r.generator, _seen(r, logits.shape[-1], logits.device))[0]
         want_lp = [i for i, r in enumerate(rows) if r.top_logprobs is not None]
         lps: dict[int, TokenLogprob] = {}
         if want_lp:
@@ -441,6 +531,8 @@ class Engine:
                 buf[a, :, :length] = buf[b, :, :length]
                 buf[b, :, :length] = tmp
         self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
+        if self.drafter is not None:
+            self.drafter.swap(a, b)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -452,9 +544,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _seen(r: Request, logits: torch.Tensor) -> torch.Tensor | None:
+def _seen(r: Request, vocab: int, device: torch.device) -> torch.Tensor | None:
+    """The repetition-penalty mask (1, vocab) of a request's prompt and output so far, or None."""
     if r.params.repetition_penalty == 1.0:
         return None
-    seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=logits.device)
-    seen[0, torch.tensor(r.prompt_ids + r.out_ids, device=logits.device)] = True
+    seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
+    seen[0, torch.tensor(r.prompt_ids + r.out_ids, device=device)] = True
     return seen

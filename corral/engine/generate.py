@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from corral.engine.sampling import SamplingParams, sample
 from corral.errors import InvalidArgumentError
 from corral.model.llama import KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from corral.engine.speculative import Drafter
 
 PREFILL_CHUNK = 512
 # On CUDA, attend over a multiple of this many cache entries: few shapes for compiled graphs, little waste.
@@ -81,6 +85,12 @@ class GenerationResult:
     cached_tokens: int  # prompt tokens whose KV was reused from the previous call
     prefill_s: float
     decode_s: float
+    draft_proposed: int = 0  # speculative decoding: draft tokens the target checked
+    draft_accepted: int = 0  # ... and kept
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
 
     @property
     def completion_tokens(self) -> int:
@@ -104,12 +114,15 @@ class Generator:
     tokenizer: Tokenizer
     max_seq_len: int = 0
     compile: bool = False  # torch.compile the one-token decode step (gpt-fast style); prefill stays eager
+    draft: Drafter | None = None  # speculative decoding: a draft model proposes, this model verifies
     cache: KVCache | None = None
     cached_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         ctx = self.model.config.max_position_embeddings
         self.max_seq_len = min(self.max_seq_len or 4096, ctx)
+        if self.draft is not None:
+            self.max_seq_len = self.draft.bind(self.tokenizer, self.max_seq_len)
         self._step = self.model
         if self.compile:
             # CUDA: one static graph with CUDA graphs, attending over the whole buffer (masked), so nothing
@@ -122,8 +135,9 @@ class Generator:
             self.cache = KVCache.allocate(self.model.config, 1, self.max_seq_len, self.model.dtype, self.model.device)
         return self.cache
 
-    def _forward(self, ids: list[int] | torch.Tensor, start: int) -> torch.Tensor:
-        """Feed ids at positions start.. into the cache; return the last position's logits (1, V)."""
+    def _forward(self, ids: list[int] | torch.Tensor, start: int, all_logits: bool = False) -> torch.Tensor:
+        """Feed ids at positions start.. into the cache; return the last position's logits (1, V), or with
+        `all_logits` every position's (n, V)."""
         dev = self.model.device
         t = ids if isinstance(ids, torch.Tensor) else torch.tensor(ids, device=dev)
         n = t.numel()
@@ -134,8 +148,8 @@ class Generator:
         else:
             bucket = KV_BUCKET.get(dev.type, 1)
             kv_len = min(self.max_seq_len, -(-(start + n) // bucket) * bucket)
-        out = step(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=True)
-        return out[:, -1]
+        out = step(t.view(1, n), pos, self._ensure_cache(), kv_len=kv_len, last_only=n == 1 or not all_logits)
+        return out[0] if all_logits else out[:, -1]
 
     def stream(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[str | GenerationResult]:
         """Yield text deltas as they become final, then one `GenerationResult`."""
@@ -168,24 +182,17 @@ class Generator:
                 seen = torch.zeros(1, logits.shape[-1], dtype=torch.bool, device=dev)
                 seen[0, torch.tensor(prompt_ids, device=dev)] = True
             nxt = sample(logits, params, gen, seen)
+            if self.draft is not None:
+                self.draft.prefill(prompt_ids)
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
             detok, stops = Detokenizer(self.tokenizer), StopStrings(params.stop)
             out_ids: list[int] = []
             finish = "length"
-            for i in range(max_new):
-                pending = nxt
-                pos = len(self.cached_ids)
-                if i + 1 < max_new:  # max_new keeps pos < max_seq_len
-                    if seen is not None:
-                        seen[0, pending] = True
-                    logits = self._forward(pending, pos)  # queued before we read `pending` on the host
-                    self.cached_ids.append(-1)  # its id is filled in below, once read
-                    nxt = sample(logits, params, gen, seen)
-                tid = int(pending.item())
-                if len(self.cached_ids) > pos:
-                    self.cached_ids[pos] = tid
+            steps = (self.draft.decode(self, nxt, max_new, params, gen, seen) if self.draft is not None
+                     else self._decode(nxt, max_new, params, gen, seen))
+            for tid in steps:
                 if tid in stop_ids:
                     finish = "stop"
                     break
@@ -200,7 +207,26 @@ class Generator:
             if rest:
                 yield rest
             t2 = time.perf_counter()
-        yield GenerationResult(stops.text, out_ids, finish, len(prompt_ids), reuse, t1 - t0, t2 - t1)
+        drafted = (self.draft.proposed, self.draft.accepted) if self.draft is not None else (0, 0)
+        yield GenerationResult(stops.text, out_ids, finish, len(prompt_ids), reuse, t1 - t0, t2 - t1, *drafted)
+
+    def _decode(self, nxt: torch.Tensor, max_new: int, params: SamplingParams,
+                gen: torch.Generator, seen: torch.Tensor | None) -> Iterator[int]:
+        """Plain decoding: yield up to `max_new` ids, starting with `nxt` (sampled from the prompt, not yet fed).
+        Each id is read on the host after the next step is queued; `cached_ids` lists the fed ids at every yield."""
+        for i in range(max_new):
+            pending = nxt
+            pos = len(self.cached_ids)
+            if i + 1 < max_new:  # max_new keeps pos < max_seq_len
+                if seen is not None:
+                    seen[0, pending] = True
+                logits = self._forward(pending, pos)  # queued before we read `pending` on the host
+                self.cached_ids.append(-1)  # its id is filled in below, once read
+                nxt = sample(logits, params, gen, seen)
+            tid = int(pending.item())
+            if len(self.cached_ids) > pos:
+                self.cached_ids[pos] = tid
+            yield tid
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> GenerationResult:
         """Run to the end; return the result (no streaming)."""

@@ -56,15 +56,27 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None = None,
            seen: torch.Tensor | None = None) -> torch.Tensor:
     """(B, V) fp32 logits → (B,) token ids, on the logits' device."""
+    if p.temperature == 0:
+        return _adjust(logits, p, seen).argmax(dim=-1)
+    return draw(sampling_weights(logits, p, seen), generator)
+
+
+def _adjust(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None) -> torch.Tensor:
+    """Logit bias, then repetition penalty: the transforms greedy decoding applies too."""
     if p.logit_bias:
         ids = torch.tensor(list(p.logit_bias), device=logits.device)
         logits = logits.index_add(-1, ids, torch.tensor(list(p.logit_bias.values()), device=logits.device,
                                                          dtype=logits.dtype).expand(logits.shape[0], -1))
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
-    if p.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits / p.temperature
+    return logits
+
+
+def sampling_weights(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V) logits → (B, V) non-negative weights proportional to the distribution `sample` draws from when
+    temperature > 0 (bias, penalty, temperature, top-k, top-p, min-p applied; not renormalised after the cuts).
+    Speculative decoding needs these probabilities, not just a draw."""
+    logits = _adjust(logits, p, seen) / p.temperature
     if p.top_k:
         kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -78,5 +90,10 @@ def sample(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator |
         probs = probs.masked_fill(drop, 0.0)
     if p.min_p > 0:
         probs = probs.masked_fill(probs < p.min_p * probs.max(dim=-1, keepdim=True).values, 0.0)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise).argmax(dim=-1)
+    return probs
+
+
+def draw(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, V) non-negative weights → (B,) ids drawn in proportion to them (exponential race, no host sync)."""
+    noise = torch.empty_like(weights).exponential_(generator=generator)
+    return (weights / noise).argmax(dim=-1)
