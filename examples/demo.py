@@ -5,7 +5,10 @@
    answer), show a few of its metrics, stop it.
 3. Fine-tune: a shortened acme run (examples/acme/finetune_and_eval.py --quick): held-out accuracy of the default
    model on an invented company's facts before and after a LoRA fine-tune of a couple of minutes.
-Later stages (distill, guard) extend this script.
+4. Distill: that fine-tuned model as the teacher, pruned to half its layers and trained with knowledge distillation
+   and, for comparison, with plain SFT (examples/acme/distill_and_eval.py --quick): parameters, decode speed,
+   held-out accuracy and agreement with the teacher.
+Later stages (guard) extend this script.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import torch
 
@@ -26,6 +31,7 @@ from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
 from corral.tokenizer import load_tokenizer
 
+HERE = Path(__file__).resolve().parent
 PROMPTS = [
     "What is the capital of France?",
     "Give me three tips for writing clear commit messages.",
@@ -53,18 +59,15 @@ def main() -> int:
                 sys.stdout.write(ev)
                 sys.stdout.flush()
     serve_demo()
-    finetune_demo()
-    return 0
-
-
-def finetune_demo() -> None:
-    import tempfile
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent / "acme" / "finetune_and_eval.py"
-    print("\n$ python examples/acme/finetune_and_eval.py --quick   # the full run: drop --quick (README)")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, str(script), "--quick", "--out", str(Path(tmp) / "acme")], check=True)
+        acme = HERE / "acme"
+        print("\n$ python examples/acme/finetune_and_eval.py --quick   # the full run: drop --quick (README)")
+        run = Path(tmp) / "acme"
+        subprocess.run([sys.executable, str(acme / "finetune_and_eval.py"), "--quick", "--out", str(run)], check=True)
+        print("\n$ python examples/acme/distill_and_eval.py --quick --teacher-run RUN   # the full run: README")
+        subprocess.run([sys.executable, str(acme / "distill_and_eval.py"), "--quick", "--teacher-run", str(run),
+                        "--out", str(Path(tmp) / "distill")], check=True)
+    return 0
 
 
 def serve_demo() -> None:

@@ -353,3 +353,30 @@ def test_serve_builds_a_speculative_engine(tiny_folders):
     c = submit(engine, [5, 6, 7], max_tokens=6)
     engine.run_until_idle()
     assert len(c.ids) == 6 and engine.drafter.proposed > 0
+
+
+def test_engine_on_the_default_4bit_model_keeps_plain_greedy_output():
+    """The real model, 4-bit weights (bf16 activations in its matmuls): the verify forward's attention is computed
+    token by token as a one-token decode does, so every request's greedy text equals plain decoding's. Before,
+    a (k + 1)-row attention matmul took another kernel path and moved logits by up to 0.6 (near-ties flipped)."""
+    from corral.chat import encode_chat
+    from corral.engine.engine import Request
+    from corral.model.loader import load_model
+    from corral.tokenizer import load_tokenizer
+
+    lm = load_model(None)
+    tok = load_tokenizer(lm.path)
+    questions = ["Why is the sky blue?", "Give three tips for a tidy desk.", "What is a lighthouse for?",
+                 "Describe rain on a tin roof."]
+
+    def run(draft):
+        eng = Engine(lm.model, tok, max_batch=4, max_seq_len=256, draft=draft, draft_tokens=4)
+        reqs = [eng.submit(Request(encode_chat(tok, [{"role": "user", "content": q}]), SamplingParams(max_tokens=40),
+                                   lambda e: None)) for q in questions]
+        eng.run_until_idle()
+        return [r.out_ids for r in reqs], eng
+
+    plain, _ = run(None)
+    spec, eng = run(first_layers(lm.model, 15))
+    assert spec == plain
+    assert eng.drafter.proposed > 0

