@@ -114,6 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
 
+    ev = sub.add_parser(
+        "eval", help="score models on tasks (bundled, or your own YAML/JSONL) and compare them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score each MODEL on each task; print a table, write report.json, samples.jsonl, report.png and "
+                    "report.html into --out.\n\n"
+                    "A task is a bundled name (corral eval --list-tasks) or a task file: a YAML (kind, data, prompt,\n"
+                    "score; see corral/eval/task.py) or a bare JSONL. A MODEL may be a LoRA adapter folder (corral\n"
+                    "finetune's RUN/adapter): its base model is loaded with the adapter merged in.")
+    ev.add_argument("models", nargs="*", metavar="MODEL", help="GGUF file, HF folder, registry name or adapter folder")
+    ev.add_argument("--tasks", default=None, help="comma-separated task names or files (default: every bundled task)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
+    ev.add_argument("--out", default="runs/eval", help="report folder (default runs/eval)")
+    ev.add_argument("--list-tasks", action="store_true", help="list the bundled tasks and exit")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    ev.add_argument("--dtype", default="auto", help="auto | int4 | float32 | bfloat16 | float16 (as for generate)")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    ev.add_argument("--batch-tokens", type=int, default=2048,
+                    help="padded tokens per log-likelihood batch (default 2048)")
+    ev.add_argument("--max-batch", type=int, default=16, help="sequences generated together (default 16)")
+    ev.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+
     b = sub.add_parser(
         "batch", help="answer an OpenAI Batch API input file (JSONL) offline; resumable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -141,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "merge": cmd_merge,
-                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export}
+                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -463,6 +484,37 @@ def cmd_batch(args: argparse.Namespace) -> int:
     summary = result[0]
     print(summary, file=sys.stderr)
     return 0 if summary.failed == 0 else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from corral.errors import InvalidArgumentError
+    from corral.eval import bundled_tasks, evaluate, load_task
+    from corral.eval.report import print_table
+
+    if args.list_tasks:
+        for name in bundled_tasks():
+            t = load_task(name)
+            print(f"{name:<12} {t.kind:<16} {len(t.examples):>4} examples  {t.description}")
+        return 0
+    if not args.models:
+        raise InvalidArgumentError("name at least one MODEL to evaluate (or pass --list-tasks)")
+    for name, v, lo in (("--batch-tokens", args.batch_tokens, 16), ("--max-batch", args.max_batch, 1),
+                        ("--limit", args.limit if args.limit is not None else 1, 1)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else bundled_tasks()
+    if not tasks:
+        raise InvalidArgumentError("--tasks names no task")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    report = evaluate(args.models, tasks, limit=args.limit, out=args.out, device=args.device, dtype=args.dtype,
+                      batch_tokens=args.batch_tokens, max_batch=args.max_batch, template=_template(args))
+    print_table(report, Console(width=max(100, Console().width)))
+    print(f"wrote {args.out}/report.json, samples.jsonl, report.png, report.html")
+    return 0
 
 
 FINETUNE_HELP = {
