@@ -135,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-batch", type=int, default=16, help="sequences generated together (default 16)")
     ev.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
 
+    sy = sub.add_parser(
+        "synth", help="a teacher model answers a prompt file: training-ready chat JSONL (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The teacher answers every line of --prompts --n times through the batched engine and appends\n"
+                    "{\"messages\": [...]} lines (what corral finetune --data takes) to --out; samples a --filter\n"
+                    "rejects go to OUT.rejected.jsonl. Rerunning with the same --out resumes.\n\n"
+                    "--prompts lines: {\"messages\": [...]} or {\"prompt\": \"...\"}, optional \"answer\" and \"id\".\n"
+                    "--filter: contains | exact | regex:PATTERN | json | max_words:N | lowercase | ... (the eval\n"
+                    "scorers; contains and exact compare with the line's answer).")
+    _model_args(sy, max_seq_len=2048, engine=True)
+    sy.add_argument("--prompts", required=True, help="prompt file (JSONL)")
+    sy.add_argument("--out", required=True, help="output chat JSONL; resumed if it exists")
+    sy.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
+    sy.add_argument("--filter", action="append", default=[], metavar="SCORER",
+                    help="keep only samples this scorer accepts (repeatable: all must pass)")
+    sy.add_argument("--system", default=None, help="system message for {prompt} lines")
+    sy.add_argument("--keep-truncated", action="store_true", help="keep answers cut off at --max-tokens")
+    sy.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    _sampling_args(sy)
+
     b = sub.add_parser(
         "batch", help="answer an OpenAI Batch API input file (JSONL) offline; resumable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -162,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "merge": cmd_merge,
-                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval}
+                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval,
+                 "synth": cmd_synth}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -514,6 +535,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       batch_tokens=args.batch_tokens, max_batch=args.max_batch, template=_template(args))
     print_table(report, Console(width=max(100, Console().width)))
     print(f"wrote {args.out}/report.json, samples.jsonl, report.png, report.html")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import torch
+
+    from corral.distill.synth import make_filters, read_prompts, synth
+    from corral.errors import InvalidArgumentError
+
+    for name, v, lo in (("--n", args.n, 1), ("--max-batch", args.max_batch, 1),
+                        ("--max-seq-len", args.max_seq_len, 16)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    params = _params(args, 0.8)
+    if params.seed is None:
+        params.seed = 0  # every sample's seed derives from it: a rerun (or a resume) draws the same samples
+    filters = make_filters(args.filter)
+    template = _template(args)
+    prompts = read_prompts(args.prompts, args.system, need_answer=any(f.needs_answer for f in filters))
+    if args.n > 1 and params.temperature == 0:
+        raise InvalidArgumentError(f"--n {args.n} with --temperature 0 gives {args.n} identical answers; sample with "
+                                   "a temperature above 0, or use --n 1")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    lm = _load_model(args)
+    tok = _tokenizer_for(lm)
+    summary = synth(lm.model, tok, prompts, args.out, n=args.n, params=params, filters=filters, template=template,
+                    keep_truncated=args.keep_truncated, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
+                    compile=args.compile)
+    print(summary)
     return 0
 
 
