@@ -541,22 +541,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     import torch
 
-    from corral.distill.synth import make_filters, read_prompts, synth
+    from corral.distill.synth import check_n, make_filters, read_prompts, synth
     from corral.errors import InvalidArgumentError
 
-    for name, v, lo in (("--n", args.n, 1), ("--max-batch", args.max_batch, 1),
-                        ("--max-seq-len", args.max_seq_len, 16)):
+    for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
     params = _params(args, 0.8)
     if params.seed is None:
         params.seed = 0  # every sample's seed derives from it: a rerun (or a resume) draws the same samples
+    check_n(args.n, params)  # everything is checked before the model loads
     filters = make_filters(args.filter)
     template = _template(args)
     prompts = read_prompts(args.prompts, args.system, need_answer=any(f.needs_answer for f in filters))
-    if args.n > 1 and params.temperature == 0:
-        raise InvalidArgumentError(f"--n {args.n} with --temperature 0 gives {args.n} identical answers; sample with "
-                                   "a temperature above 0, or use --n 1")
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     lm = _load_model(args)

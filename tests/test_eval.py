@@ -181,6 +181,20 @@ def test_multiple_choice_task_matches_the_model_logits(tiny, tmp_path):
     assert metrics == {"acc": acc / 3, "acc_norm": acc_norm / 3}
 
 
+def test_chat_multiple_choice_scores_after_the_generation_prompt(tiny, tmp_path):
+    from corral.chat import encode_chat
+
+    write(tmp_path / "mc.yaml", "kind: multiple_choice\nchat: true\nsystem: Be brief.\nexamples:\n"
+          "  - {question: 'Sky colour?', choices: [blue, green], answer: 0}\n")
+    task = load_task(tmp_path / "mc.yaml")
+    assert task.target_delimiter == ""
+    _, records = run_task(tiny, task)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Sky colour?"}]
+    ctx = encode_chat(tiny.tok, msgs)
+    lls = [float(direct_logprobs(tiny.model, ctx + tiny.tok.encode(c))[len(ctx) - 1:].sum()) for c in ("blue", "green")]
+    assert records[0]["loglikelihoods"] == pytest.approx(lls, abs=1e-4)
+
+
 def test_encode_pair_moves_trailing_spaces_to_the_continuation(tok):
     ctx, cont = encode_pair(tok, "Answer: ", "Paris")
     assert ctx == tok.encode("Answer:") and ctx + cont == tok.encode("Answer: Paris")

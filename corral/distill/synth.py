@@ -138,6 +138,15 @@ def _has_answer(obj: dict[str, Any]) -> bool:
     return a is not None and bool(items) and all(isinstance(x, str | int | float) and str(x) for x in items)
 
 
+def check_n(n: int, params: SamplingParams) -> None:
+    """`n` samples per prompt need n >= 1, and a temperature above 0 when n > 1 (greedy answers are all the same)."""
+    if n < 1:
+        raise InvalidArgumentError("--n must be >= 1")
+    if n > 1 and params.temperature == 0:
+        raise InvalidArgumentError(f"--n {n} with --temperature 0 gives {n} identical answers; sample with a "
+                                   "temperature above 0, or use --n 1")
+
+
 def sample_seed(seed: int, key: str, j: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}:{j}".encode()).digest()[:8], "little") >> 1
 
@@ -189,12 +198,8 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     from corral.chat import encode_chat
     from corral.eval.harness import generate
 
-    if n < 1:
-        raise InvalidArgumentError("--n must be >= 1")
     params = params or SamplingParams(temperature=0.8, max_tokens=256)
-    if n > 1 and params.temperature == 0:
-        raise InvalidArgumentError(f"--n {n} with --temperature 0 gives {n} identical answers; sample with a "
-                                   "temperature above 0, or use --n 1")
+    check_n(n, params)
     filters = filters or []
     if not isinstance(prompts, list):
         prompts = read_prompts(prompts, system, need_answer=any(f.needs_answer for f in filters))

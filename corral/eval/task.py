@@ -369,16 +369,19 @@ def _generated(spec: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def arithmetic(n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` problems from `random.Random(seed)`: a + b and a - b with 2-3 digit operands, a * b with a 2-digit and a
-    1-2 digit operand (every answer an integer; subtraction may go negative)."""
+    """`n` problems from `random.Random(seed)`, a spread of difficulty so that small models score above zero:
+    a + b and a - b with operands of 1, 2 or 3 digits (each length equally likely; differences may be negative),
+    a * b with a 1-2 digit a and a 1-digit b (2..9). Answers are integers, as text."""
     rng = random.Random(seed)
+
+    def operand() -> int:
+        d = rng.randint(1, 3)
+        return rng.randint(10 ** (d - 1) if d > 1 else 1, 10**d - 1)
+
     out = []
     for _ in range(n):
         op = rng.choice("+-*")
-        if op == "*":
-            a, b = rng.randint(10, 99), rng.randint(2, 30)
-        else:
-            a, b = rng.randint(10, 999), rng.randint(10, 999)
+        a, b = (rng.randint(2, 99), rng.randint(2, 9)) if op == "*" else (operand(), operand())
         out.append({"a": a, "b": b, "op": op, "answer": str(a + b if op == "+" else a - b if op == "-" else a * b)})
     return out
 
