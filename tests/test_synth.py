@@ -176,7 +176,7 @@ def test_cli_synth(tiny_chat, tmp_path):
     assert "synth:" in r.stdout and str(out) in r.stdout
     r = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)  # resumed: nothing to do
     assert r.returncode == 0 and len(lines(out) + lines(rejected_path(out))) == 4, r.stderr
-    assert "4 were done before" in r.stdout
+    assert "all 4 samples were already done" in r.stdout
     for extra, needle in ((["--temperature", "0"], "identical answers"), (["--filter", "fuzzy"], "unknown scorer"),
                           (["--filter", "contains"], "no 'answer'")):
         r = subprocess.run(args + extra, capture_output=True, text=True, timeout=300, cwd=ROOT)

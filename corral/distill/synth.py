@@ -58,6 +58,8 @@ class SynthSummary:
     out: Path
 
     def __str__(self) -> str:
+        if self.resumed == self.samples:
+            return f"synth: all {self.samples} samples were already done ({self.out}); nothing to run"
         why = ", ".join(f"{k} {v}" for k, v in sorted(self.reasons.items(), key=lambda kv: -kv[1]))
         resumed = f"; {self.resumed} were done before" if self.resumed else ""
         rej = f"; {self.rejected} rejected ({why}) -> {rejected_path(self.out)}" if self.rejected else ""

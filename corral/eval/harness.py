@@ -342,8 +342,10 @@ def evaluate(models: Sequence[ModelSpec], tasks: Sequence[str | Path | Task], *,
     from corral import __version__
     from corral.eval.report import write_report
 
-    if limit is not None and limit < 1:
-        raise InvalidArgumentError("--limit must be >= 1")
+    for name, v, lo in (("--limit", 1 if limit is None else limit, 1), ("--batch-tokens", batch_tokens, 16),
+                        ("--max-batch", max_batch, 1)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
     if not models:
         raise InvalidArgumentError("no model to evaluate")
     if not tasks:
