@@ -126,6 +126,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
 
+    ev = sub.add_parser(
+        "eval", help="score models on tasks (bundled, or your own YAML/JSONL) and compare them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score each MODEL on each task; print a table, write report.json, samples.jsonl, report.png and "
+                    "report.html into --out.\n\n"
+                    "A task is a bundled name (corral eval --list-tasks) or a task file: a YAML (kind, data, prompt,\n"
+                    "score; see corral/eval/task.py) or a bare JSONL. A MODEL may be a LoRA adapter folder (corral\n"
+                    "finetune's RUN/adapter): its base model is loaded with the adapter merged in.")
+    ev.add_argument("models", nargs="*", metavar="MODEL", help="GGUF file, HF folder, registry name or adapter folder")
+    ev.add_argument("--tasks", default=None, help="comma-separated task names or files (default: every bundled task)")
+    ev.add_argument("--limit", type=int, default=None, help="score only the first N examples of each task")
+    ev.add_argument("--out", default="runs/eval", help="report folder (default runs/eval)")
+    ev.add_argument("--list-tasks", action="store_true", help="list the bundled tasks and exit")
+    ev.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    ev.add_argument("--dtype", default="auto", help="auto | int4 | float32 | bfloat16 | float16 (as for generate)")
+    ev.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    ev.add_argument("--batch-tokens", type=int, default=2048,
+                    help="padded tokens per log-likelihood batch (default 2048)")
+    ev.add_argument("--max-batch", type=int, default=16, help="sequences generated together (default 16)")
+    ev.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+
+    sy = sub.add_parser(
+        "synth", help="a teacher model answers a prompt file: training-ready chat JSONL (resumable)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The teacher answers every line of --prompts --n times through the batched engine and appends\n"
+                    "{\"messages\": [...]} lines (what corral finetune --data takes) to --out; samples a --filter\n"
+                    "rejects go to OUT.rejected.jsonl. Rerunning with the same --out resumes.\n\n"
+                    "--prompts lines: {\"messages\": [...]} or {\"prompt\": \"...\"}, optional \"answer\" and \"id\".\n"
+                    "--filter: contains | exact | regex:PATTERN | json | max_words:N | lowercase | ... (the eval\n"
+                    "scorers; contains and exact compare with the line's answer).")
+    _model_args(sy, max_seq_len=2048, engine=True)
+    sy.add_argument("--prompts", required=True, help="prompt file (JSONL)")
+    sy.add_argument("--out", required=True, help="output chat JSONL; resumed if it exists")
+    sy.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
+    sy.add_argument("--filter", action="append", default=[], metavar="SCORER",
+                    help="keep only samples this scorer accepts (repeatable: all must pass)")
+    sy.add_argument("--system", default=None, help="system message for {prompt} lines")
+    sy.add_argument("--keep-truncated", action="store_true", help="keep answers cut off at --max-tokens")
+    sy.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (default 16)")
+    _sampling_args(sy)
+
     b = sub.add_parser(
         "batch", help="answer an OpenAI Batch API input file (JSONL) offline; resumable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -153,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "distill": cmd_distill, "merge": cmd_merge,
-                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export}
+                 "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval,
+                 "synth": cmd_synth}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -524,6 +566,61 @@ DISTILL_HELP = {
     "sft_baseline": "also train the same initial student with plain CE (out/sft) and compare it in report.json",
     "report_rows": "held-out rows for the report's teacher agreement (the validation split, else training rows)",
 }
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from corral.errors import InvalidArgumentError
+    from corral.eval import bundled_tasks, evaluate, load_task
+    from corral.eval.report import print_table
+
+    if args.list_tasks:
+        for name in bundled_tasks():
+            t = load_task(name)
+            print(f"{name:<12} {t.kind:<16} {len(t.examples):>4} examples  {t.description}")
+        return 0
+    if not args.models:
+        raise InvalidArgumentError("name at least one MODEL to evaluate (or pass --list-tasks)")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else bundled_tasks()
+    if not tasks:
+        raise InvalidArgumentError("--tasks names no task")
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    report = evaluate(args.models, tasks, limit=args.limit, out=args.out, device=args.device, dtype=args.dtype,
+                      batch_tokens=args.batch_tokens, max_batch=args.max_batch, template=_template(args))
+    print_table(report, Console(width=max(100, Console().width)))
+    print(f"wrote {args.out}/report.json, samples.jsonl, report.png, report.html")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    import torch
+
+    from corral.distill.synth import check_n, make_filters, read_prompts, synth
+    from corral.errors import InvalidArgumentError
+
+    for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    params = _params(args, 0.8)
+    if params.seed is None:
+        params.seed = 0  # every sample's seed derives from it: a rerun (or a resume) draws the same samples
+    check_n(args.n, params)  # everything is checked before the model loads
+    filters = make_filters(args.filter)
+    template = _template(args)
+    prompts = read_prompts(args.prompts, args.system, need_answer=any(f.needs_answer for f in filters))
+    if args.threads is not None:
+        torch.set_num_threads(max(1, args.threads))
+    lm = _load_model(args)
+    tok = _tokenizer_for(lm)
+    summary = synth(lm.model, tok, prompts, args.out, n=args.n, params=params, filters=filters, template=template,
+                    keep_truncated=args.keep_truncated, max_batch=args.max_batch, max_seq_len=args.max_seq_len,
+                    compile=args.compile)
+    print(summary)
+    return 0
+
 
 FINETUNE_HELP = {
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}",
