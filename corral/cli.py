@@ -565,6 +565,7 @@ DISTILL_HELP = {
     "teacher_adapter": "a PEFT adapter merged into the teacher at load",
     "sft_baseline": "also train the same initial student with plain CE (out/sft) and compare it in report.json",
     "report_rows": "held-out rows for the report's teacher agreement (the validation split, else training rows)",
+    "eval_tasks": "comma-separated corral eval tasks (bundled names or files) scored for every model in the report",
 }
 
 
@@ -693,7 +694,7 @@ def _config(args: argparse.Namespace, cls: type) -> Any:
     for name in names:
         v = getattr(args, name, None)
         if v is not None:
-            values[name] = v.split(",") if name == "lora_targets" and isinstance(v, str) else v
+            values[name] = v.split(",") if name in ("lora_targets", "eval_tasks") and isinstance(v, str) else v
     for need in ("model", "data"):
         if not values.get(need):
             raise InvalidArgumentError(f"{need} is required (positional MODEL / --data, or in --config)")

@@ -256,10 +256,13 @@ def test_distill_sft_lora_student_and_resume(tiny_chat, data, tmp_path):
     from corral.distill.run import distill
 
     kd = distill(dcfg(tiny_chat, data, tmp_path / "kd", kd_alpha=1.0, kd_loss="jsd", sft_baseline=True,
-                      max_steps=4), progress=False)
+                      max_steps=4, eval_tasks=["general_mc"]), progress=False)
     sft = kd / "sft"  # the same initial student, trained with CE alone
     assert len(losses(sft)) == 4 and losses(sft) != losses(kd)
-    assert list(json.loads((kd / "report.json").read_text())["models"]) == ["teacher", "student", "sft student"]
+    report = json.loads((kd / "report.json").read_text())["models"]
+    assert list(report) == ["teacher", "student", "sft student"]
+    assert all(0.0 <= m["eval"]["general_mc"]["acc"] <= 1.0 for m in report.values())  # corral eval's scores
+    assert (kd / "eval" / "report.json").is_file()
     lora = distill(dcfg(tiny_chat, data, tmp_path / "lora", method="lora", lora_r=4, teacher_topk=16,
                         precision="bf16", max_steps=3), progress=False)  # bf16 autocast reads the fp16 cache too
     assert (lora / "adapter" / "adapter_model.safetensors").is_file()

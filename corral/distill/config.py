@@ -3,7 +3,7 @@ loss. The CLI's options, a YAML file's keys and the Python API's arguments. No t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
@@ -29,6 +29,7 @@ class DistillConfig(FinetuneConfig):
     teacher_adapter: str | None = None  # a PEFT adapter merged into the teacher at load
     sft_baseline: bool = False  # also train the same initial student with CE alone (into out/sft) and report both
     report_rows: int = 64  # held-out rows (the validation split, else the first training rows) for the report
+    eval_tasks: list[str] = field(default_factory=list)  # corral eval tasks scored for every model in the report
 
     def check(self) -> None:
         super().check()

@@ -121,6 +121,13 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
         paths = {"teacher": teacher.path, **{k: v / ("model" if cfg.method == "full" else "adapter")
                                              for k, v in students.items()}}
         report = compare(models, paths, rows, tok, dist.device)
+        if cfg.eval_tasks:
+            from corral.eval.harness import EvalModel, evaluate
+
+            scores = evaluate([EvalModel(k, m, tok, str(paths[k])) for k, m in models.items()], cfg.eval_tasks,
+                              out=run / "eval", progress=progress)
+            for k, m in report["models"].items():
+                m["eval"] = scores["results"][k]
         report["config"] = dataclasses.asdict(cfg)
         (run / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         _print_report(report)
@@ -200,9 +207,11 @@ def decode_speed(model: torch.nn.Module, tok: Any, tokens: int = 64, repeats: in
 
 def _print_report(report: dict[str, Any]) -> None:
     for name, m in report["models"].items():
+        scores = "".join(f"  {task} {metric} {v:.3g}" for task, r in m.get("eval", {}).items()
+                         for metric, v in r.items() if metric not in ("n", "seconds") and isinstance(v, float))
         print(f"{name:12s} {m['layers']:3d} layers {m['parameters'] / 1e6:8.1f} M params "
               f"({m['parameters_vs_teacher']:.0%}) {m['size_mb']:8.1f} MB  decode {m['decode_tok_s']:7.1f} tok/s "
-              f"({m['speedup']:.2f}x)  top-1 agreement {m['agreement']:.1%}")
+              f"({m['speedup']:.2f}x)  top-1 agreement {m['agreement']:.1%}{scores}")
 
 
 def load_teacher(model: str, adapter: str | None, device: str) -> Any:

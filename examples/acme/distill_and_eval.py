@@ -76,6 +76,7 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.9, help="KD weight of the KD student")
     ap.add_argument("--kd-loss", default="fkl")
     ap.add_argument("--topk", type=int, default=64)
+    ap.add_argument("--calib-examples", type=int, help="examples that rank the layers (default 32, 8 with --quick)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -87,8 +88,9 @@ def main() -> int:
     if args.quick:
         data, items = quick_subset(items, out)
     teacher_dir = make_teacher(Path(args.teacher_run), out / "teacher")
-    common = dict(data=str(data), student_layers=args.layers, epochs=args.epochs, lr=args.lr, batch_size=4,
-                  max_seq_len=256, warmup_steps=10, save_every=1000, eval_every=1000, seed=args.seed)
+    calib = args.calib_examples or (8 if args.quick else 32)
+    common = dict(data=str(data), student_layers=args.layers, calib_examples=calib, epochs=args.epochs, lr=args.lr,
+                  batch_size=4, max_seq_len=256, warmup_steps=10, save_every=1000, eval_every=1000, seed=args.seed)
     seconds = {}
     for name, alpha in (("kd", args.alpha), ("sft", 0.0)):
         run = out / name
