@@ -128,3 +128,23 @@ def tiktoken_dir(tmp_path, monkeypatch, write_tiktoken_model):
     folder.mkdir()
     write_tiktoken_model(folder / "tokenizer.model", 40)
     return folder
+
+
+@pytest.fixture
+def make_tiny_chat(make_tiny_hf, tok):
+    """Factory: a tiny random Llama over the default model's vocabulary, with its tokenizer.json and chat template
+    (`**overrides` change the config); the training, eval, synth and distill tests build on it."""
+
+    def make(name: str = "tiny-chat", **overrides):
+        _, folder = make_tiny_hf(name=name, vocab_size=tok.vocab_size, **overrides)
+        (folder / "tokenizer.json").write_text(tok._tok.to_str())
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "chat_template": tok.chat_template, "eos_token": tok.eos_token, "bos_token": tok.bos_token}))
+        return folder
+    return make
+
+
+@pytest.fixture
+def tiny_chat(make_tiny_chat):
+    """A tiny random Llama over the default model's vocabulary, with its tokenizer and chat template."""
+    return make_tiny_chat()

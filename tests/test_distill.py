@@ -87,14 +87,9 @@ def test_topk_loss_is_exact_with_every_token_and_close_with_few(kind):
 # --- pruning -------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def tiny_chat(make_tiny_hf, tok):
-    """A tiny random Llama over the default model's vocabulary, with its tokenizer and chat template
-    (4 layers, 4 query heads in 2 KV groups, MLP 128)."""
-    _, folder = make_tiny_hf(name="tiny-chat", vocab_size=tok.vocab_size, num_hidden_layers=4)
-    (folder / "tokenizer.json").write_text(tok._tok.to_str())
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": tok.chat_template, "eos_token": tok.eos_token, "bos_token": tok.bos_token}))
-    return folder
+def tiny_chat(make_tiny_chat):
+    """The shared tiny chat model with 4 layers (4 query heads in 2 KV groups, MLP 128): room to prune."""
+    return make_tiny_chat(num_hidden_layers=4)
 
 
 def _model(folder):

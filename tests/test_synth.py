@@ -20,16 +20,6 @@ PROMPTS = [{"prompt": "Name a colour."},
 
 
 @pytest.fixture
-def tiny_chat(make_tiny_hf, tok):
-    """A tiny random Llama over the default model's vocabulary, with its tokenizer and chat template."""
-    _, folder = make_tiny_hf(name="tiny-chat", vocab_size=tok.vocab_size)
-    (folder / "tokenizer.json").write_text(tok._tok.to_str())
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "chat_template": tok.chat_template, "eos_token": tok.eos_token, "bos_token": tok.bos_token}))
-    return folder
-
-
-@pytest.fixture
 def teacher(tiny_chat):
     from corral.eval import load_eval_model
 
