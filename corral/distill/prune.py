@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -101,62 +102,48 @@ def prune_layers(model: LlamaForCausalLM, drop: Iterable[int]) -> LlamaForCausal
     return student
 
 
-def _down_inputs(model: LlamaForCausalLM, batches: list[torch.Tensor], module: str) -> list[torch.Tensor]:
-    """Per layer, the mean over calibration tokens of |input of `module`| (`down_proj` or `o_proj`), shape (in,)."""
-    layers = model.model.layers
-    sums = [None] * len(layers)
-    count = [0]
+def _input_means(model: LlamaForCausalLM, batches: list[torch.Tensor], modules: list[nn.Module],
+                 score: Any) -> list[torch.Tensor]:
+    """Per module, the mean over calibration tokens of `score(module, its input as (N, in))` (N, ...)."""
+    sums: list[torch.Tensor | None] = [None] * len(modules)
+    count = 0
 
     def hook(i):
         def fn(mod, args):
-            x = args[0].detach().float().abs().reshape(-1, args[0].shape[-1])
-            sums[i] = x.sum(0) if sums[i] is None else sums[i] + x.sum(0)
+            s = score(mod, args[0].detach().float().reshape(-1, args[0].shape[-1])).sum(0)
+            sums[i] = s if sums[i] is None else sums[i] + s
         return fn
 
-    targets = [(layer.mlp.down_proj if module == "down_proj" else layer.self_attn.o_proj) for layer in layers]
-    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(targets)]
+    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(modules)]
     try:
         with torch.no_grad():
             for ids in batches:
                 model(ids)
-                count[0] += ids.numel()
+                count += ids.numel()
     finally:
         for h in handles:
             h.remove()
-    return [s / count[0] for s in sums]
+    return [s / count for s in sums]
 
 
 def mlp_channel_scores(model: LlamaForCausalLM, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
-    """Per layer, (intermediate_size,) mean |silu(gate) · up| of each channel."""
+    """Per layer, (intermediate_size,) mean |silu(gate) · up| of each channel (the input of `down_proj`)."""
     _unfused(model)
-    return _down_inputs(model, list(batches), "down_proj")
+    return _input_means(model, list(batches), [layer.mlp.down_proj for layer in model.model.layers],
+                        lambda mod, x: x.abs())
 
 
 def head_scores(model: LlamaForCausalLM, batches: Iterable[torch.Tensor]) -> list[torch.Tensor]:
     """Per layer, (num_attention_heads,) mean L2 norm of each query head's contribution through `o_proj`."""
     _unfused(model)
-    cfg = model.config
-    layers = model.model.layers
-    sums = [torch.zeros(cfg.num_attention_heads) for _ in layers]
-    count = [0]
+    H, hd = model.config.num_attention_heads, model.config.head_dim
 
-    def hook(i):
-        def fn(mod, args):
-            x = args[0].detach().float().reshape(-1, cfg.num_attention_heads, cfg.head_dim)  # (N, H, hd)
-            w = mod.weight.detach().float().view(-1, cfg.num_attention_heads, cfg.head_dim)  # (D, H, hd)
-            sums[i] += torch.einsum("nhd,ehd->nhe", x, w).norm(dim=-1).sum(0)
-        return fn
+    def contribution(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        w = mod.weight.detach().float().view(-1, H, hd)  # (D, H, hd)
+        return torch.einsum("nhd,ehd->nhe", x.view(-1, H, hd), w).norm(dim=-1)  # (N, H)
 
-    handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        with torch.no_grad():
-            for ids in batches:
-                model(ids)
-                count[0] += ids.numel()
-    finally:
-        for h in handles:
-            h.remove()
-    return [s / count[0] for s in sums]
+    return _input_means(model, list(batches), [layer.self_attn.o_proj for layer in model.model.layers],
+                        contribution)
 
 
 def _rows(linear: nn.Linear, keep: torch.Tensor) -> nn.Linear:
