@@ -367,16 +367,17 @@ def test_engine_on_the_default_4bit_model_keeps_plain_greedy_output():
     lm = load_model(None)
     tok = load_tokenizer(lm.path)
     questions = ["Why is the sky blue?", "Give three tips for a tidy desk.", "What is a lighthouse for?",
-                 "Describe rain on a tin roof."]
+                 "Describe rain on a tin roof.", "How do bees find their way home?", "Write a haiku about tea.",
+                 "Explain what a compass does.", "Plan a picnic for four people."]
 
     def run(draft):
-        eng = Engine(lm.model, tok, max_batch=4, max_seq_len=256, draft=draft, draft_tokens=4)
-        reqs = [eng.submit(Request(encode_chat(tok, [{"role": "user", "content": q}]), SamplingParams(max_tokens=40),
+        eng = Engine(lm.model, tok, max_batch=8, max_seq_len=256, draft=draft, draft_tokens=4)
+        reqs = [eng.submit(Request(encode_chat(tok, [{"role": "user", "content": q}]), SamplingParams(max_tokens=96),
                                    lambda e: None)) for q in questions]
         eng.run_until_idle()
         return [r.out_ids for r in reqs], eng
 
     plain, _ = run(None)
-    spec, eng = run(first_layers(lm.model, 15))
+    spec, eng = run(load_model(None).model)  # the model as its own draft: nearly every token comes from a verify
     assert spec == plain
     assert eng.drafter.proposed > 0
