@@ -525,11 +525,7 @@ class Engine:
 
     def _swap_slots(self, a: int, b: int, length: int) -> None:
         """Exchange the first `length` cached positions (and token records) of slots a and b."""
-        if length > 0:
-            for buf in self.cache.k + self.cache.v:
-                tmp = buf[a, :, :length].clone()
-                buf[a, :, :length] = buf[b, :, :length]
-                buf[b, :, :length] = tmp
+        self.cache.swap_slots(a, b, length)
         self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
         if self.drafter is not None:
             self.drafter.swap(a, b)

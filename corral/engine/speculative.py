@@ -267,12 +267,7 @@ class BatchDrafter:
 
     def swap(self, a: int, b: int) -> None:
         """Exchange draft slots a and b (the used prefixes), as the engine does with its own."""
-        length = max(len(self.slot_ids[a]), len(self.slot_ids[b]))
-        if length > 0:
-            for buf in self.cache.k + self.cache.v:
-                tmp = buf[a, :, :length].clone()
-                buf[a, :, :length] = buf[b, :, :length]
-                buf[b, :, :length] = tmp
+        self.cache.swap_slots(a, b, max(len(self.slot_ids[a]), len(self.slot_ids[b])))
         self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
 
     def draft(self, prev: torch.Tensor, pending: torch.Tensor, fed: torch.Tensor, vocab: int,
