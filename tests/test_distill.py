@@ -290,24 +290,12 @@ def test_distill_config_errors(tiny_chat, data, tmp_path):
 
 def test_torchrun_distill_two_processes_match_one(tiny_chat, data, tmp_path):
     """`corral distill` under torchrun (FSDP2 on gloo, 2 x batch 2) follows 1 process x batch 4; cached teacher."""
-    import os
-    import subprocess
-    import sys
+    from test_train_loop import one_and_two_processes
 
     common = ["distill", str(tiny_chat), "--data", str(data), "--student-layers", "2", "--max-steps", "4",
               "--lr", "3e-3", "--max-seq-len", "256", "--warmup-steps", "2", "--seed", "1", "--device", "cpu",
               "--precision", "fp32", "--teacher-topk", "16", "--calib-examples", "8", "--report-rows", "4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = tmp_path / "one"
-    r = subprocess.run([sys.executable, "-m", "corral", *common, "--batch-size", "4", "--out", str(one)],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "top-1 agreement" in r.stdout  # the report
-    two = tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "corral", *common, "--batch-size", "2", "--out", str(two)],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    one, two, out = one_and_two_processes(common, tmp_path)
+    assert "top-1 agreement" in out  # the report
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert (two / "model" / "model.safetensors").is_file()

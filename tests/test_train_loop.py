@@ -198,25 +198,32 @@ def test_kill_9_mid_run_then_resume_repeats_the_straight_run(tiny_chat, data, tm
         (straight / "adapter" / "adapter_model.safetensors").read_bytes()
 
 
-def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
-    """FSDP2 on CPU (gloo): 2 processes x batch 2 follow 1 process x batch 4, step by step."""
+def one_and_two_processes(args: list[str], tmp_path: Path) -> tuple[Path, Path, str]:
+    """Run `corral ARGS` as 1 process with batch 4 (into tmp_path/one) and under torchrun as 2 processes with
+    batch 2 each (FSDP2 on gloo, into tmp_path/two); both must succeed. Returns (one, two, the 1-process stdout)."""
     import os
     import subprocess
     import sys
 
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = subprocess.run([sys.executable, "-m", "corral", *args, "--batch-size", "4", "--out", str(one)],
+                        capture_output=True, text=True, timeout=600, env=env)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                         "-m", "corral", *args, "--batch-size", "2", "--out", str(two)],
+                        capture_output=True, text=True, timeout=600, env=env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    return one, two, r1.stdout
+
+
+def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
+    """FSDP2 on CPU (gloo): 2 processes x batch 2 follow 1 process x batch 4, step by step."""
     common = ["finetune", str(tiny_chat), "--data", str(data), "--max-steps", "6", "--lr", "3e-3",
               "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu",
               "--precision", "fp32"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = tmp_path / "one"
-    subprocess.run([sys.executable, "-m", "corral", *common, "--batch-size", "4", "--out", str(one)], check=True,
-                   capture_output=True, timeout=600, env=env)
-    two = tmp_path / "two"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "corral", *common, "--batch-size", "2", "--out", str(two)],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((two / "config.json").read_text())["world_size"] == 2
+    one, two, _ = one_and_two_processes(common, tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert losses(two)[-1] < losses(two)[0]
     from safetensors.torch import load_file
