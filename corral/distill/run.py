@@ -26,6 +26,7 @@ from corral.errors import InvalidArgumentError
 from corral.train.loop import Objective, _collate, _Dist, _finetune, loss_targets
 
 STUDENT_INIT = "student_init"
+SPEED_PROMPT = "Describe a quiet morning in a fishing village."
 
 
 class KDObjective(Objective):
@@ -163,9 +164,9 @@ def _report_rows(cfg: DistillConfig, tok: Any) -> list[Any]:
 
 
 def compare(models: dict[str, torch.nn.Module], paths: dict[str, Path], rows: list[Any], tok: Any,
-            device: torch.device) -> dict[str, Any]:
-    """Teacher vs students: parameters, size on disk, one-stream decode tokens/s, top-1 agreement with the
-    teacher on `rows`. The first model is the teacher."""
+            device: torch.device, decode_tokens: int = 64, prompt: str = SPEED_PROMPT) -> dict[str, Any]:
+    """Teacher vs students: parameters, size on disk, one-stream decode tokens/s (`decode_tokens` greedy tokens
+    after `prompt`), top-1 agreement with the teacher on `rows`. The first model is the teacher."""
     names = list(models)
     teacher = models[names[0]]
     out: dict[str, Any] = {"models": {}, "agreement_rows": len(rows)}
@@ -173,7 +174,7 @@ def compare(models: dict[str, torch.nn.Module], paths: dict[str, Path], rows: li
         m = models[name]
         out["models"][name] = {
             "path": str(paths[name]), "layers": m.config.num_hidden_layers, "parameters": m.config.num_parameters,
-            "size_mb": _size_mb(paths[name]), "decode_tok_s": decode_speed(m, tok),
+            "size_mb": size_mb(paths[name]), "decode_tok_s": decode_speed(m, tok, decode_tokens, prompt=prompt),
             "agreement": 1.0 if m is teacher else agreement(teacher, m, rows, device)}
     t = out["models"][names[0]]
     for m in out["models"].values():
@@ -182,21 +183,24 @@ def compare(models: dict[str, torch.nn.Module], paths: dict[str, Path], rows: li
     return out
 
 
-def _size_mb(path: Path) -> float:
+def size_mb(path: Path) -> float:
+    """A model's weight files on disk (a GGUF file, or a folder's safetensors / GGUF files), in MiB."""
     files = [path] if path.is_file() else [*path.glob("*.safetensors"), *path.glob("*.gguf")]
     return sum(f.stat().st_size for f in files) / 2**20
 
 
-def decode_speed(model: torch.nn.Module, tok: Any, tokens: int = 64, repeats: int = 3) -> float:
-    """One stream's greedy decode tokens/s (best of `repeats`), on the model's device and dtype."""
+def decode_speed(model: torch.nn.Module, tok: Any, tokens: int = 64, repeats: int = 3,
+                 prompt: str = SPEED_PROMPT) -> float:
+    """One stream's greedy decode tokens/s (best of `repeats`, each prefilling `prompt` again), on the model's
+    device and dtype."""
     from corral.chat import encode_chat
     from corral.engine.generate import Generator
     from corral.engine.sampling import SamplingParams
 
     was = model.training
     model.eval()
-    gen = Generator(model, tok, max_seq_len=256)
-    ids = encode_chat(tok, [{"role": "user", "content": "Describe a quiet morning in a fishing village."}])
+    ids = encode_chat(tok, [{"role": "user", "content": prompt}])
+    gen = Generator(model, tok, max_seq_len=max(256, len(ids) + tokens))
     best = 0.0
     for _ in range(repeats):
         gen.cached_ids = []

@@ -29,11 +29,8 @@ sys.path.insert(0, str(HERE))
 
 from finetune_and_eval import SYSTEM, accuracy, quick_subset  # noqa: E402
 
-from corral.chat import encode_chat  # noqa: E402
 from corral.distill.config import DistillConfig  # noqa: E402
-from corral.distill.run import STUDENT_INIT, agreement, distill  # noqa: E402
-from corral.engine.generate import Generator  # noqa: E402
-from corral.engine.sampling import SamplingParams  # noqa: E402
+from corral.distill.run import STUDENT_INIT, compare, distill  # noqa: E402
 from corral.formats.hf import save_hf_folder  # noqa: E402
 from corral.model.loader import load_model  # noqa: E402
 from corral.model.lora import load_adapter, merge_lora  # noqa: E402
@@ -48,21 +45,6 @@ def make_teacher(run: Path, out: Path) -> Path:
     load_adapter(lm.model, run / "adapter")
     merge_lora(lm.model)
     return save_hf_folder(lm.model, lm.config, load_tokenizer(lm.path), lm.path, out)
-
-
-def decode_speed(model, tok, prompt: str = "Tell me about the history of lighthouses.", tokens: int = 128) -> float:
-    gen = Generator(model, tok, max_seq_len=512)
-    ids = encode_chat(tok, [{"role": "user", "content": prompt}])
-    best = 0.0
-    for _ in range(3):
-        res = gen.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True))
-        best = max(best, res.decode_tps)
-        gen.cached_ids = []  # each run prefills again
-    return best
-
-
-def folder_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.glob("*.safetensors")) / 2**20
 
 
 def main() -> int:
@@ -109,25 +91,24 @@ def main() -> int:
     tok = load_tokenizer(teacher_dir)
     models = {"teacher": teacher_dir, "kd student": out / "kd" / "model", "sft student": out / "sft" / "model"}
     loaded = {k: load_model(str(v), device="cpu", dtype="float32").model for k, v in models.items()}
-    _, teacher_answers = accuracy(loaded["teacher"], tok, items)
+    scored = {"teacher": accuracy(loaded["teacher"], tok, items)}  # (accuracy, replies)
+    teacher_answers = scored["teacher"][1]
     held = [encode_chat_example([{"role": "system", "content": SYSTEM}, {"role": "user", "content": it["question"]},
                                  {"role": "assistant", "content": a.strip() or "-"}], tok)
             for it, a in zip(items, teacher_answers, strict=True)]
     report = {"teacher_run": args.teacher_run, "data": str(data), "eval_questions": len(items), **vars(args),
-              "train_seconds": seconds, "models": {}}
-    for name, model in loaded.items():
-        acc, got = accuracy(model, tok, items)
-        cfg = model.config
-        report["models"][name] = {
-            "path": str(models[name]), "layers": cfg.num_hidden_layers, "parameters": cfg.num_parameters,
-            "size_mb": folder_mb(models[name]), "decode_tok_s": decode_speed(model, tok), "accuracy": acc,
-            "agreement": 1.0 if name == "teacher" else agreement(loaded["teacher"], model, held, torch.device("cpu")),
-            "misses": [{"q": it["question"], "got": g.strip()[:100], "want": it["answer"]}
-                       for it, g in zip(items, got, strict=True) if it["answer"].lower() not in g.lower()]}
+              "train_seconds": seconds}
+    # parameters, size, decode speed, agreement: what `corral distill` reports, over the held-out questions
+    report.update(compare(loaded, models, held, tok, torch.device("cpu"), decode_tokens=128,
+                          prompt="Tell me about the history of lighthouses."))
     t = report["models"]["teacher"]
+    for name, model in loaded.items():
+        acc, got = scored[name] if name in scored else accuracy(model, tok, items)
+        m = report["models"][name]
+        m["accuracy"] = acc
+        m["misses"] = [{"q": it["question"], "got": g.strip()[:100], "want": it["answer"]}
+                       for it, g in zip(items, got, strict=True) if it["answer"].lower() not in g.lower()]
     for name, m in report["models"].items():
-        m["parameters_vs_teacher"] = m["parameters"] / t["parameters"]
-        m["speedup"] = m["decode_tok_s"] / t["decode_tok_s"]
         m["accuracy_kept"] = m["accuracy"] / t["accuracy"] if t["accuracy"] else None
         print(f"{name:12s} {m['layers']:2d} layers {m['parameters'] / 1e6:6.1f} M params "
               f"({m['parameters_vs_teacher']:.0%}) {m['size_mb']:6.1f} MB  decode {m['decode_tok_s']:6.1f} tok/s "
