@@ -117,9 +117,11 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
         students["sft student"] = _finetune(sft_cfg, dist, None, progress, KDObjective(sft_cfg, None, run))
     if dist.main:
         rows = _report_rows(cfg, tok)
-        teacher = load_teacher(str(teacher_path), cfg.teacher_adapter, str(dist.device))
-        models = {"teacher": teacher.model, **{k: _trained(v, cfg, student_path) for k, v in students.items()}}
-        paths = {"teacher": teacher.path, **{k: v / ("model" if cfg.method == "full" else "adapter")
+        # an online teacher is still in memory; a cached one was freed before training and is loaded again
+        online = objective.teacher.model if isinstance(objective.teacher, OnlineTeacher) else None
+        teacher_model = online or load_teacher(str(teacher_path), cfg.teacher_adapter, str(dist.device)).model
+        models = {"teacher": teacher_model, **{k: _trained(v, cfg, student_path) for k, v in students.items()}}
+        paths = {"teacher": teacher_path, **{k: v / ("model" if cfg.method == "full" else "adapter")
                                              for k, v in students.items()}}
         report = compare(models, paths, rows, tok, dist.device)
         if cfg.eval_tasks:
