@@ -56,9 +56,15 @@ def submit(eng: Engine, prompt: list[int], **kw) -> Collector:
     return c
 
 
-def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny):
+@pytest.mark.parametrize("cpu_kernels", [True, False], ids=["decode-kernel", "matmul-attention"])
+def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny, cpu_kernels):
+    """With corral's decode-attention kernel and with the batched-matmul attention it falls back to."""
     ps = prompts(16)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=16, max_seq_len=256).start()
+    eng = Engine(tiny, AngleTokenizer(), max_batch=16, max_seq_len=256)
+    if cpu_kernels and not tiny.cpu_kernels:
+        pytest.skip("corral's CPU kernels did not build here (no C++ compiler?)")
+    tiny.cpu_kernels = cpu_kernels
+    eng.start()
     try:
         alone = [submit(eng, p).wait().ids for p in ps]
         batch = [submit(eng, p) for p in ps]

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from corral.engine.sampling import SamplingParams, draw, sample, sampling_weights
 from corral.errors import InvalidArgumentError
+from corral.model import kernels
 from corral.model.llama import KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
 
@@ -256,6 +257,7 @@ class BatchDrafter:
 
     def __init__(self, model: LlamaForCausalLM, k: int, max_batch: int, cache_len: int, compile: bool = False):
         self.model, self.k = model, k
+        kernels.use_for(model)
         self._step = torch.compile(model, dynamic=True) if compile else model
         self.cache = KVCache.allocate(model.config, max_batch, cache_len, model.dtype, model.device)
         self.slot_ids: list[list[int]] = [[] for _ in range(max_batch)]

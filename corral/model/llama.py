@@ -124,6 +124,7 @@ class Batch:
     kv_len: int  # attend over cache[..., :kv_len, :]
     write_idx: tuple[torch.Tensor, ...] | None = None  # index_put_ indices for (B, n_kv, T) cache entries
     bias: torch.Tensor | None = None  # (B*n_kv, n_rep*T, S) fp32 additive mask, blocked path
+    lengths: torch.Tensor | None = None  # (B, T) int64 keys each token attends to, decode-attention kernel path
     causal: bool = False  # no cache, positions 0..T-1 in every row: `mask` is the plain causal one
 
 
@@ -154,12 +155,17 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(B, T, n_kv, hd).transpose(1, 2)
             q, k = apply_rope(q, b.cos, b.sin), apply_rope(k, b.cos, b.sin)
         if cache_k is not None:
-            cache_k.index_put_(b.write_idx, k)
-            cache_v.index_put_(b.write_idx, v)
+            # The cache may be kept in a narrower dtype than the activations (the engine's `kv_dtype`).
+            cache_k.index_put_(b.write_idx, k.to(cache_k.dtype))
+            cache_v.index_put_(b.write_idx, v.to(cache_v.dtype))
+            if b.lengths is not None:  # the CPU kernel reads each sequence's own keys straight from the cache
+                y = torch.ops.corral.decode_attention(q.float(), cache_k, cache_v, b.lengths, b.slots, hd**-0.5)
+                return self.o_proj(y.to(q.dtype).transpose(1, 2).reshape(B, T, H * hd))
             if b.slots is None:
                 k, v = cache_k[:B, :, : b.kv_len], cache_v[:B, :, : b.kv_len]  # views, no copy
             else:
                 k, v = cache_k[b.slots, :, : b.kv_len], cache_v[b.slots, :, : b.kv_len]
+            k, v = k.to(q.dtype), v.to(q.dtype)  # no-ops unless the cache is narrower
         if b.bias is not None:
             y = self._attend_blocked(q, k, v, b.bias)
         else:
@@ -265,6 +271,8 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.compute_dtype: torch.dtype | None = None
         self.batch_head: torch.Tensor | None = None  # (V, H) bf16 head for batched decoding (`head`)
+        # Batch-invariant decode on CPU through corral's decode-attention kernel (set by `kernels.use_for`).
+        self.cpu_kernels = False
         # Training: recompute each layer's activations in the backward pass instead of keeping them (memory for
         # time: about one more forward per step).
         self.grad_checkpointing = False
@@ -303,7 +311,9 @@ class LlamaForCausalLM(nn.Module):
             rows = slots if slots is not None else torch.arange(B, device=dev)
             heads = torch.arange(cfg.num_key_value_heads, device=dev)
             b.write_idx = (rows.view(B, 1, 1), heads.view(1, -1, 1), positions.view(B, 1, T))
-        if blocked:
+        if blocked and self.cpu_kernels:
+            b.lengths = (positions + 1).contiguous()
+        elif blocked:
             n_kv = cfg.num_key_value_heads
             n_rep = cfg.num_attention_heads // n_kv
             bias = torch.zeros(mask.shape, dtype=torch.float32, device=dev).masked_fill_(~mask, float("-inf"))

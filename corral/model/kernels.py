@@ -1,0 +1,59 @@
+"""Hand-written CPU kernels, compiled on the machine that runs them (torch.utils.cpp_extension, cached per machine).
+
+`decode_attention`: see csrc/decode_attention.cpp. It is built with the host's own instruction set (-march=native)
+the first time a model decodes on CPU (~30-60 s once; later loads take milliseconds). Where no C++ compiler is found
+or the build fails, corral says so once and decodes with the batched-matmul attention instead (same results up to
+rounding, slower under load). `CORRAL_KERNELS=0` turns the kernels off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+_SOURCES = [Path(__file__).parent / "csrc" / "decode_attention.cpp"]
+_lock = threading.Lock()
+_state: dict[str, bool] = {}
+
+
+def available() -> bool:
+    """True when the CPU kernels are built and loaded (building them on the first call)."""
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _build()
+        return _state["ok"]
+
+
+def _build() -> bool:
+    if os.environ.get("CORRAL_KERNELS", "1") == "0":
+        return False
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        log.warning("no C++ compiler found: decoding on CPU with the slower matmul attention "
+                    "(install g++ for corral's decode-attention kernel)")
+        return False
+    try:
+        from torch.utils.cpp_extension import load
+
+        load(name="corral_kernels", sources=[str(p) for p in _SOURCES], is_python_module=False,
+             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as e:  # a broken toolchain must not stop inference: fall back, and say why once
+        log.warning("building corral's CPU kernels failed (%s): decoding with the slower matmul attention", e)
+        return False
+
+    @torch.library.register_fake("corral::decode_attention")
+    def _(q, k_cache, v_cache, lengths, slots, scale):
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+    return True
+
+
+def use_for(model: torch.nn.Module) -> None:
+    """Let `model` decode through the CPU kernels on its batch-invariant path, where they build (CPU models only)."""
+    if next(model.parameters()).device.type == "cpu":
+        model.cpu_kernels = available()
