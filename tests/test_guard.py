@@ -1,23 +1,18 @@
-"""corral guard: the Llama Guard 3 prompt (against the reference text), verdict parsing and taxonomies."""
+"""corral guard: the Llama Guard 3 prompt (against the reference text), verdict parsing, taxonomies, and the
+Guard's two modes on a tiny random model."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from corral.chat import encode_chat, render
 from corral.errors import InvalidArgumentError
-from corral.guard.llama_guard import (
-    encode_prompt,
-    is_unsafe,
-    normalize_conversation,
-    parse_verdict,
-    render_prompt,
-    target_text,
-    wrap_text,
-)
-from corral.guard.taxonomy import TaxonomyError, load_taxonomy, taxonomy_from_dict
+from corral.guard import Guard, TaxonomyError, load_taxonomy, parse_verdict, render_prompt, target_text
+from corral.guard.llama_guard import encode_prompt, is_unsafe, normalize_conversation, reply_ids, wrap_text
+from corral.guard.taxonomy import taxonomy_from_dict
 
 # --- the reference prompt ---------------------------------------------------------------------------------------
 # Expected text, verbatim from Meta's reference: the body of llama-recipes
@@ -326,3 +321,122 @@ def test_parse_error_policy():
 def test_taxonomy_from_dict_accepts_plain_names():
     tax = taxonomy_from_dict({"categories": ["Spam", {"name": "Scams", "code": 7}]})
     assert [(c.code, c.name) for c in tax] == [("S1", "Spam"), ("7", "Scams")]
+
+
+# --- the Guard on a tiny random model -----------------------------------------------------------------------------
+
+CONVS = [
+    SKY,
+    SKY_REPLY,
+    [{"role": "user", "content": "How do I pick the lock of my own front door?"}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello! How can I help?"},
+     {"role": "user", "content": "Tell me a joke about cats."}],
+]
+
+
+@pytest.fixture
+def tiny_guard_dir(make_tiny_chat):
+    return make_tiny_chat("tiny-guard", max_position_embeddings=1024)
+
+
+@pytest.fixture
+def tiny(tiny_guard_dir):
+    from corral.model.loader import load_model
+    from corral.tokenizer import load_tokenizer
+
+    lm = load_model(tiny_guard_dir, device="cpu", dtype="float32")
+    return lm.model, load_tokenizer(tiny_guard_dir)
+
+
+def test_score_token_ids(tok):
+    guard = Guard(SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048)), tok)
+    safe_id, unsafe_id = guard.score_ids
+    # SmolLM2's vocabulary: "safe" is one token, "unsafe" is "uns" + "afe"; both as written after "assistant\n"
+    assert (tok.piece(safe_id), tok.piece(unsafe_id)) == ("safe", "uns")
+    assert reply_ids(tok, "unsafe\nS1") == tok.encode("unsafe\nS1")
+
+
+def test_score_is_the_softmax_of_the_two_first_tokens(tiny, tiny_guard_dir):
+    transformers = pytest.importorskip("transformers")
+    model, tk = tiny
+    guard = Guard(model, tk, mode="score")
+    safe_id, unsafe_id = guard.score_ids
+    hf = transformers.LlamaForCausalLM.from_pretrained(tiny_guard_dir, torch_dtype=torch.float32).eval()
+    for conv in CONVS[:2]:
+        ids = guard.prompt_ids(conv)
+        with torch.no_grad():
+            logits = hf(torch.tensor([ids])).logits[0, -1].double()  # an independent forward (transformers)
+        expected = torch.softmax(logits[[safe_id, unsafe_id]], 0)[1].item()
+        r = guard.check(conv)
+        assert r.score == pytest.approx(expected, abs=1e-5)
+        assert r.mode == "score" and r.verdict.parsed and r.prompt_tokens == len(ids) and r.latency_s > 0
+        assert r.unsafe == (r.score >= 0.5) and r.verdict.safe == (not r.unsafe) and r.categories == []
+        for th, unsafe in ((r.score - 1e-4, True), (r.score + 1e-4, False)):
+            g = Guard(model, tk, mode="score", threshold=th)
+            assert g.check(conv).unsafe is unsafe
+
+
+def test_score_mode_reads_categories_only_when_asked(tiny):
+    model, tk = tiny
+    guard = Guard(model, tk, mode="score", threshold=0.0, max_tokens=6)  # everything is flagged
+    r = guard.check(SKY, categories=True)
+    assert r.unsafe and r.verdict.raw.startswith("unsafe\n") and r.verdict.parsed
+    # the categories continue greedily after the forced "unsafe\n"
+    gen = Guard(model, tk, max_tokens=6)._generate([guard.prompt_ids(SKY) + tk.encode("unsafe\n")])[0][0]
+    assert r.verdict.raw == "unsafe\n" + gen
+    assert guard.check(SKY).verdict.raw == ""
+
+
+@pytest.mark.parametrize("mode", ["generate", "score"])
+def test_check_many_equals_check(tiny, mode):
+    model, tk = tiny
+    guard = Guard(model, tk, mode=mode, max_tokens=4, max_batch=3)
+    many = guard.check_many(CONVS)
+    one = [guard.check(c) for c in CONVS]
+    for a, b in zip(many, one, strict=True):
+        assert a.verdict == b.verdict and a.unsafe == b.unsafe and a.prompt_tokens == b.prompt_tokens
+        if mode == "score":
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+        else:
+            assert a.score is None and a.verdict.raw  # the random model wrote something
+    assert guard.checks == 2 * len(CONVS)
+    assert guard.parse_errors == 2 * sum(not r.verdict.parsed for r in many)
+
+
+@pytest.mark.parametrize("policy_name, junk_unsafe", [("fail_closed", True), ("fail_open", False)])
+def test_parse_errors_follow_the_policy_and_are_counted(tiny, monkeypatch, policy_name, junk_unsafe):
+    model, tk = tiny
+    guard = Guard(model, tk, on_parse_error=policy_name)
+    outputs = ["safe", "unsafe\nS1", "I am a random model", "unsafe\nS99"]
+    monkeypatch.setattr(guard, "_generate", lambda prompts: [(t, 0.01) for t in outputs[: len(prompts)]])
+    rs = guard.check_many(CONVS)
+    assert [r.unsafe for r in rs] == [False, True, junk_unsafe, True]
+    assert [r.verdict.parsed for r in rs] == [True, True, False, True]
+    assert rs[3].verdict.unknown_codes == ["S99"] and rs[3].categories == []
+    assert (guard.checks, guard.parse_errors) == (4, 1)
+    assert rs[2].to_dict()["verdict"] == ("unsafe" if junk_unsafe else "safe")
+    guard.check(CONVS[0])
+    assert (guard.checks, guard.parse_errors) == (5, 1)
+
+
+def test_guard_refuses_prompts_that_do_not_fit(tiny):
+    model, tk = tiny
+    guard = Guard(model, tk, max_seq_len=400)
+    with pytest.raises(InvalidArgumentError, match="conversation 1: the guard prompt is"):
+        guard.check_many([SKY, [{"role": "user", "content": "word " * 400}]])
+    with pytest.raises(InvalidArgumentError, match="conversation 0: conversation\\[0\\].role"):
+        guard.check_many([[{"role": "tool", "content": "x"}]])
+    for bad in ({"mode": "fast"}, {"threshold": 1.5}, {"on_parse_error": "skip"}, {"max_tokens": 0}):
+        with pytest.raises(InvalidArgumentError):
+            Guard(model, tk, **bad)
+
+
+def test_the_kept_prompt_prefix_changes_nothing(tiny):
+    model, tk = tiny
+    fast, whole = Guard(model, tk, mode="score", batch_tokens=700), Guard(model, tk, mode="score", prefix_cache=False)
+    a, b = fast.check_many(CONVS), whole.check_many(CONVS)
+    assert len(fast._prefixes) == 2  # 'User' and 'Agent' assessments
+    assert all(len(p) > 200 for p in fast._prefixes)  # template, task and the 14 categories
+    assert [fast._prefix_of(fast.prompt_ids(c)) != () for c in CONVS] == [True] * len(CONVS)
+    for x, y in zip(a, b, strict=True):
+        assert x.score == pytest.approx(y.score, abs=1e-5) and x.unsafe == y.unsafe
