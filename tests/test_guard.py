@@ -1,8 +1,13 @@
-"""corral guard: the Llama Guard 3 prompt (against the reference text), verdict parsing, taxonomies, and the
-Guard's two modes on a tiny random model."""
+"""corral guard: the Llama Guard 3 prompt (against the reference text), verdict parsing, taxonomies, the Guard's
+two modes on a tiny random model, and the CLI."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -430,7 +435,6 @@ def test_guard_refuses_prompts_that_do_not_fit(tiny):
         with pytest.raises(InvalidArgumentError):
             Guard(model, tk, **bad)
 
-
 def test_the_kept_prompt_prefix_changes_nothing(tiny):
     model, tk = tiny
     fast, whole = Guard(model, tk, mode="score", batch_tokens=700), Guard(model, tk, mode="score", prefix_cache=False)
@@ -440,3 +444,121 @@ def test_the_kept_prompt_prefix_changes_nothing(tiny):
     assert [fast._prefix_of(fast.prompt_ids(c)) != () for c in CONVS] == [True] * len(CONVS)
     for x, y in zip(a, b, strict=True):
         assert x.score == pytest.approx(y.score, abs=1e-5) and x.unsafe == y.unsafe
+
+
+# --- the CLI ------------------------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "corral", *args], capture_output=True, text=True, input=stdin,
+                          timeout=300, env=env)
+
+
+def assert_clean_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("corral: error:"), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def rows_file(tmp_path: Path) -> Path:
+    rows = [
+        {"id": "s1-001", "conversation": SKY, "label": "safe", "categories": [], "assess": "user"},
+        {"id": "s1-002", "conversation": SKY_REPLY, "label": "safe", "categories": [], "assess": "agent"},
+        {"conversation": CONVS[2], "label": "unsafe", "categories": ["S2"]},
+    ]
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def test_read_rows(tmp_path):
+    from corral.guard.guard import read_rows
+
+    p = tmp_path / "rows.jsonl"
+    p.write_text(json.dumps({"id": "a", "conversation": SKY_REPLY}) + "\n\n" +
+                 json.dumps({"messages": SKY_REPLY, "assess": "agent", "label": "safe"}) + "\n")
+    rows = read_rows(p, "user")
+    assert [(r.id, r.assess, r.line) for r in rows] == [("a", "user", 1), (3, "agent", 3)]
+    assert rows[1].conversation == SKY_REPLY and rows[1].fields["label"] == "safe"
+
+def test_cli_end_to_end(tiny_guard_dir, tmp_path, policy):
+    p = rows_file(tmp_path)
+    out = tmp_path / "out.jsonl"
+    r = run_cli("guard", str(tiny_guard_dir), "--file", str(p), "--out", str(out), "--mode", "score",
+                "--policy", str(policy))
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [ln["id"] for ln in lines] == ["s1-001", "s1-002", 3]  # a line without id gets its line number
+    assert all(0.0 <= ln["score"] <= 1.0 and ln["verdict"] in ("safe", "unsafe") for ln in lines)
+    assert [ln["label"] for ln in lines] == ["safe", "safe", "unsafe"]
+    assert "checked 3 conversations" in r.stderr and "agrees with the labels on" in r.stderr
+
+    r = run_cli("guard", str(tiny_guard_dir), "--text", "-", "--print-prompt", "--policy", str(policy),
+                stdin="Whats the color of the sky?")
+    assert r.returncode == 0, r.stderr
+    assert REFERENCE_CUSTOM + "<|im_end|>\n<|im_start|>assistant\n" in r.stdout
+
+
+def test_cli_errors_in_a_subprocess(tiny_guard_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("categories: [{name: A}\n  - oops: [")
+    r = run_cli("guard", str(tiny_guard_dir), "--text", "hi", "--policy", str(bad))
+    assert_clean_error(r.returncode, r.stderr, "not valid YAML", str(bad))
+    r = run_cli("guard", str(tiny_guard_dir), "--conversation", str(tmp_path / "none.json"))
+    assert_clean_error(r.returncode, r.stderr, "none.json: no such file")
+
+
+def test_cli_text_and_conversation(tiny_guard_dir, tmp_path, capsys):
+    from corral.cli import main
+
+    conv = tmp_path / "conv.json"
+    conv.write_text(json.dumps({"conversation": SKY_REPLY}))
+    code = main(["guard", str(tiny_guard_dir), "--conversation", str(conv), "--mode", "score", "--threshold", "0"])
+    out = capsys.readouterr().out.strip()
+    assert code == 1 and out.startswith("unsafe score=")  # threshold 0: everything is unsafe; exit 1 like grep
+    code = main(["guard", str(tiny_guard_dir), "--text", "hi", "--mode", "score", "--threshold", "1"])
+    out = capsys.readouterr().out.strip()
+    assert (code, out.split()[0]) == (0, "safe")
+    code = main(["guard", str(tiny_guard_dir), "--text", "hi", "--max-tokens", "4", "--on-parse-error", "fail_open"])
+    out, err = capsys.readouterr()
+    assert out.split()[0] in ("safe", "unsafe") and code == (1 if out.startswith("unsafe") else 0)
+    if "not a verdict" in err:  # the random model's text, let through by fail_open
+        assert out.strip() == "safe"
+    code = main(["guard", str(tiny_guard_dir), "--conversation", str(conv), "--print-prompt", "--assess", "user"])
+    assert code == 0 and REFERENCE_USER in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--text", "hi", "--policy", "{tmp}/missing.yaml"], ["missing.yaml: no such policy file"]),
+    (["--text", "hi", "--policy", "{tmp}/dup.yaml"], ["duplicate code 'S1'"]),
+    (["--conversation", "{tmp}/missing.json"], ["missing.json: no such file"]),
+    (["--conversation", "{tmp}/tool.json"], ["conversation[0].role"]),
+    (["--file", "{tmp}/in.jsonl"], ["--file needs --out"]),
+    (["--file", "{tmp}/broken.jsonl", "--out", "{tmp}/o.jsonl"], ["2 bad line(s)", "line 2: not valid JSON",
+                                                                  "line 3: conversation: assess is 'agent'"]),
+    (["--text", "hi", "--out", "{tmp}/o.jsonl"], ["--out goes with --file"]),
+    ([], ["give what to check"]),
+    (["--text", "hi", "--threshold", "2"], ["--threshold 2.0"]),
+    (["--file", "{tmp}/in.jsonl", "--print-prompt"], ["--print-prompt shows one prompt"]),
+])
+def test_cli_errors(tiny_guard_dir, tmp_path, capsys, args, needles):
+    from corral.cli import main
+
+    rows_file(tmp_path)
+    (tmp_path / "dup.yaml").write_text("categories: [{name: A}, {name: B, code: S1}]")
+    (tmp_path / "tool.json").write_text(json.dumps([{"role": "tool", "content": "x"}]))
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"conversation": SKY}) + "\n{oops\n" +
+                                           json.dumps({"conversation": SKY, "assess": "agent"}) + "\n")
+    code = main(["guard", str(tiny_guard_dir), *[a.replace("{tmp}", str(tmp_path)) for a in args]])
+    assert_clean_error(code, capsys.readouterr().err, *needles)
+
+
+def test_cli_missing_model(tmp_path, capsys):
+    from corral.cli import main
+
+    code = main(["guard", str(tmp_path / "no-model"), "--text", "hi"])
+    assert_clean_error(code, capsys.readouterr().err, "no-model")

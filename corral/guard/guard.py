@@ -17,9 +17,11 @@ Text that is not a verdict follows `on_parse_error` (fail_closed: unsafe; fail_o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,7 @@ from corral.guard.llama_guard import (
     Verdict,
     encode_prompt,
     is_unsafe,
+    normalize_conversation,
     parse_verdict,
     render_prompt,
     reply_ids,
@@ -306,3 +309,81 @@ class Guard:
             raise RuntimeError(f"the guard model failed: {errors[0]}")
         return [(t, d if d is not None else time.perf_counter() - t0) for t, d in zip(texts, done, strict=True)]
 
+
+# --- conversation files (corral guard --conversation / --file) ----------------------------------------------------
+
+
+class GuardFileError(InvalidArgumentError):
+    """A conversation file or JSONL of conversations that cannot be read; the message names each bad line."""
+
+
+@dataclass
+class Row:
+    """One conversation of a JSONL file: `{"id"?, "conversation": [...], "assess"?, "label"?, "categories"?}`
+    (the bundled guard data's format; `messages` is accepted for `conversation`)."""
+
+    id: Any
+    conversation: list[dict[str, str]]
+    assess: str
+    fields: dict[str, Any]
+    line: int
+
+
+def read_conversation(path: str | Path) -> list[dict[str, str]]:
+    """A JSON file holding one conversation: a list of messages, or an object with `conversation` (or `messages`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise GuardFileError(f"{p}: no such file; pass a JSON file with a list of {{role, content}} messages")
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GuardFileError(f"{p}: not valid JSON ({e}); expected a list of {{role, content}} messages") from None
+    conv = _conversation_of(obj)
+    try:
+        normalize_conversation(conv, "auto")
+    except InvalidArgumentError as e:
+        raise GuardFileError(f"{p}: {e}") from None
+    return conv
+
+
+def read_rows(path: str | Path, assess: str = "auto") -> list[Row]:
+    """Every line of a JSONL file of conversations, checked; raises `GuardFileError` listing the bad lines.
+    `assess` is for lines without their own."""
+    p = Path(path)
+    if not p.is_file():
+        raise GuardFileError(f"{p}: no such file; pass a JSONL file of {{\"conversation\": [...]}} lines")
+    rows, problems = [], []
+    with p.open(encoding="utf-8", errors="replace") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError as e:
+                problems.append(f"line {n}: not valid JSON ({e})")
+                continue
+            try:
+                if not isinstance(obj, dict):
+                    raise InvalidArgumentError("expected an object with a 'conversation' list")
+                conv = _conversation_of(obj)
+                how = obj.get("assess", assess)
+                normalize_conversation(conv, how)
+                rows.append(Row(obj.get("id", n), conv, how, obj, n))
+            except InvalidArgumentError as e:
+                problems.append(f"line {n}: {e}")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise GuardFileError(f"{p}: {len(problems)} bad line(s): {shown}")
+    if not rows:
+        raise GuardFileError(f"{p}: no conversations in the file")
+    return rows
+
+
+def _conversation_of(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("conversation", "messages"):
+            if key in obj:
+                return obj[key]
+    raise InvalidArgumentError("expected a 'conversation' list of {role, content} messages")
