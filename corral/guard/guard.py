@@ -142,7 +142,7 @@ class Guard:
         if self.mode == "generate":
             extra = self.max_tokens + 1
         else:  # the forward reads the prompt only; categories are a continuation after "unsafe\n"
-            extra = self.max_tokens + 1 + len(self._prefix()) if categories else 0
+            extra = self.max_tokens + 1 + len(self._unsafe_ids()) if categories else 0
         room = self.max_seq_len - extra
         for i, (conv, a) in enumerate(zip(conversations, assess, strict=True)):
             if a not in ASSESS:
@@ -180,10 +180,10 @@ class Guard:
         texts: dict[int, tuple[str, float]] = {}
         want = [i for i, f in enumerate(flagged) if f and categories]
         if want:
-            prefix = self._prefix()
+            prefix = self._unsafe_ids()
             outs = self._generate([prompts[i] + prefix for i in want])
-            for i, (text, latency) in zip(want, outs, strict=True):
-                texts[i] = ("unsafe\n" + text, done[i] + latency)
+            for i, (text, latency) in zip(want, outs, strict=True):  # generated after all were scored
+                texts[i] = ("unsafe\n" + text, max(done) + latency)
         results = []
         for i, (ids, p) in enumerate(zip(prompts, probs, strict=True)):
             if i in texts:
@@ -194,7 +194,7 @@ class Guard:
             results.append(GuardResult(v, flagged[i], p, latency, "score", len(ids)))
         return results
 
-    def _prefix(self) -> list[int]:
+    def _unsafe_ids(self) -> list[int]:
         """The ids of "unsafe\\n" as the model writes them after the prompt: forced before reading categories."""
         if self._unsafe_prefix is None:
             self._unsafe_prefix = reply_ids(self.tok, "unsafe\n", self.template)
@@ -212,11 +212,11 @@ class Guard:
         start with a kept prefix runs whole.
         """
         safe_id, unsafe_id = self.score_ids
+        t0 = time.perf_counter()  # the first call's latencies include computing the kept prefixes
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, ids in enumerate(prompts):
             groups.setdefault(self._prefix_of(ids), []).append(i)
         probs, done = [0.0] * len(prompts), [0.0] * len(prompts)
-        t0 = time.perf_counter()
         for prefix, members in groups.items():
             P = len(prefix)
             order = sorted(members, key=lambda i: -len(prompts[i]))
