@@ -14,7 +14,8 @@ from corral.errors import CorralError
 
 
 def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_seq_len: int = 4096,
-                engine: bool = False) -> None:
+                engine: bool = False, speed: bool = True) -> None:
+    """The model options every verb that loads one takes; `speed=False` leaves out --draft-model and --compile."""
     if optional_model:
         p.add_argument("model", nargs="?", default=None,
                        help="GGUF file, HF folder or registry name (default model if omitted)")
@@ -29,6 +30,8 @@ def _model_args(p: argparse.ArgumentParser, optional_model: bool = False, max_se
     p.add_argument("--max-seq-len", type=int, default=max_seq_len,
                    help=f"{'context of each sequence' if engine else 'KV cache length'} in tokens "
                         f"(default {max_seq_len})")
+    if not speed:
+        return
     p.add_argument("--draft-model", default=None, metavar="DRAFT",
                    help="speculative decoding: a smaller model with the same tokenizer (e.g. a `corral distill` "
                         "student) drafts tokens that this model verifies; greedy output is unchanged and sampling "
@@ -186,6 +189,42 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (KV slots; default 16)")
     b.add_argument("--prefill-chunk", type=int, default=128, help="prompt tokens prefilled per step (default 128)")
     b.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+
+    gd = sub.add_parser(
+        "guard", help="check a message or conversations with a Llama Guard style model (safe / unsafe + categories)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Render the Llama Guard 3 prompt for a conversation, let MODEL (a guard model) judge it and print\n"
+                    "the verdict: 'safe', or 'unsafe' and the violated category codes.\n\n"
+                    "Input: --text (one user message), --conversation (a JSON list of {role, content}; the last\n"
+                    "message is assessed: 'user' or 'assistant'; system messages are dropped), or --file with\n"
+                    "--out (JSONL lines {\"id\"?, \"conversation\": [...], \"assess\"?}; one result line each).\n"
+                    "--policy: a YAML file of your own categories (categories: [{code?, name, description?}]);\n"
+                    "default: Llama Guard 3's S1-S14.\n\n"
+                    "Exit code for --text / --conversation: 0 safe, 1 unsafe (as grep: usable in `if`); 2 on errors.")
+    _model_args(gd, optional_model=True, max_seq_len=4096, engine=True, speed=False)
+    src = gd.add_mutually_exclusive_group()
+    src.add_argument("--text", default=None, help="one user message to check ('-' reads stdin)")
+    src.add_argument("--conversation", default=None, metavar="FILE.json", help="a conversation to check")
+    src.add_argument("--file", default=None, metavar="IN.jsonl", help="conversations to check, one per line")
+    gd.add_argument("--out", default=None, metavar="OUT.jsonl", help="where --file's results go (overwritten)")
+    gd.add_argument("--policy", default=None, metavar="POLICY.yaml", help="your categories (default: Llama Guard 3)")
+    gd.add_argument("--mode", default="generate", choices=["generate", "score"],
+                    help="generate: the model writes its verdict; score: P(unsafe) from the first token's logits, "
+                         "one forward pass (default generate)")
+    gd.add_argument("--threshold", type=float, default=0.5, help="score mode: unsafe when P(unsafe) >= this "
+                    "(default 0.5)")
+    gd.add_argument("--categories", action="store_true", help="score mode: also read the categories of unsafe "
+                    "verdicts (a short generation)")
+    gd.add_argument("--on-parse-error", default="fail_closed", choices=["fail_closed", "fail_open"],
+                    help="an output that is not a verdict counts as unsafe (fail_closed, default) or safe")
+    gd.add_argument("--assess", default="auto", choices=["auto", "user", "agent"],
+                    help="which message to judge: the last one (auto), the last user message, or the last assistant "
+                         "reply (for --file, a line's own 'assess' wins)")
+    gd.add_argument("--max-tokens", type=int, default=32, help="longest verdict generated (default 32)")
+    gd.add_argument("--max-batch", type=int, default=16, help="conversations checked together (default 16)")
+    gd.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
+    gd.add_argument("--print-prompt", action="store_true", help="print the prompt the model would read (chat "
+                    "template included) and exit; loads only the tokenizer")
     return ap
 
 
@@ -195,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "distill": cmd_distill, "merge": cmd_merge,
                  "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval,
-                 "synth": cmd_synth}
+                 "synth": cmd_synth, "guard": cmd_guard}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -593,6 +632,98 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       batch_tokens=args.batch_tokens, max_batch=args.max_batch, template=_template(args))
     print_table(report, Console(width=max(100, Console().width)))
     print(f"wrote {args.out}/report.json, samples.jsonl, report.png, report.html")
+    return 0
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from corral.errors import InvalidArgumentError
+    from corral.guard import Guard, load_taxonomy
+    from corral.guard.guard import read_conversation, read_rows
+    from corral.guard.llama_guard import normalize_conversation
+
+    # Everything is checked before the model loads.
+    if not (args.text is not None or args.conversation or args.file):
+        raise InvalidArgumentError("give what to check: --text \"...\", --conversation FILE.json or --file IN.jsonl")
+    if args.file and not args.out and not args.print_prompt:
+        raise InvalidArgumentError("--file needs --out OUT.jsonl for the results")
+    if args.out and not args.file:
+        raise InvalidArgumentError("--out goes with --file")
+    if args.print_prompt and args.file:
+        raise InvalidArgumentError("--print-prompt shows one prompt: use it with --text or --conversation")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise InvalidArgumentError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
+    for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16),
+                        ("--max-tokens", args.max_tokens, 1)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    if args.threads is not None and args.threads < 1:
+        raise InvalidArgumentError("--threads must be >= 1")
+    if args.out and Path(args.out).resolve() == Path(args.file).resolve():
+        raise InvalidArgumentError("--out must not be the --file it reads")
+    taxonomy = load_taxonomy(args.policy)
+    template = _template(args)
+    rows = read_rows(args.file, args.assess) if args.file else None
+    if args.file is None:
+        if args.conversation:
+            conv = read_conversation(args.conversation)
+        else:
+            text = sys.stdin.read() if args.text == "-" else args.text
+            conv = [{"role": "user", "content": text}]
+        normalize_conversation(conv, args.assess)
+    if args.print_prompt:
+        from corral.guard.llama_guard import render_prompt, wrap_text
+        from corral.registry import resolve_model_path
+        from corral.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(resolve_model_path(args.model))
+        text = wrap_text(tok, render_prompt(conv, taxonomy, args.assess), template)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    lm = _load_model(args)
+    guard = Guard(lm.model, _tokenizer_for(lm), taxonomy, mode=args.mode, threshold=args.threshold,
+                  on_parse_error=args.on_parse_error, max_tokens=args.max_tokens, template=template,
+                  max_batch=args.max_batch, max_seq_len=args.max_seq_len)
+    if rows is None:
+        r = guard.check(conv, args.assess, categories=args.categories)
+        line = "unsafe" if r.unsafe else "safe"
+        if r.unsafe and r.categories:
+            line += " " + ",".join(r.categories)
+        if r.score is not None:
+            line += f" score={r.score:.4f}"
+        print(line)
+        if not r.verdict.parsed:
+            print(f"corral guard: the model's output is not a verdict ({r.verdict.raw[:80]!r}); counted "
+                  f"{'unsafe' if r.unsafe else 'safe'} by --on-parse-error {args.on_parse_error}", file=sys.stderr)
+        if r.verdict.unknown_codes:
+            print(f"corral guard: unknown category code(s) {', '.join(r.verdict.unknown_codes)} (not in "
+                  f"{taxonomy.source})", file=sys.stderr)
+        return 1 if r.unsafe else 0
+
+    results = guard.check_many([row.conversation for row in rows], [row.assess for row in rows],
+                               categories=args.categories)
+    agree = labelled = 0
+    with open(args.out, "w", encoding="utf-8") as f:
+        for row, r in zip(rows, results, strict=True):
+            out = {"id": row.id, **r.to_dict()}
+            if "label" in row.fields:
+                out["label"] = row.fields["label"]
+                labelled += 1
+                agree += out["label"] == out["verdict"]
+            f.write(json.dumps(out, ensure_ascii=False) + "\n")
+    n_unsafe = sum(r.unsafe for r in results)
+    summary = (f"checked {len(results)} conversations: {n_unsafe} unsafe, {len(results) - n_unsafe} safe; "
+               f"{guard.parse_errors} output(s) not a verdict ({args.on_parse_error})")
+    if labelled:
+        summary += f"; agrees with the labels on {agree}/{labelled} ({agree / labelled:.1%})"
+    print(f"{summary}; wrote {args.out}", file=sys.stderr)
     return 0
 
 
