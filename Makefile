@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
-	$(BIN)/ruff check corral tests bench examples
+	$(BIN)/ruff check corral tests bench examples scripts
 	$(BIN)/python -m pytest -q -ra
 
 bench: $(STAMP)
