@@ -17,6 +17,7 @@ import torch
 
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import InvalidArgumentError
+from corral.model import kernels
 from corral.model.llama import KVCache, LlamaForCausalLM
 from corral.tokenizer import Tokenizer
 
@@ -123,6 +124,7 @@ class Generator:
         self.max_seq_len = min(self.max_seq_len or 4096, ctx)
         if self.draft is not None:
             self.max_seq_len = self.draft.bind(self.tokenizer, self.max_seq_len)
+        kernels.use_for(self.model)
         self._step = self.model
         if self.compile:
             # CUDA: one static graph with CUDA graphs, attending over the whole buffer (masked), so nothing

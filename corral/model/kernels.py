@@ -1,9 +1,12 @@
 """Hand-written CPU kernels, compiled on the machine that runs them (torch.utils.cpp_extension, cached per machine).
 
-`decode_attention`: see csrc/decode_attention.cpp. It is built with the host's own instruction set (-march=native)
-the first time a model decodes on CPU (~30-60 s once; later loads take milliseconds). Where no C++ compiler is found
-or the build fails, corral says so once and decodes with the batched-matmul attention instead (same results up to
-rounding, slower under load). `CORRAL_KERNELS=0` turns the kernels off.
+- `decode_attention` (csrc/decode_attention.cpp): the engine's batch-invariant decode attention, reading each
+  sequence's own keys straight from the cache.
+- `int4_linear` (csrc/int4_linear.cpp, CPUs with AVX-512 VNNI): 4-bit weights times int8-quantized activations.
+
+They are built with the host's own instruction set (-march=native) the first time a model runs on CPU (~10-60 s
+once; later loads take milliseconds). Where no C++ compiler is found or the build fails, corral says so once and
+keeps PyTorch's kernels (the same results up to rounding, slower). `CORRAL_KERNELS=0` turns them off.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-_SOURCES = [Path(__file__).parent / "csrc" / "decode_attention.cpp"]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "int4_linear.cpp")]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -50,10 +53,22 @@ def _build() -> bool:
     def _(q, k_cache, v_cache, lengths, slots, scale):
         return torch.empty(q.shape, dtype=q.dtype, device=q.device)
 
+    @torch.library.register_fake("corral::int4_linear")
+    def _(x, packed, scales):
+        return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)
+
     return True
 
 
 def use_for(model: torch.nn.Module) -> None:
-    """Let `model` decode through the CPU kernels on its batch-invariant path, where they build (CPU models only)."""
-    if next(model.parameters()).device.type == "cpu":
-        model.cpu_kernels = available()
+    """Let a CPU `model` run on corral's kernels where they build: decode attention on its batch-invariant path,
+    and 4-bit linear layers on the int8 x int4 kernel where the CPU has AVX-512 VNNI."""
+    from corral.model.quant import Int4Linear
+
+    if next(model.parameters()).device.type != "cpu" or not available():
+        return
+    model.cpu_kernels = True
+    if torch.ops.corral.int4_linear_supported():
+        for m in model.modules():
+            if isinstance(m, Int4Linear):
+                m.use_vnni()

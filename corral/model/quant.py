@@ -35,6 +35,32 @@ def pack_int4_cpu(codes: torch.Tensor) -> torch.Tensor:
     return (c[:, 0] | (c[:, 1] << 4)).transpose(1, 2).contiguous().view(n, k // 2)
 
 
+def unpack_int4_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The inverse of `pack_int4_cpu` (n a multiple of 64): (N, K/2) uint8 → (N, K) codes."""
+    p = packed.view(n // 64, k, 32)
+    return torch.cat([p & 15, p >> 4], dim=2).transpose(1, 2).reshape(n, k)
+
+
+def pack_vnni(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) codes and (N, K/32) per-block d, m (w = code * d + m) → the layout of csrc/int4_linear.cpp:
+    packed (N/16, K/32, 4, 64) uint8 and scales (N/16, K/32, 2, 16) fp32."""
+    n, k = codes.shape
+    c = codes.to(torch.uint8).view(n // 16, 16, k // 32, 2, 4, 4)  # (tile, row, block, half, group, channel)
+    c = c.permute(0, 2, 3, 4, 1, 5).reshape(n // 16, k // 32, 2, 4, 64)
+    packed = (c[:, :, 0] | (c[:, :, 1] << 4)).contiguous()
+    scales = torch.stack([t.float().view(n // 16, 16, k // 32).transpose(1, 2) for t in (d, m)], dim=2)
+    return packed, scales.contiguous()
+
+
+def unpack_vnni(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverse of `pack_vnni`: (codes (N, K), d (N, K/32), m (N, K/32))."""
+    nt, nb = packed.shape[:2]
+    c = torch.stack([packed & 15, packed >> 4], dim=2).view(nt, nb, 2, 4, 16, 4)
+    codes = c.permute(0, 4, 1, 2, 3, 5).reshape(nt * 16, nb * 32)
+    d, m = (scales[:, :, i].transpose(1, 2).reshape(nt * 16, nb) for i in (0, 1))
+    return codes, d, m
+
+
 class Int4Linear(nn.Module):
     """y = x @ W.T (+ bias) with W held as packed 4-bit codes; activations in bf16."""
 
@@ -59,8 +85,25 @@ class Int4Linear(nn.Module):
         self._mm = torch._weight_int4pack_mm_for_cpu if device.type == "cpu" else torch._weight_int4pack_mm
         self.bias = None if bias is None else nn.Parameter(bias.to(device, torch.bfloat16), requires_grad=False)
 
+    def use_vnni(self) -> bool:
+        """Compute with corral's int8 x int4 CPU kernel from now on (csrc/int4_linear.cpp, AVX-512 VNNI): the
+        activations are quantized to int8 per block of 32, as llama.cpp does, and each block's dot product is one
+        integer multiply-add. The same weights; the PyTorch pack is dropped. False where the shapes do not allow it."""
+        n, k = self.out_features, self.in_features
+        if self.packed is None or self.packed.device.type != "cpu" or n % 64 or k % GROUP:
+            return self.packed is None
+        codes = unpack_int4_cpu(self.packed, n, k)
+        sz = self.scales_and_zeros.float()  # (K/32, N, 2): w = (code - 8) * scale + zero
+        d = sz[..., 0].T.contiguous()
+        self.vnni_packed, self.vnni_scales = pack_vnni(codes, d, sz[..., 1].T - 8 * d)
+        self.packed = None
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        if self.packed is None:
+            y = torch.ops.corral.int4_linear(x.float(), self.vnni_packed, self.vnni_scales)
+            return (y if self.bias is None else y + self.bias).to(x.dtype)
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
         y = self._mm(x2, self.packed, GROUP, self.scales_and_zeros)
         if self.bias is not None:
@@ -69,6 +112,18 @@ class Int4Linear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The fp32 weight (N, K) this layer computes with (for export and tests)."""
+        if self.packed is None:
+            codes, d, m = unpack_vnni(self.vnni_packed, self.vnni_scales)
+        elif self.packed.device.type == "cpu" and self.out_features % 64 == 0:
+            codes = unpack_int4_cpu(self.packed, self.out_features, self.in_features)
+            sz = self.scales_and_zeros.float()
+            d = sz[..., 0].T
+            m = sz[..., 1].T - 8 * d
+        else:
+            return self._dequantize_by_identity()
+        return codes.float() * d.repeat_interleave(GROUP, 1) + m.repeat_interleave(GROUP, 1)
+
+    def _dequantize_by_identity(self) -> torch.Tensor:
         eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.packed.device)
         b = self.bias
         self.bias = None
