@@ -189,3 +189,42 @@ def test_the_default_model_on_the_int8_kernel_keeps_its_perplexity():
 
     assert abs(mean_logprob(lq) - mean_logprob(lr)) < 0.02
     assert (lq.argmax(-1) == lr.argmax(-1)).float().mean() >= 0.95
+
+
+@vnni
+def test_int8_linear_is_the_int8_product_of_q8_weights():
+    """The batched LM head's kernel: Q8_0-style weights (int8 per block of 32) x int8 activations."""
+    from corral.model.quant import pack_q8
+
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(272, 96, generator=g).half()
+    packed, scales, wsum = pack_q8(w)
+    wq = (packed.view(17, 3, 8, 16, 4).permute(0, 3, 1, 2, 4).reshape(272, 96).double()
+          * scales.transpose(1, 2).reshape(272, 3).repeat_interleave(32, 1).double())
+    assert ((wq - w.double()).abs() <= w.double().abs().view(272, 3, 32).amax(-1).repeat_interleave(32, 1)
+            / 254 + 1e-6).all()  # each weight within half a step of its block's int8 grid
+    x = torch.randn(11, 96, generator=g)
+    y = torch.ops.corral.int8_linear(x, packed, scales, wsum)
+    torch.testing.assert_close(y.double(), int8_reference(x, wq), atol=1e-4, rtol=1e-5)
+    for rows in (slice(0, 1), slice(4, 11)):
+        assert torch.equal(torch.ops.corral.int8_linear(x[rows], packed, scales, wsum), y[rows])
+
+
+@pytest.mark.slow
+@vnni
+def test_the_batched_head_on_int8_weights_still_ranks_exactly():
+    """The default model's batched head (int8 ranking + top-32 recomputed from the fp16 weights) gives the exact
+    fp32 head's argmax and its exact top logits, row by row."""
+    from corral.model.loader import load_model
+
+    model = load_model("default", device="cpu").model
+    kernels.use_for(model)
+    assert model.head_q8 is not None and model.batch_head is None
+    ids = torch.tensor([list(range(2000, 2064))])
+    with torch.no_grad():
+        hidden = model(ids, return_hidden=True)[0]  # (64, H)
+        fast = model.head(hidden, batch_invariant=True)
+        exact = hidden @ model.lm_head.weight.float().T
+    assert torch.equal(fast.argmax(-1), exact.argmax(-1))
+    top = exact.topk(5, dim=-1).indices
+    torch.testing.assert_close(fast.gather(-1, top), exact.gather(-1, top), atol=1e-4, rtol=1e-5)

@@ -57,6 +57,10 @@ def _build() -> bool:
     def _(x, packed, scales):
         return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)
 
+    @torch.library.register_fake("corral::int8_linear")
+    def _(x, packed, scales, wsum):
+        return x.new_empty(*x.shape[:-1], packed.shape[0] * 16)
+
     return True
 
 
@@ -72,3 +76,9 @@ def use_for(model: torch.nn.Module) -> None:
         for m in model.modules():
             if isinstance(m, Int4Linear):
                 m.use_vnni()
+        if getattr(model, "batch_head", None) is not None and model.config.hidden_size % 32 == 0 \
+                and model.config.vocab_size % 16 == 0:
+            from corral.model.quant import pack_q8
+
+            model.head_q8 = pack_q8(model.lm_head.weight)
+            model.batch_head = None

@@ -273,6 +273,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
         self.compute_dtype: torch.dtype | None = None
         self.batch_head: torch.Tensor | None = None  # (V, H) bf16 head for batched decoding (`head`)
+        self.head_q8: tuple[torch.Tensor, ...] | None = None  # or the same as int8 blocks (`kernels.use_for`)
         # Batch-invariant decode on CPU through corral's decode-attention kernel (set by `kernels.use_for`).
         self.cpu_kernels = False
         # Training: recompute each layer's activations in the backward pass instead of keeping them (memory for
@@ -388,14 +389,18 @@ class LlamaForCausalLM(nn.Module):
 
         `batch_head` (set by the loader beside fp16 head weights on CPU) serves batched decoding: an fp16
         matmul of 16 rows runs ~8x slower than bf16 on CPUs without fp16 units, and bf16 gives a row the same
-        bits at any batch size. Its output is rounded to bf16 (steps of 0.06 at 10), so it only ranks: the top
+        bits at any batch size; with corral's CPU kernels, int8 blocks (`head_q8`) replace it, twice as fast
+        again. Its output is rounded to bf16 (steps of 0.06 at 10), so it only ranks: the top
         `RESCORE_K` logits of each row are recomputed in fp32 from the fp16 weights (multiply-and-sum, not a
         batched matmul, which would regroup with the batch size). Single-sequence decoding keeps the fp16 head,
         the fastest for one row.
         """
         xs = x.reshape(-1, x.shape[-1])  # 2-D: a 3-D view with a batch stride sends matmul down a copying path
-        if batch_invariant and self.batch_head is not None:
-            flat = F.linear(xs.to(self.batch_head.dtype), self.batch_head).float()  # (N, V)
+        if batch_invariant and (self.batch_head is not None or self.head_q8 is not None):
+            if self.head_q8 is not None:  # int8 weights x int8 activations (csrc/int4_linear.cpp), ~2x the bf16 rate
+                flat = torch.ops.corral.int8_linear(xs.float(), *self.head_q8)  # (N, V)
+            else:
+                flat = F.linear(xs.to(self.batch_head.dtype), self.batch_head).float()
             idx = flat.topk(RESCORE_K, dim=-1).indices  # (N, K)
             exact = (self.lm_head.weight[idx].float() * xs.float()[:, None, :]).sum(-1)  # (N, K)
             flat.scatter_(1, idx, exact)

@@ -52,6 +52,19 @@ def pack_vnni(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple[to
     return packed, scales.contiguous()
 
 
+def pack_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, K) weights → int8 codes per block of 32 (scale max|w| / 127, as GGUF's Q8_0) in the layout of
+    csrc/int4_linear.cpp's `int8_linear`: packed (N/16, K/32, 8, 64) int8, scales (N/16, K/32, 16) fp32 and the
+    blocks' code sums (N/16, K/32, 16) int32."""
+    n, k = w.shape
+    g = w.detach().float().view(n, k // 32, 32)
+    d = g.abs().amax(-1) / 127  # (N, K/32)
+    q = torch.where(d[..., None] > 0, g / d.clamp_min(1e-30)[..., None], 0).round_().clamp_(-127, 127).to(torch.int8)
+    packed = q.view(n // 16, 16, k // 32, 8, 4).permute(0, 2, 3, 1, 4).reshape(n // 16, k // 32, 8, 64)
+    wsum = q.sum(-1, dtype=torch.int32).view(n // 16, 16, k // 32).transpose(1, 2)
+    return packed.contiguous(), d.view(n // 16, 16, k // 32).transpose(1, 2).contiguous(), wsum.contiguous()
+
+
 def unpack_vnni(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The inverse of `pack_vnni`: (codes (N, K), d (N, K/32), m (N, K/32))."""
     nt, nb = packed.shape[:2]

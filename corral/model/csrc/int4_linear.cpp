@@ -10,6 +10,8 @@
 //   packed (N/16, K/32, 4, 64) uint8: for 16 output rows and one block, register g in 0..3 holds in its low nibbles
 //     the codes of input channels 4g..4g+3 and in its high nibbles those of 16+4g..16+4g+3, byte 4n + i for row n.
 //   scales (N/16, K/32, 2, 16) fp32: d and m of each row's block.
+// The same loop serves int8 weights (`int8_linear`, the batched LM head: it only ranks, the top logits are recomputed
+// exactly; see LlamaForCausalLM.head).
 // Each output row of each input row is computed by the same instructions in the same order whatever the number of
 // input rows, so a sequence gets the same bits alone or in a batch (the engine's batch invariance).
 
@@ -21,6 +23,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define CORRAL_VNNI 1
@@ -60,49 +63,70 @@ inline __m512i bcast4(const int8_t* p) {
 }
 
 // RB input rows x one tile of 16 output rows, over all K/32 blocks.
-template <int RB>
-void tile_rows(const uint8_t* wp, const float* sc, int64_t nb, const int8_t* q, const float* dx, const float* dsum,
-               int64_t K, float* y, int64_t N) {
+//   4-bit: s = sum code * q (codes unsigned, activations signed), y += s * d * dx + m * dx * sum(q).
+//   8-bit: vpdpbusd wants its first operand unsigned, so the activations go in offset by 128 (q ^ 0x80) and the
+//          block's 128 * sum(w) is taken back out: y += (s - 128 * sum(w)) * d * dx.
+template <int RB, bool kInt8>
+void tile_rows(const uint8_t* wp, const float* sc, const int32_t* wsum, int64_t nb, const int8_t* q, const float* dx,
+               const float* dsum, int64_t K, float* y, int64_t N) {
   const __m512i lo = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[RB];
   for (int r = 0; r < RB; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t j = 0; j < nb; ++j) {
-    const uint8_t* blk = wp + j * 256;
     __m512i w[8];
-    for (int g = 0; g < 4; ++g) {
-      const __m512i v = _mm512_loadu_si512(blk + g * 64);
-      w[g] = _mm512_and_si512(v, lo);
-      w[g + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo);
+    if constexpr (kInt8) {
+      const uint8_t* blk = wp + j * 512;
+      for (int g = 0; g < 8; ++g) w[g] = _mm512_loadu_si512(blk + g * 64);
+    } else {
+      const uint8_t* blk = wp + j * 256;
+      for (int g = 0; g < 4; ++g) {
+        const __m512i v = _mm512_loadu_si512(blk + g * 64);
+        w[g] = _mm512_and_si512(v, lo);
+        w[g + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo);
+      }
     }
-    const __m512 d = _mm512_loadu_ps(sc + j * 32), m = _mm512_loadu_ps(sc + j * 32 + 16);
-    for (int r = 0; r < RB; ++r) {
-      const int8_t* qr = q + r * K + j * 32;
-      __m512i s = _mm512_setzero_si512();
-      for (int g = 0; g < 8; ++g) s = _mm512_dpbusd_epi32(s, w[g], bcast4(qr + 4 * g));
-      const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * nb + j]));
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), dd, acc[r]);
-      acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(dsum[r * nb + j]), acc[r]);
+    if constexpr (kInt8) {
+      const __m512 d = _mm512_loadu_ps(sc + j * 16);
+      const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(wsum + j * 16), 7);  // 128 * sum(w)
+      for (int r = 0; r < RB; ++r) {
+        const int8_t* qr = q + r * K + j * 32;
+        __m512i s = _mm512_setzero_si512();
+        for (int g = 0; g < 8; ++g) s = _mm512_dpbusd_epi32(s, _mm512_xor_si512(bcast4(qr + 4 * g), flip), w[g]);
+        const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * nb + j]));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr)), dd, acc[r]);
+      }
+    } else {
+      const __m512 d = _mm512_loadu_ps(sc + j * 32), m = _mm512_loadu_ps(sc + j * 32 + 16);
+      for (int r = 0; r < RB; ++r) {
+        const int8_t* qr = q + r * K + j * 32;
+        __m512i s = _mm512_setzero_si512();
+        for (int g = 0; g < 8; ++g) s = _mm512_dpbusd_epi32(s, w[g], bcast4(qr + 4 * g));
+        const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(dx[r * nb + j]));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), dd, acc[r]);
+        acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(dsum[r * nb + j]), acc[r]);
+      }
     }
   }
   for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * N, acc[r]);
 }
 
-using TileFn = void (*)(const uint8_t*, const float*, int64_t, const int8_t*, const float*, const float*, int64_t,
-                        float*, int64_t);
+using TileFn = void (*)(const uint8_t*, const float*, const int32_t*, int64_t, const int8_t*, const float*,
+                        const float*, int64_t, float*, int64_t);
 constexpr int kRows = 8;  // input rows per pass over a weight tile (8 accumulators + 8 weight registers + scales)
-constexpr TileFn kTile[kRows + 1] = {nullptr, &tile_rows<1>, &tile_rows<2>, &tile_rows<3>, &tile_rows<4>,
-                                     &tile_rows<5>, &tile_rows<6>, &tile_rows<7>, &tile_rows<8>};
-#endif
+template <bool kInt8>
+constexpr TileFn kTile[kRows + 1] = {nullptr, &tile_rows<1, kInt8>, &tile_rows<2, kInt8>, &tile_rows<3, kInt8>,
+                                     &tile_rows<4, kInt8>, &tile_rows<5, kInt8>, &tile_rows<6, kInt8>,
+                                     &tile_rows<7, kInt8>, &tile_rows<8, kInt8>};
 
-at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
-#ifdef CORRAL_VNNI
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "int4_linear: x must be a float32 CPU tensor");
-  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 4 && packed.size(2) == 4 && packed.size(3) == 64 &&
-              packed.is_contiguous(), "int4_linear: packed must be (N/16, K/32, 4, 64) uint8");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 4 &&
-              scales.size(0) == packed.size(0) && scales.size(1) == packed.size(1), "int4_linear: scales shape");
-  const int64_t K = packed.size(1) * 32, N = packed.size(0) * 16, nb = packed.size(1);
-  TORCH_CHECK(x.size(-1) == K, "int4_linear: x has ", x.size(-1), " input features, the weight ", K);
+// x (M, K) → y (M, N) = x @ W.T, W in either layout; threads split the output rows (weight tiles), and each tile
+// stays in L1/L2 while the input rows pass over it.
+template <bool kInt8>
+at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                            const int32_t* wsum) {
+  const int64_t nb = packed.size(1), K = nb * 32, N = packed.size(0) * 16;
+  const int64_t tile_bytes = nb * (kInt8 ? 512 : 256), tile_scales = nb * (kInt8 ? 16 : 32);
+  TORCH_CHECK(x.size(-1) == K, "quantized linear: x has ", x.size(-1), " input features, the weight ", K);
   at::Tensor x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -112,24 +136,54 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
   at::Tensor dx = at::empty({M, nb}, x.options()), dsum = at::empty({M, nb}, x.options());
   quantize_rows(x2.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), dx.data_ptr<float>(), dsum.data_ptr<float>());
-  const uint8_t* wp = packed.data_ptr<uint8_t>();
+  const uint8_t* wp = static_cast<const uint8_t*>(packed.data_ptr());
   const float* sp = scales.data_ptr<float>();
   const int8_t* qp = q.data_ptr<int8_t>();
   const float *dxp = dx.data_ptr<float>(), *dsp = dsum.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Threads split the output rows (weight tiles); each tile's ~K/2 bytes stay in L1 while the input rows pass.
   at::parallel_for(0, N / 16, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t r = 0; r < M; r += kRows) {
         const int rb = static_cast<int>(std::min<int64_t>(kRows, M - r));
-        kTile[rb](wp + t * nb * 256, sp + t * nb * 32, nb, qp + r * K, dxp + r * nb, dsp + r * nb, K,
-                  yp + r * N + t * 16, N);
+        kTile<kInt8>[rb](wp + t * tile_bytes, sp + t * tile_scales, wsum ? wsum + t * nb * 16 : nullptr, nb,
+                         qp + r * K, dxp + r * nb, dsp + r * nb, K, yp + r * N + t * 16, N);
       }
     }
   });
   return y.view(shape);
+}
+#endif
+
+at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
+#ifdef CORRAL_VNNI
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "int4_linear: x must be a float32 CPU tensor");
+  TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 4 && packed.size(2) == 4 && packed.size(3) == 64 &&
+              packed.is_contiguous(), "int4_linear: packed must be (N/16, K/32, 4, 64) uint8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 4 &&
+              scales.size(0) == packed.size(0) && scales.size(1) == packed.size(1) && scales.size(2) == 2,
+              "int4_linear: scales must be (N/16, K/32, 2, 16) float32");
+  return quantized_linear<false>(x, packed, scales, nullptr);
 #else
   TORCH_CHECK(false, "int4_linear: this build has no AVX-512 VNNI");
+#endif
+}
+
+// Q8_0-style weights (int8 codes, one fp32 scale per row and block of 32): packed (N/16, K/32, 8, 64) int8, byte
+// 4n + i of register g = channel 4g + i of row n; scales (N/16, K/32, 16); wsum (N/16, K/32, 16) int32 = sum of
+// each row's 32 codes in the block.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
+                       const at::Tensor& wsum) {
+#ifdef CORRAL_VNNI
+  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "int8_linear: x must be a float32 CPU tensor");
+  TORCH_CHECK(packed.scalar_type() == at::kChar && packed.dim() == 4 && packed.size(2) == 8 && packed.size(3) == 64 &&
+              packed.is_contiguous(), "int8_linear: packed must be (N/16, K/32, 8, 64) int8");
+  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 3 &&
+              scales.size(0) == packed.size(0) && scales.size(1) == packed.size(1), "int8_linear: scales shape");
+  TORCH_CHECK(wsum.scalar_type() == at::kInt && wsum.is_contiguous() && wsum.sizes() == scales.sizes(),
+              "int8_linear: wsum must be int32 shaped like scales");
+  return quantized_linear<true>(x, packed, scales, wsum.data_ptr<int32_t>());
+#else
+  TORCH_CHECK(false, "int8_linear: this build has no AVX-512 VNNI");
 #endif
 }
 
@@ -145,7 +199,11 @@ bool int4_linear_supported() {
 
 TORCH_LIBRARY_FRAGMENT(corral, m) {
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scales) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor wsum) -> Tensor");
   m.def("int4_linear_supported() -> bool", &int4_linear_supported);
 }
 
-TORCH_LIBRARY_IMPL(corral, CPU, m) { m.impl("int4_linear", &int4_linear); }
+TORCH_LIBRARY_IMPL(corral, CPU, m) {
+  m.impl("int4_linear", &int4_linear);
+  m.impl("int8_linear", &int8_linear);
+}
