@@ -11,6 +11,7 @@ keeps PyTorch's kernels (the same results up to rounding, slower). `CORRAL_KERNE
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -43,7 +44,10 @@ def _build() -> bool:
     try:
         from torch.utils.cpp_extension import load
 
-        load(name="corral_kernels", sources=[str(p) for p in _SOURCES], is_python_module=False,
+        # The name carries a hash of the sources: two corral versions on one machine (two checkouts, an upgrade)
+        # share torch's build cache, and must never load each other's library.
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()[:12]
+        load(name=f"corral_kernels_{digest}", sources=[str(p) for p in _SOURCES], is_python_module=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # a broken toolchain must not stop inference: fall back, and say why once
         log.warning("building corral's CPU kernels failed (%s): decoding with the slower matmul attention", e)

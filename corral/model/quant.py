@@ -57,9 +57,12 @@ def pack_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     csrc/int4_linear.cpp's `int8_linear`: packed (N/16, K/32, 8, 64) int8, scales (N/16, K/32, 16) fp32 and the
     blocks' code sums (N/16, K/32, 16) int32."""
     n, k = w.shape
+    if n > 4096:  # an LM head: in slices, so no fp32 copy of the whole matrix is ever made
+        parts = [pack_q8(w[i:i + 4096]) for i in range(0, n, 4096)]
+        return tuple(torch.cat(t) for t in zip(*parts, strict=True))
     g = w.detach().float().view(n, k // 32, 32)
     d = g.abs().amax(-1) / 127  # (N, K/32)
-    q = torch.where(d[..., None] > 0, g / d.clamp_min(1e-30)[..., None], 0).round_().clamp_(-127, 127).to(torch.int8)
+    q = (g / d.clamp_min(1e-30)[..., None]).round_().clamp_(-127, 127).to(torch.int8)  # an all-zero block: codes 0
     packed = q.view(n // 16, 16, k // 32, 8, 4).permute(0, 2, 3, 1, 4).reshape(n // 16, k // 32, 8, 64)
     wsum = q.sum(-1, dtype=torch.int32).view(n // 16, 16, k // 32).transpose(1, 2)
     return packed.contiguous(), d.view(n // 16, 16, k // 32).transpose(1, 2).contiguous(), wsum.contiguous()
