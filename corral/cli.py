@@ -58,6 +58,32 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
 
 
+def _shield_args(p: argparse.ArgumentParser) -> None:
+    """The guard and shield options of `corral serve` (and of `corral redteam`'s local target)."""
+    g = p.add_argument_group("shields", "a guard model in front of (input) and behind (output) the served model; "
+                             "POST /v1/moderations answers with it")
+    g.add_argument("--guard", default=None, metavar="GUARD_MODEL",
+                   help="a guard model (Llama Guard style verdicts; GGUF, HF folder or registry name)")
+    g.add_argument("--guard-adapter", default=None, metavar="DIR", help="a LoRA adapter merged into the guard")
+    g.add_argument("--guard-policy", default=None, metavar="POLICY.yaml",
+                   help="the guard's categories (default: Llama Guard 3's S1-S14)")
+    g.add_argument("--guard-mode", default="score", choices=["score", "generate"],
+                   help="score: P(unsafe) from one forward pass (default); generate: the guard writes its verdict")
+    g.add_argument("--guard-threshold", type=float, default=0.5, help="score mode: block when P(unsafe) >= this "
+                   "(default 0.5)")
+    g.add_argument("--shield", default="input,output", help="which shields the guard runs: input, output or "
+                   "input,output (default)")
+    g.add_argument("--shield-action", default="refuse", choices=["refuse", "error"],
+                   help="a blocked request or answer gets a refusal with finish_reason content_filter (refuse, "
+                        "default) or an HTTP 400 / stream error event with code content_filter (error)")
+    g.add_argument("--shield-stream-tokens", type=int, default=32, metavar="N",
+                   help="output shield on streams: hold text back and release it after a check every N tokens "
+                        "(and at the end); 0 checks once at the end (default 32)")
+    g.add_argument("--injection-shield", action="store_true",
+                   help="block prompt injections and jailbreaks in user and tool messages (a small bundled "
+                        "classifier; no guard model needed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="corral", description="Own your language model: run, serve, fine-tune, "
                                  "evaluate, distill and guard Llama-family models on your own hardware.")
@@ -128,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit (default 8 MiB)")
     s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    _shield_args(s)
 
     ev = sub.add_parser(
         "eval", help="score models on tasks (bundled, or your own YAML/JSONL) and compare them",
@@ -487,6 +514,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         ("--port", args.port, 1)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
+    _check_shield_args(args)
     lm, engine, service = _build_service(args, hooks=Metrics)
     metrics, model_id, seq, batch = service.hooks, service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, metrics, keys, args.max_body_bytes)
@@ -497,6 +525,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{shown}:{args.port}"
     key_arg = '"<your key>"' if keys else '"none"'
     spec = f"; drafts by {args.draft_model} (k={args.draft_tokens})" if engine.drafter is not None else ""
+    sh = service.shields
+    if sh is not None:
+        which = [n for n, on in (("input", sh.input), ("output", sh.output), ("injection", sh.injection)) if on]
+        spec += (f"; shields: {', '.join(which)}" + (f" by {service.guard_id} ({sh.guard.mode})" if sh.guard else "")
+                 + f", blocks get {'a refusal' if sh.action == 'refuse' else 'an error'}")
     print(f"corral serve — {model_id} on {lm.model.device}; {batch} slots x {seq} tokens of KV cache "
           f"({kv_bytes / 2**30:.2f} GiB){spec}{'; API keys required' if keys else ''}\n"
           f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"
@@ -561,9 +594,61 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
         engine.warm_up()
     model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
     aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
+    shields, guard_id = _build_shields(args, engine)
     service = Service(engine, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,
-                      chat_template=template)
+                      chat_template=template, shields=shields, guard_id=guard_id)
     return lm, engine, service
+
+
+def _check_shield_args(args: argparse.Namespace) -> tuple[bool, bool]:
+    """The shield options, checked before any model loads: (input, output) shields of the guard."""
+    from corral.errors import InvalidArgumentError
+    from corral.guard.shields import parse_shields
+
+    inp, out = parse_shields(args.shield)
+    if args.guard is None:
+        for flag, given in (("--guard-adapter", args.guard_adapter), ("--guard-policy", args.guard_policy),
+                            ("--shield", args.shield != "input,output")):
+            if given:
+                raise InvalidArgumentError(f"{flag} needs --guard GUARD_MODEL")
+    if not 0.0 <= args.guard_threshold <= 1.0:
+        raise InvalidArgumentError(f"--guard-threshold {args.guard_threshold}: expected a probability in [0, 1]")
+    if args.shield_stream_tokens < 0:
+        raise InvalidArgumentError("--shield-stream-tokens must be >= 0 (0: check a stream once, at its end)")
+    return inp, out
+
+
+def _load_guard(model: str, adapter: str | None, policy: str | None, mode: str, threshold: float,
+                args: argparse.Namespace) -> tuple[Any, str]:
+    """A `Guard` (on the served model's device) and its id, for --guard and --judge."""
+    from corral.guard import Guard, load_taxonomy
+
+    taxonomy = load_taxonomy(policy)  # a bad policy file fails before the model loads
+    glm = _load_model(argparse.Namespace(model=model, adapter=adapter, device=args.device,
+                                         dtype="auto" if args.dtype == "int4" else args.dtype))
+    guard = Guard(glm.model, _tokenizer_for(glm), taxonomy, mode=mode, threshold=threshold)
+    return guard, glm.path.name.removesuffix(".gguf")
+
+
+def _build_shields(args: argparse.Namespace, engine: Any) -> tuple[Any, str | None]:
+    """The server's `Shields` (the guard runs on the engine's thread: `engine.call`), or (None, None)."""
+    if getattr(args, "guard", None) is None and not getattr(args, "injection_shield", False):
+        return None, None
+    from corral.guard.shields import Shields
+
+    inp, out = _check_shield_args(args)
+    guard, guard_id = None, None
+    if args.guard is not None:
+        guard, guard_id = _load_guard(args.guard, args.guard_adapter, args.guard_policy, args.guard_mode,
+                                      args.guard_threshold, args)
+    injection = None
+    if args.injection_shield:
+        from corral.guard.injection import InjectionDetector
+
+        injection = InjectionDetector.load()
+    shields = Shields(guard, input=inp, output=out, injection=injection, action=args.shield_action,
+                      stream_tokens=args.shield_stream_tokens, run=engine.call, name=guard_id or "guard")
+    return shields, guard_id
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
