@@ -689,7 +689,8 @@ def _build_shields(args: argparse.Namespace, engine: Any) -> tuple[Any, str | No
         from corral.guard.injection import InjectionDetector
 
         injection = InjectionDetector.load()
-    shields = Shields(guard, input=inp, output=out, injection=injection, action=args.shield_action,
+    shields = Shields(guard, input=inp and guard is not None, output=out and guard is not None, injection=injection,
+                      action=args.shield_action,
                       stream_tokens=args.shield_stream_tokens, run=engine.call, name=guard_id or "guard")
     return shields, guard_id
 

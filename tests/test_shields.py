@@ -302,6 +302,47 @@ def test_real_guard_end_to_end(tiny, tok, tiny_guard, threshold, blocked):
             assert metric(srv.url, "corral_guard_checks_total", shield="output") >= 3
 
 
+def test_a_conversation_the_guard_cannot_read_is_blocked_and_the_rest_still_checked():
+    import asyncio
+
+    from corral.errors import InvalidArgumentError
+
+    class Picky(StubGuard):
+        def check_many(self, conversations, assess="auto", categories=False):
+            if any(len(c[-1]["content"]) > 50 for c in conversations):
+                raise InvalidArgumentError("the guard prompt is too long")
+            return super().check_many(conversations, assess, categories)
+
+    guard = Picky()
+    shields = Shields(guard)
+
+    async def both():
+        return await asyncio.gather(shields.check_input([{"role": "user", "content": "x" * 60}]),
+                                    shields.check_input([{"role": "user", "content": "a bomb"}]),
+                                    shields.check_input(HI))
+
+    try:
+        long, bomb, hi = asyncio.run(both())
+    finally:
+        shields.close()
+    assert long.categories == ["unchecked"] and "could not check" in long.detail  # fail closed
+    assert bomb.categories == ["S9"] and hi is None
+    assert guard.batches  # the others got their verdicts, one by one after the batch failed
+
+
+def test_serve_builds_shields_from_its_options():
+    from types import SimpleNamespace
+
+    from corral.cli import _build_shields, build_parser
+
+    calls = SimpleNamespace(call=lambda fn: None)
+    args = build_parser().parse_args(["serve", "default", "--injection-shield", "--shield-action", "error"])
+    shields, guard_id = _build_shields(args, calls)
+    assert guard_id is None and shields.guard is None and shields.injection is not None
+    assert (shields.input, shields.output, shields.action) == (False, False, "error")
+    assert _build_shields(build_parser().parse_args(["serve", "default"]), calls) == (None, None)
+
+
 def test_shield_options_are_checked():
     from corral.errors import InvalidArgumentError
 
