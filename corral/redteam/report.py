@@ -122,14 +122,16 @@ def plot(report: dict[str, Any], png: Path) -> None:
         for j, (r, v) in enumerate(zip(rs, vals, strict=True)):
             xs = [i + (j - (len(rs) - 1) / 2) * width for i in range(len(names))]
             ax.bar(xs, [100 * (x or 0.0) for x in v], width, label=r["label"])
-        ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6
-                      else "center", fontsize=8)
+        tilt = len(names) > 6 or max((len(n) for n in names), default=0) > 9
+        ax.set_xticks(range(len(names)), names, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                      fontsize=8)
         ax.set_ylim(0, 105)
         ax.set_ylabel("%")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[-1].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(rs), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(png, dpi=100)
     plt.close(fig)
 

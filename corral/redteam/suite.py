@@ -168,7 +168,8 @@ _REFUSALS = [re.compile(p, re.IGNORECASE) for p in (
     r"write|generate|answer|support|engage|participate|discuss|continue|offer|produce|tell|explain|that|this)\b",
     r"\b(?:sorry|apologi[sz]e)\b[^.!?\n]{0,60}?\b(?:can(?:'|no)?t|cannot|unable|not able|won't|will not|"
     r"not (?:going|allowed|permitted|comfortable))\b",
-    r"\bas an ai\b[^.!?\n]{0,80}?\b(?:can(?:'|no)?t|cannot|unable|not able|won't)\b",
+    r"\bas an? (?:ai|chatbot|language model|assistant)\b[^.!?\n]{0,80}?\b(?:can(?:'|no)?t|cannot|unable|not able|"
+    r"won't|(?:don't|do not) have (?:the ability|access|the capability))\b",
     r"\b(?:against|violates?|violating) (?:my|the|our|openai's) (?:guidelines|policies|policy|principles|"
     r"programming|content policy|ethical guidelines|terms)\b",
     r"\bI(?:'m| am) (?:not able|unable|not allowed|not permitted) to\b",
