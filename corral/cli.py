@@ -58,6 +58,32 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
 
 
+def _shield_args(p: argparse.ArgumentParser) -> None:
+    """The guard and shield options of `corral serve` (and of `corral redteam`'s local target)."""
+    g = p.add_argument_group("shields", "a guard model in front of (input) and behind (output) the served model "
+                             "(corral serve: POST /v1/moderations answers with it too)")
+    g.add_argument("--guard", default=None, metavar="GUARD_MODEL",
+                   help="a guard model (Llama Guard style verdicts; GGUF, HF folder or registry name)")
+    g.add_argument("--guard-adapter", default=None, metavar="DIR", help="a LoRA adapter merged into the guard")
+    g.add_argument("--guard-policy", default=None, metavar="POLICY.yaml",
+                   help="the guard's categories (default: Llama Guard 3's S1-S14)")
+    g.add_argument("--guard-mode", default="score", choices=["score", "generate"],
+                   help="score: P(unsafe) from one forward pass (default); generate: the guard writes its verdict")
+    g.add_argument("--guard-threshold", type=float, default=0.5, help="score mode: block when P(unsafe) >= this "
+                   "(default 0.5)")
+    g.add_argument("--shield", default="input,output", help="which shields the guard runs: input, output or "
+                   "input,output (default)")
+    g.add_argument("--shield-action", default="refuse", choices=["refuse", "error"],
+                   help="a blocked request or answer gets a refusal with finish_reason content_filter (refuse, "
+                        "default) or an HTTP 400 / stream error event with code content_filter (error)")
+    g.add_argument("--shield-stream-tokens", type=int, default=32, metavar="N",
+                   help="output shield on streams: hold text back and release it after a check every N tokens "
+                        "(and at the end); 0 checks once at the end (default 32)")
+    g.add_argument("--injection-shield", action="store_true",
+                   help="block prompt injections and jailbreaks in user and tool messages (a small bundled "
+                        "classifier; no guard model needed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="corral", description="Own your language model: run, serve, fine-tune, "
                                  "evaluate, distill and guard Llama-family models on your own hardware.")
@@ -128,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit (default 8 MiB)")
     s.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    _shield_args(s)
 
     ev = sub.add_parser(
         "eval", help="score models on tasks (bundled, or your own YAML/JSONL) and compare them",
@@ -225,6 +252,49 @@ def build_parser() -> argparse.ArgumentParser:
     gd.add_argument("--chat-template", default=None, help="a Jinja chat template file to use instead of the model's")
     gd.add_argument("--print-prompt", action="store_true", help="print the prompt the model would read (chat "
                     "template included) and exit; loads only the tokenizer")
+    rt = sub.add_parser(
+        "redteam", help="attack a model (local or an OpenAI-compatible endpoint) with the bundled suite and report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Send the red-team suite (corral/redteam/data: 360 attacks in 15 categories and 5 wrappers, 110\n"
+                    "benign prompts) to MODEL, served in this process (with shields when --guard is given), or to\n"
+                    "--endpoint URL. A judge (a guard model, --judge) reads every answer to an attack: the attack\n"
+                    "succeeded when the answer is unsafe. A refusal (refusal phrases) or a content_filter block is a\n"
+                    "failed attack; on a benign prompt it is a false refusal. Without --judge every answer to an\n"
+                    "attack counts as a success (the compliance rate, an upper bound).\n\n"
+                    "Writes report.json, samples.jsonl, report.png and report.html into --out. --compare\n"
+                    "OLD/report.json puts an earlier run (e.g. without shields) beside this one.")
+    _model_args(rt, optional_model=True, max_seq_len=2048, engine=True, speed=False)
+    rt.set_defaults(kv_cache_tokens=None, served_model_name=None, max_queue=4096, prefill_chunk=128, compile=False,
+                    draft_model=None, draft_tokens=4)
+    rt.add_argument("--endpoint", default=None, metavar="URL", help="an OpenAI-compatible server to attack instead "
+                    "of a local MODEL (e.g. http://127.0.0.1:8000)")
+    rt.add_argument("--api-key", default=None, help="the endpoint's API key (default: none, or OPENAI_API_KEY)")
+    rt.add_argument("--endpoint-model", default=None, metavar="NAME", help="the model to ask at --endpoint "
+                    "(default: the first it lists)")
+    rt.add_argument("--concurrency", type=int, default=None, help="requests in flight (default: 8 for an endpoint, "
+                    "2 x --max-batch locally)")
+    rt.add_argument("--attacks", action="append", default=[], metavar="FILE", help="your own attacks (JSONL, the "
+                    "bundled format; repeatable)")
+    rt.add_argument("--benign", action="append", default=[], metavar="FILE", help="your own benign prompts (JSONL; "
+                    "repeatable)")
+    rt.add_argument("--no-bundled", action="store_true", help="run only the --attacks / --benign files given")
+    rt.add_argument("--limit", type=int, default=None, metavar="N", help="only N attacks and N benign prompts, "
+                    "spread over the categories and wrappers")
+    rt.add_argument("--judge", default=None, metavar="GUARD_MODEL", help="the guard model that judges the answers")
+    rt.add_argument("--judge-adapter", default=None, metavar="DIR", help="a LoRA adapter merged into the judge")
+    rt.add_argument("--judge-policy", default=None, metavar="POLICY.yaml", help="the judge's categories (default: "
+                    "Llama Guard 3's)")
+    rt.add_argument("--judge-mode", default="generate", choices=["generate", "score"],
+                    help="generate: the judge writes its verdict (default); score: P(unsafe) >= --judge-threshold")
+    rt.add_argument("--judge-threshold", type=float, default=0.5, help="score mode threshold (default 0.5)")
+    rt.add_argument("--max-tokens", type=int, default=200, help="longest answer (default 200)")
+    rt.add_argument("--max-batch", type=int, default=16, help="local: sequences decoded together (default 16)")
+    rt.add_argument("--chat-template", default=None, help="local: a Jinja chat template file instead of the model's")
+    rt.add_argument("--out", default="runs/redteam", help="report folder (default runs/redteam)")
+    rt.add_argument("--label", default=None, help="this run's name in the report (default: the target and shields)")
+    rt.add_argument("--compare", action="append", default=[], metavar="REPORT",
+                    help="an earlier run's report.json (or folder) to show beside this one (repeatable)")
+    _shield_args(rt)
     return ap
 
 
@@ -234,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         verbs = {"generate": cmd_generate, "chat": cmd_chat, "tokenize": cmd_tokenize, "models": cmd_models,
                  "finetune": cmd_finetune, "distill": cmd_distill, "merge": cmd_merge,
                  "serve": cmd_serve, "batch": cmd_batch, "export": cmd_export, "eval": cmd_eval,
-                 "synth": cmd_synth, "guard": cmd_guard}
+                 "synth": cmd_synth, "guard": cmd_guard, "redteam": cmd_redteam}
         return verbs[args.verb](args)
     except CorralError as e:
         print(f"corral: error: {e}", file=sys.stderr)
@@ -487,6 +557,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         ("--port", args.port, 1)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
+    _check_shield_args(args)
     lm, engine, service = _build_service(args, hooks=Metrics)
     metrics, model_id, seq, batch = service.hooks, service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, metrics, keys, args.max_body_bytes)
@@ -497,6 +568,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = f"http://{shown}:{args.port}"
     key_arg = '"<your key>"' if keys else '"none"'
     spec = f"; drafts by {args.draft_model} (k={args.draft_tokens})" if engine.drafter is not None else ""
+    sh = service.shields
+    if sh is not None:
+        which = [n for n, on in (("input", sh.input), ("output", sh.output), ("injection", sh.injection)) if on]
+        spec += (f"; shields: {', '.join(which)}" + (f" by {service.guard_id} ({sh.guard.mode})" if sh.guard else "")
+                 + f", blocks get {'a refusal' if sh.action == 'refuse' else 'an error'}")
     print(f"corral serve — {model_id} on {lm.model.device}; {batch} slots x {seq} tokens of KV cache "
           f"({kv_bytes / 2**30:.2f} GiB){spec}{'; API keys required' if keys else ''}\n"
           f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"
@@ -561,9 +637,62 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
         engine.warm_up()
     model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
     aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
+    shields, guard_id = _build_shields(args, engine)
     service = Service(engine, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,
-                      chat_template=template)
+                      chat_template=template, shields=shields, guard_id=guard_id)
     return lm, engine, service
+
+
+def _check_shield_args(args: argparse.Namespace) -> tuple[bool, bool]:
+    """The shield options, checked before any model loads: (input, output) shields of the guard."""
+    from corral.errors import InvalidArgumentError
+    from corral.guard.shields import parse_shields
+
+    inp, out = parse_shields(args.shield)
+    if args.guard is None:
+        for flag, given in (("--guard-adapter", args.guard_adapter), ("--guard-policy", args.guard_policy),
+                            ("--shield", args.shield != "input,output")):
+            if given:
+                raise InvalidArgumentError(f"{flag} needs --guard GUARD_MODEL")
+    if not 0.0 <= args.guard_threshold <= 1.0:
+        raise InvalidArgumentError(f"--guard-threshold {args.guard_threshold}: expected a probability in [0, 1]")
+    if args.shield_stream_tokens < 0:
+        raise InvalidArgumentError("--shield-stream-tokens must be >= 0 (0: check a stream once, at its end)")
+    return inp, out
+
+
+def _load_guard(model: str, adapter: str | None, policy: str | None, mode: str, threshold: float,
+                args: argparse.Namespace) -> tuple[Any, str]:
+    """A `Guard` (on the served model's device) and its id, for --guard and --judge."""
+    from corral.guard import Guard, load_taxonomy
+
+    taxonomy = load_taxonomy(policy)  # a bad policy file fails before the model loads
+    glm = _load_model(argparse.Namespace(model=model, adapter=adapter, device=args.device,
+                                         dtype="auto" if args.dtype == "int4" else args.dtype))
+    guard = Guard(glm.model, _tokenizer_for(glm), taxonomy, mode=mode, threshold=threshold)
+    return guard, glm.path.name.removesuffix(".gguf")
+
+
+def _build_shields(args: argparse.Namespace, engine: Any) -> tuple[Any, str | None]:
+    """The server's `Shields` (the guard runs on the engine's thread: `engine.call`), or (None, None)."""
+    if getattr(args, "guard", None) is None and not getattr(args, "injection_shield", False):
+        return None, None
+    from corral.guard.shields import Shields
+
+    inp, out = _check_shield_args(args)
+    guard, guard_id = None, None
+    if args.guard is not None:
+        guard, guard_id = _load_guard(args.guard, args.guard_adapter, args.guard_policy, args.guard_mode,
+                                      args.guard_threshold, args)
+    injection = None
+    if args.injection_shield:
+        from corral.guard.injection import InjectionDetector
+
+        injection = InjectionDetector.load()
+    shields = Shields(guard, input=inp and guard is not None, output=out and guard is not None, injection=injection,
+                      action=args.shield_action,
+                      stream_tokens=args.shield_stream_tokens, run=engine.call, name=guard_id or "guard")
+    return shields, guard_id
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -724,6 +853,92 @@ def cmd_guard(args: argparse.Namespace) -> int:
     if labelled:
         summary += f"; agrees with the labels on {agree}/{labelled} ({agree / labelled:.1%})"
     print(f"{summary}; wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_redteam(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from corral.errors import InvalidArgumentError
+    from corral.redteam.report import print_table, read_compare, write_report
+    from corral.redteam.run import EndpointTarget, LocalTarget, outcome_dict, outcomes, summarize
+    from corral.redteam.suite import load_suite
+
+    # Everything is checked before a model loads.
+    if (args.model is None) == (args.endpoint is None):
+        raise InvalidArgumentError("give a MODEL to serve here or --endpoint URL, one of the two")
+    if args.endpoint is not None:
+        local = [f for f, v in (("--guard", args.guard), ("--injection-shield", args.injection_shield),
+                                ("--adapter", args.adapter)) if v]
+        if local:
+            raise InvalidArgumentError(f"{', '.join(local)}: for a local MODEL; an --endpoint has its own shields "
+                                       "(start it with corral serve --guard ...)")
+    for name, v, lo in (("--max-tokens", args.max_tokens, 1), ("--max-batch", args.max_batch, 1),
+                        ("--max-seq-len", args.max_seq_len, 16), ("--concurrency", args.concurrency or 1, 1),
+                        ("--limit", 1 if args.limit is None else args.limit, 1)):
+        if v < lo:
+            raise InvalidArgumentError(f"{name} must be >= {lo}")
+    if args.judge is None and (args.judge_adapter or args.judge_policy):
+        raise InvalidArgumentError("--judge-adapter and --judge-policy need --judge GUARD_MODEL")
+    if not 0.0 <= args.judge_threshold <= 1.0:
+        raise InvalidArgumentError(f"--judge-threshold {args.judge_threshold}: expected a probability in [0, 1]")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidArgumentError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.model is not None:
+        _check_shield_args(args)
+    attacks, benign = load_suite(args.attacks, args.benign, bundled=not args.no_bundled, limit=args.limit)
+    compare = [read_compare(c) for c in args.compare]
+    _template(args)
+
+    judge, judge_info = None, None
+    if args.judge is not None:
+        judge, judge_id = _load_guard(args.judge, args.judge_adapter, args.judge_policy, args.judge_mode,
+                                      args.judge_threshold, args)
+        judge_info = {"model": judge_id, "adapter": args.judge_adapter, "mode": args.judge_mode,
+                      "threshold": args.judge_threshold if args.judge_mode == "score" else None,
+                      "taxonomy": judge.taxonomy.source}
+    if args.endpoint is not None:
+        target: Any = EndpointTarget(args.endpoint, args.api_key or os.environ.get("OPENAI_API_KEY"),
+                                     args.endpoint_model, args.max_tokens, args.concurrency or 8)
+        target.resolve_model()
+        label = args.label or f"{target.description['model']} at {args.endpoint}"
+    else:
+        _, _, service = _build_service(args)
+        target = LocalTarget(service, args.max_tokens, args.concurrency)
+        sh = service.shields
+        if sh is not None:
+            which = [n for n, on in (("input", sh.input), ("output", sh.output), ("injection", sh.injection)) if on]
+            target.description["shields"] = ",".join(which)
+            target.description["guard"] = service.guard_id
+            target.description["shield_action"] = sh.action
+        label = args.label or service.model_id + (f" + shields ({target.description['shields']})" if sh else "")
+
+    prompts = attacks + benign
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console)
+    t0 = time.perf_counter()
+    with progress:
+        asked = progress.add_task("answers", total=len(prompts))
+        replies = target.run(prompts, lambda i, r: progress.advance(asked))
+        judged = progress.add_task("judging", total=None if judge is not None else 0, visible=judge is not None)
+        results = outcomes(prompts, replies, judge, progress=lambda k: progress.advance(judged, k))
+        progress.update(judged, total=progress.tasks[judged].completed)
+    report = summarize(results, target.description, judge_info, label, args.limit, time.perf_counter() - t0)
+    report["compare"] = compare
+    write_report(report, [outcome_dict(o) for o in results], args.out)
+    print_table(report, Console(width=max(100, Console().width)))
+    errors = [o for o in results if o.error]
+    if errors:
+        print(f"corral redteam: {len(errors)} prompt(s) failed and are left out of the rates; the first: "
+              f"{errors[0].id}: {errors[0].error}", file=sys.stderr)
+    print(f"wrote {args.out}/report.json, samples.jsonl, report.png, report.html")
     return 0
 
 

@@ -100,11 +100,14 @@ class InProcessServer:
     """`create_app` under uvicorn in a background thread, on its own engine over a shared model."""
 
     def __init__(self, model: LlamaForCausalLM, tok, *, max_batch: int = 4, max_seq_len: int = 512,
-                 max_queue: int = 64, api_keys: list[str] | None = None, max_body_bytes: int = 8 << 20):
+                 max_queue: int = 64, api_keys: list[str] | None = None, max_body_bytes: int = 8 << 20,
+                 shields=None):
+        """`shields(engine)`: the server's `Shields` (built on its engine, whose thread runs the guard)."""
         self.engine = Engine(model, tok, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue).start()
         metrics = Metrics(self.engine, "tiny")
-        self.app = create_app(Service(self.engine, "tiny", ("default",), hooks=metrics), metrics, api_keys,
-                              max_body_bytes)
+        self.service = Service(self.engine, "tiny", ("default",), hooks=metrics,
+                               shields=shields(self.engine) if shields else None, guard_id="tiny-guard")
+        self.app = create_app(self.service, metrics, api_keys, max_body_bytes)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port, log_level="warning",

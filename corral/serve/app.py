@@ -24,13 +24,13 @@ from corral.engine.engine import QueueFullError
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
 from corral.serve.metrics import Metrics
-from corral.serve.service import ModelNotServedError, ParamError, Service
+from corral.serve.service import ModelNotServedError, ModerationUnavailableError, ParamError, Service
 
 STATIC = Path(__file__).parent / "static"
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # /, /static, /health and /metrics stay open
 # HTTP metric labels: known routes by name, anything else as "other", so clients cannot grow the label set.
 ROUTES = {r: r for r in ("/", "/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
-                         "/v1/embeddings", "/tokenize", "/detokenize")}
+                         "/v1/embeddings", "/v1/moderations", "/tokenize", "/detokenize")}
 
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
@@ -159,6 +159,10 @@ def create_app(service: Service, metrics: Metrics, api_keys: list[str] | None = 
     async def _model(_: Request, exc: ModelNotServedError) -> JSONResponse:
         return error_response(404, str(exc), "invalid_request_error", "model", "model_not_found")
 
+    @app.exception_handler(ModerationUnavailableError)
+    async def _no_guard(_: Request, exc: ModerationUnavailableError) -> JSONResponse:
+        return error_response(404, str(exc), "invalid_request_error", code="moderation_unavailable")
+
     @app.exception_handler(QueueFullError)
     async def _busy(_: Request, exc: QueueFullError) -> JSONResponse:
         return error_response(503, f"the server is at capacity: {exc}", "server_overloaded",
@@ -215,6 +219,14 @@ def create_app(service: Service, metrics: Metrics, api_keys: list[str] | None = 
         """
         return await svc.embed(body)
 
+    @app.post("/v1/moderations", response_model=P.ModerationResponse)
+    async def moderations(body: P.ModerationRequest) -> P.ModerationResponse:
+        """OpenAI's moderation endpoint, answered by the server's guard model (`corral serve --guard`).
+
+        `categories` and `category_scores` hold OpenAI's keys (from the Llama Guard categories that correspond)
+        and the guard's own codes; `corral` holds its verdict. Without a guard: 404 moderation_unavailable."""
+        return await svc.moderate(body)
+
     @app.post("/tokenize", response_model=P.TokenizeResponse)
     async def tokenize(body: P.TokenizeRequest) -> P.TokenizeResponse:
         return svc.tokenize(body)
@@ -238,7 +250,8 @@ def create_app(service: Service, metrics: Metrics, api_keys: list[str] | None = 
     return app
 
 
-ERRORS = {"400": "invalid request (bad JSON or values, context_length_exceeded)", "401": "missing or wrong API key",
+ERRORS = {"400": "invalid request (bad JSON or values, context_length_exceeded; content_filter: a shield blocked it)",
+          "401": "missing or wrong API key",
           "404": "unknown model (model_not_found) or route", "413": "request body over --max-body-bytes",
           "503": "queue full; retry after Retry-After seconds"}
 

@@ -1,4 +1,5 @@
-"""Prometheus metrics (`GET /metrics`): requests, tokens, latencies, queue depth and KV cache use.
+"""Prometheus metrics (`GET /metrics`): requests, tokens, latencies, queue depth and KV cache use, and the shields'
+checks, blocks (by shield and category), latency and unparsed verdicts.
 
 Names follow vLLM's where one exists (`..._time_to_first_token_seconds`, `..._inter_token_latency_seconds`), with a
 `corral_` prefix, so existing dashboards need only the prefix changed. Each app has its own registry.
@@ -49,6 +50,17 @@ class Metrics(Hooks):
         self.steps = Gauge("corral_engine_steps", "Engine scheduling steps so far", ["model"], registry=r).labels(
             **lbl)
         self.steps.set_function(lambda: engine.steps)
+        # Shields (corral serve --guard / --injection-shield). shield: input | output | injection | moderation;
+        # category: a taxonomy code, "injection", "unchecked" (the guard could not read it) or "unspecified".
+        self.guard_checks = Counter("corral_guard_checks", "Conversations or texts the shields checked", ["shield"],
+                                    registry=r)
+        self.guard_blocks = Counter("corral_guard_blocks", "Requests or answers a shield blocked, by category",
+                                    ["shield", "category"], registry=r)
+        self.guard_latency = Histogram("corral_guard_latency_seconds", "Time from asking a shield to its verdict "
+                                       "(waiting for the engine thread included)", ["shield"], buckets=_LATENCY,
+                                       registry=r)
+        self.guard_parse_errors = Counter("corral_guard_parse_errors", "Guard outputs that were not a verdict "
+                                          "(decided by the guard's on_parse_error policy)", ["shield"], registry=r)
         self.model_id = model_id
 
     def on_first_token(self, seconds: float) -> None:
@@ -63,6 +75,16 @@ class Metrics(Hooks):
         self.cached_tokens.inc(ev.cached_tokens)
         self.generation_tokens.inc(ev.completion_tokens)
         self.e2e.observe(seconds)
+
+    def on_guard_check(self, shield: str, seconds: float, parsed: bool) -> None:
+        self.guard_checks.labels(shield).inc()
+        self.guard_latency.labels(shield).observe(seconds)
+        if not parsed:
+            self.guard_parse_errors.labels(shield).inc()
+
+    def on_guard_block(self, shield: str, categories: list[str]) -> None:
+        for c in categories:  # a block with two categories counts under each
+            self.guard_blocks.labels(shield, c).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

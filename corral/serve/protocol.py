@@ -134,6 +134,20 @@ class EmbeddingRequest(_Request):
     user: str | None = None
 
 
+class ModerationPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "image_url"]
+    text: str | None = None
+
+
+class ModerationRequest(_Request):
+    """OpenAI's moderation request; `model` may be left out, or name the guard (or an OpenAI moderation model name,
+    answered by the guard)."""
+
+    input: str | list[str] | list[ModerationPart]
+    model: str | None = None
+
+
 class TokenizeRequest(_Request):
     model: str | None = None
     prompt: str | None = None
@@ -270,6 +284,20 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+    corral: dict[str, Any]  # the guard's own verdict (corral extension; see corral/guard/moderation.py)
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]
 
 
 class TokenizeResponse(BaseModel):

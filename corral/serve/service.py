@@ -40,6 +40,18 @@ class ParamError(InvalidArgumentError):
         self.param, self.code = param, code
 
 
+class ModerationUnavailableError(CorralError):
+    """POST /v1/moderations on a server without a guard model (HTTP 404)."""
+
+
+class ContentFilterError(ParamError):
+    """A shield blocked the request or its answer and the server answers blocks with errors (HTTP 400
+    content_filter; `--shield-action error`)."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message, param, "content_filter")
+
+
 @dataclass
 class Job:
     """One generation the engine runs: a choice of a completion."""
@@ -57,19 +69,26 @@ class Hooks:
     def on_first_token(self, seconds: float) -> None: ...
     def on_token_gap(self, seconds: float) -> None: ...
     def on_finished(self, endpoint: str, ev: Finished, seconds: float) -> None: ...
+    def on_guard_check(self, shield: str, seconds: float, parsed: bool) -> None: ...
+    def on_guard_block(self, shield: str, categories: list[str]) -> None: ...
 
 
 class Service:
     """The served model behind the OpenAI API: one engine, one tokenizer, one name (plus aliases)."""
 
     def __init__(self, engine: Engine, model_id: str, aliases: tuple[str, ...] = (), hooks: Hooks | None = None,
-                 chat_template: str | None = None):
+                 chat_template: str | None = None, shields: Any = None, guard_id: str | None = None):
         self.engine, self.tok = engine, engine.tok
         self.model_id, self.aliases = model_id, {model_id, *aliases}
         self.hooks = hooks or Hooks()
         self.chat_template = chat_template
         self.created = int(time.time())
         self._grammar = None
+        # `shields`: a corral.guard.shields.Shields (corral serve --guard / --injection-shield), or None
+        self.shields = shields
+        self.guard_id = guard_id
+        if shields is not None:
+            shields.hooks = self.hooks
 
     @property
     def max_model_len(self) -> int:
@@ -124,8 +143,7 @@ class Service:
         if (r.tools or r.functions) and r.tool_choice != "none":
             raise ParamError("tool calling is not supported by this server yet; send the request without tools "
                              "(or with tool_choice: \"none\")", "tools")
-        msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
-        ids = encode_chat(self.tok, msgs, template=self.chat_template)
+        ids = encode_chat(self.tok, _messages(r), template=self.chat_template)
         self._check_prompt(ids, "messages")
         top = r.top_logprobs if r.logprobs else None
         if r.top_logprobs is not None and not r.logprobs:
@@ -249,7 +267,13 @@ class Service:
 
     async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
         jobs = self.chat_jobs(r)
-        texts, lps, done = await self._collect(jobs, "chat")
+        msgs = _messages(r)
+        if await self._input_blocked([msgs], "messages", "chat", jobs):
+            texts, lps = [self.shields.refusal] * len(jobs), [[] for _ in jobs]
+            done = {j.index: self._filtered(j) for j in jobs}
+        else:
+            texts, lps, done = await self._collect(jobs, "chat")
+            await self._shield_answers([msgs] * len(jobs), texts, lps, done, "messages")
         reasons = [self._reason(done[i]) for i in range(len(jobs))]
         choices = [P.ChatChoice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i],
                                 logprobs=self._chat_logprobs(lps[i]) if r.logprobs else None)
@@ -258,9 +282,11 @@ class Service:
                                 usage=self._usage(jobs, done))
 
     async def chat_stream(self, r: P.ChatCompletionRequest) -> AsyncIterator[str]:
-        """Validates and queues at once (raising on bad input); the returned iterator yields SSE lines."""
+        """Validates, runs the input shields and queues at once (raising on bad input or, with `--shield-action
+        error`, on a blocked one); the returned iterator yields SSE lines."""
         jobs = self.chat_jobs(r)
-        q, reqs = self.submit(jobs, "chat")
+        msgs = _messages(r)
+        q, reqs = await self._submit_shielded(jobs, [msgs], "messages", "chat")
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
         cid = _id("chatcmpl")
 
@@ -289,19 +315,76 @@ class Service:
             return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=self._reason(ev))])
 
         usage = (lambda u: chunk([], u)) if include_usage else None
-        return self._events(jobs, q, reqs, opening(), delta, finish, usage)
+        shielded = [msgs] * len(jobs) if reqs and self.shields is not None and self.shields.output else None
+        return self._events(jobs, q, reqs, opening(), delta, finish, usage, shielded)
+
+    # --- shields -------------------------------------------------------------------------------------------
+
+    async def _input_blocked(self, convs: list[list[dict[str, str]]], param: str, endpoint: str,
+                             jobs: list[Job]) -> bool:
+        """Run the input shields (injection, guard) on the request's conversations (a chat's one, or a completion
+        request's prompts): False to go on; True to answer with refusals; raises `ContentFilterError` with
+        `--shield-action error`. One flagged prompt blocks the whole request."""
+        if self.shields is None:
+            return False
+        block = await self.shields.check_inputs(convs)
+        if block is None:
+            return False
+        if self.shields.action == "error":
+            raise ContentFilterError(f"{block.describe(self.shields.names)}; the request was not answered", param)
+        for job in jobs:
+            self.hooks.on_finished(endpoint, self._filtered(job), 0.0)
+        return True
+
+    async def _submit_shielded(self, jobs: list[Job], convs: list[list[dict[str, str]]], param: str,
+                               endpoint: str) -> tuple[asyncio.Queue, list[Request]]:
+        """`submit`, after the input shields: a blocked request (refuse) gets a queue that already holds each
+        choice's refusal and content_filter end, and no engine requests."""
+        if await self._input_blocked(convs, param, endpoint, jobs):
+            q: asyncio.Queue = asyncio.Queue()
+            for job in jobs:
+                q.put_nowait((job.index, Delta(self.shields.refusal, [])))
+                q.put_nowait((job.index, self._filtered(job)))
+            return q, []
+        return self.submit(jobs, endpoint)
+
+    @staticmethod
+    def _filtered(job: Job, completion_tokens: int = 0) -> Finished:
+        return Finished("content_filter", len(job.prompt_ids), completion_tokens, 0)
+
+    async def _shield_answers(self, convs: list[list[dict[str, str]]], texts: list[str], lps: list[list],
+                              done: dict[int, Finished], param: str) -> None:
+        """The output shield on finished answers (non-streaming): a blocked one becomes the refusal with
+        finish_reason content_filter, in place; raises `ContentFilterError` with `--shield-action error`."""
+        if self.shields is None or not self.shields.output:
+            return
+        blocks = await self.shields.check_output(list(zip(convs, texts, strict=True)))
+        for i, block in enumerate(blocks):
+            if block is None:
+                continue
+            if self.shields.action == "error":
+                raise ContentFilterError(f"{block.describe(self.shields.names)}; the answer was withheld")
+            texts[i], lps[i] = self.shields.refusal, []
+            ev = done[i]
+            done[i] = Finished("content_filter", ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)
 
     # --- completions ---------------------------------------------------------------------------------------
 
     async def complete(self, r: P.CompletionRequest) -> P.Completion:
         jobs, prompts = self.completion_jobs(r)
-        texts, lps, done = await self._collect(jobs, "completions")
+        convs = self._prompt_convs(jobs)
+        if await self._input_blocked(_distinct(convs), "prompt", "completions", jobs):
+            texts, lps = [self.shields.refusal] * len(jobs), [[] for _ in jobs]
+            done = {j.index: self._filtered(j) for j in jobs}
+        else:
+            texts, lps, done = await self._collect(jobs, "completions")
+            await self._shield_answers(convs, texts, lps, done, "prompt")
         echo_lps = await self._echo_logprobs(r, prompts)
         choices = []
         for job in jobs:
             prefix = self.tok.decode(job.prompt_ids) if r.echo else ""
             lp = None
-            if r.logprobs is not None:
+            if r.logprobs is not None and done[job.index].finish_reason != "content_filter":
                 lp = self._completion_logprobs(lps[job.index], len(prefix))
                 if r.echo:
                     head = self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids)
@@ -318,9 +401,16 @@ class Service:
         return [await asyncio.wrap_future(self.engine.call(lambda ids=ids: self._prompt_logprobs(ids, k)))
                 for ids in prompts]
 
+    def _prompt_convs(self, jobs: list[Job]) -> list[list[dict[str, str]]]:
+        """Each completion job's prompt as the guard reads it: one user message (token-id prompts decoded)."""
+        if self.shields is None:
+            return [[] for _ in jobs]
+        return [[{"role": "user", "content": self.tok.decode(j.prompt_ids)}] for j in jobs]
+
     async def complete_stream(self, r: P.CompletionRequest) -> AsyncIterator[str]:
         jobs, prompts = self.completion_jobs(r)
-        q, reqs = self.submit(jobs, "completions")
+        convs = self._prompt_convs(jobs)
+        q, reqs = await self._submit_shielded(jobs, _distinct(convs), "prompt", "completions")
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
         cid = _id("cmpl")
 
@@ -350,36 +440,112 @@ class Service:
             return chunk([P.CompletionChoice(index=i, text="", finish_reason=self._reason(ev))])
 
         usage = (lambda u: chunk([], u)) if include_usage else None
-        return self._events(jobs, q, reqs, opening(), delta, finish, usage)
+        shielded = convs if reqs and self.shields is not None and self.shields.output else None
+        return self._events(jobs, q, reqs, opening(), delta, finish, usage, shielded)
 
     async def _events(self, jobs: list[Job], q: asyncio.Queue, reqs: list[Request], opening: AsyncIterator[str],
                       delta: Callable[[int, Delta], str | None], finish: Callable[[int, Finished], str],
-                      usage: Callable[[P.Usage], str] | None) -> AsyncIterator[str]:
+                      usage: Callable[[P.Usage], str] | None,
+                      shielded: list[list[dict[str, str]]] | None = None) -> AsyncIterator[str]:
         """The SSE lines of a stream, chat or completions alike (they differ in the chunks `opening`, `delta`,
         `finish` and `usage` build): an error event ends it early, `[DONE]` ends it well, and a client that goes
-        away frees its slots at the next engine step."""
+        away frees its slots at the next engine step.
+
+        `shielded` (each job's request messages): the output shield is on. Text is then held back and released
+        only after the guard has passed the answer so far: every `--shield-stream-tokens` tokens (the whole answer
+        up to that point is checked, so what the client has seen is always a checked prefix), and once more at the
+        end for the rest. A blocked choice is cancelled and ends with the refusal and finish_reason
+        content_filter (`--shield-action refuse`), or the stream ends with an error event, code content_filter
+        (`error`). Text released before the block stays with the client: it was checked and passed as a prefix.
+        """
         done: dict[int, Finished] = {}
+        held: dict[int, list[Delta]] = {}
+        answer: dict[int, str] = {}
+        tokens: dict[int, int] = {}
+        every = self.shields.stream_tokens if shielded is not None else 0
         try:
             async for line in opening:
                 yield line
             while len(done) < len(jobs):
                 i, ev = await q.get()
-                if isinstance(ev, Delta):
-                    line = delta(i, ev)
-                    if line:
-                        yield line
+                if i in done:  # a choice the output shield stopped: its last events are dropped
                     continue
-                done[i] = ev
-                if ev.finish_reason == "error":
+                if isinstance(ev, Delta):
+                    if shielded is None:
+                        line = delta(i, ev)
+                        if line:
+                            yield line
+                        continue
+                    held.setdefault(i, []).append(ev)
+                    answer[i] = answer.get(i, "") + ev.text
+                    tokens[i] = tokens.get(i, 0) + len(ev.token_ids)
+                    if not every or sum(len(d.token_ids) for d in held[i]) < every:
+                        continue
+                elif ev.finish_reason == "error":
+                    done[i] = ev
                     yield _sse_error(ev.error or "generation failed")
                     return
-                yield finish(i, ev)
+                if shielded is not None and held.get(i):
+                    (block,) = await self.shields.check_output([(shielded[i], answer[i])])
+                    if block is not None:
+                        self.engine.cancel(reqs[i])
+                        done[i] = self._filtered(jobs[i], tokens.get(i, 0))
+                        if self.shields.action == "error":
+                            self.cancel(reqs)
+                            yield _sse_error(f"{block.describe(self.shields.names)}; the answer was withheld",
+                                             "invalid_request_error", "content_filter")
+                            return
+                        line = delta(i, Delta(self.shields.refusal, []))
+                        if line:
+                            yield line
+                        yield finish(i, done[i])
+                        continue
+                    parts, held[i] = held[i], []
+                    line = delta(i, _merge(parts))
+                    if line:
+                        yield line
+                if isinstance(ev, Finished):
+                    done[i] = ev
+                    yield finish(i, ev)
             if usage:
                 yield usage(self._usage(jobs, done))
             yield "data: [DONE]\n\n"
         finally:  # the client went away (or we are done): free the slots at the next step
             if len(done) < len(jobs):
                 self.cancel(reqs)
+
+    # --- moderations --------------------------------------------------------------------------------------
+
+    async def moderate(self, r: P.ModerationRequest) -> P.ModerationResponse:
+        """OpenAI's moderation endpoint, answered by the guard (see corral/guard/moderation.py for the category
+        mapping and the scores)."""
+        from corral.guard.moderation import moderation_result
+
+        if self.shields is None or self.shields.guard is None:
+            raise ModerationUnavailableError("this server has no guard model, so /v1/moderations is off; start it "
+                                             "with `corral serve MODEL --guard GUARD_MODEL`")
+        guard_id = self.guard_id or self.shields.name
+        if r.model is not None and r.model != guard_id and not r.model.startswith(("omni-moderation",
+                                                                                   "text-moderation")):
+            raise ModelNotServedError(f"the moderation model '{r.model}' does not exist on this server; its guard "
+                                      f"is '{guard_id}' (or leave model out)")
+        x = r.input
+        if isinstance(x, str):
+            texts = [x]
+        elif all(isinstance(t, str) for t in x):
+            texts = list(x)
+        else:
+            if any(p.type != "text" or p.text is None for p in x):
+                raise ParamError("only text inputs can be moderated here ({\"type\": \"text\", \"text\": ...}); "
+                                 "the guard reads no images", "input")
+            texts = [p.text for p in x]
+        if not texts or len(texts) > 64:
+            raise ParamError("input must hold 1 to 64 texts", "input")
+        results = await self.shields.moderate(texts)
+        taxonomy = self.shields.guard.taxonomy
+        return P.ModerationResponse(id=_id("modr"), model=guard_id,
+                                    results=[P.ModerationResult(**moderation_result(res, taxonomy))
+                                             for res in results])
 
     # --- embeddings, tokens --------------------------------------------------------------------------------
 
@@ -428,8 +594,7 @@ class Service:
         if (r.prompt is None) == (r.messages is None):
             raise ParamError("give exactly one of prompt or messages", "prompt")
         if r.messages is not None:
-            msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
-            ids = encode_chat(self.tok, msgs, add_generation_prompt=r.add_generation_prompt,
+            ids = encode_chat(self.tok, _messages(r), add_generation_prompt=r.add_generation_prompt,
                               template=self.chat_template)
         else:
             ids = self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos)
@@ -585,6 +750,29 @@ def _sse(data: str) -> str:
     return f"data: {data}\n\n"
 
 
-def _sse_error(message: str) -> str:
-    body = P.ErrorResponse(error=P.ErrorDetail(message=message, type="server_error", code="generation_failed"))
+def _sse_error(message: str, type_: str = "server_error", code: str = "generation_failed") -> str:
+    body = P.ErrorResponse(error=P.ErrorDetail(message=message, type=type_, code=code))
     return _sse(body.model_dump_json()) + "data: [DONE]\n\n"
+
+
+def _messages(r: P.ChatCompletionRequest | P.TokenizeRequest) -> list[dict[str, str]]:
+    """A request's messages as the chat template (and the guard) read them: developer messages are system ones."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
+
+
+def _distinct(convs: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    """The distinct prompts of a completion request (its n choices share one)."""
+    seen, out = set(), []
+    for conv in convs:
+        key = json.dumps(conv)
+        if key not in seen:
+            seen.add(key)
+            out.append(conv)
+    return out
+
+
+def _merge(parts: list[Delta]) -> Delta:
+    """Held-back deltas released as one."""
+    lps = [lp for d in parts for lp in (d.logprobs or [])]
+    return Delta("".join(d.text for d in parts), [t for d in parts for t in d.token_ids],
+                 lps if any(d.logprobs for d in parts) else None)
