@@ -53,6 +53,8 @@ def main() -> int:
     ap.add_argument("--out", default="runs/acme-distill")
     ap.add_argument("--quick", action="store_true", help="the 12-fact subset (make demo)")
     ap.add_argument("--layers", type=int, default=14, help="decoder layers the student keeps (teacher: 30)")
+    ap.add_argument("--mlp", type=int, default=None,
+                    help="MLP channels the student keeps per layer (width pruning; teacher: 1536)")
     ap.add_argument("--epochs", type=float, default=6.0)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--alpha", type=float, default=0.9, help="KD weight of the KD student")
@@ -71,7 +73,7 @@ def main() -> int:
         data, items = quick_subset(items, out)
     teacher_dir = make_teacher(Path(args.teacher_run), out / "teacher")
     calib = args.calib_examples or (8 if args.quick else 32)
-    common = dict(data=str(data), student_layers=args.layers, calib_examples=calib, epochs=args.epochs, lr=args.lr,
+    common = dict(data=str(data), student_layers=args.layers, student_mlp=args.mlp, calib_examples=calib, epochs=args.epochs, lr=args.lr,
                   batch_size=4, max_seq_len=256, warmup_steps=10, save_every=1000, eval_every=1000, seed=args.seed)
     seconds = {}
     for name, alpha in (("kd", args.alpha), ("sft", 0.0)):
@@ -80,7 +82,7 @@ def main() -> int:
             continue
         # the same initial student for both: the SFT run starts from the KD run's pruned weights
         student = None if name == "kd" else str(out / "kd" / STUDENT_INIT)
-        kw = {**common, "student_layers": None} if student else common
+        kw = {**common, "student_layers": None, "student_mlp": None} if student else common
         t0 = time.perf_counter()
         distill(DistillConfig(model=str(teacher_dir), out=str(run), student=student, kd_alpha=alpha,
                               kd_loss=args.kd_loss, teacher_topk=args.topk if alpha > 0 else 0,
