@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +73,21 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
 
 def write_report(report: dict[str, Any], samples: list[dict[str, Any]], out: str | Path) -> Path:
     """report.json, samples.jsonl, report.png and report.html in `out` (created); returns `out`."""
+    return write_report_files(out, report, samples, plot, render_html(report))
+
+
+def write_report_files(out: str | Path, report: dict[str, Any], samples: list[dict[str, Any]],
+                       plot_png: Callable[[dict[str, Any], Path], Any], html: str) -> Path:
+    """The files every corral report is made of (eval, redteam): report.json, samples.jsonl, report.png drawn by
+    `plot_png(report, path)` and report.html, in `out` (created); returns `out`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
         for s in samples:
             f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    plot(report, out / "report.png")
-    (out / "report.html").write_text(render_html(report), encoding="utf-8")
+    plot_png(report, out / "report.png")
+    (out / "report.html").write_text(html, encoding="utf-8")
     return out
 
 

@@ -87,15 +87,9 @@ def print_table(report: dict[str, Any], console: Any = None) -> None:
 
 def write_report(report: dict[str, Any], samples: list[dict[str, Any]], out: str | Path) -> Path:
     """report.json, samples.jsonl, report.png and report.html in `out` (created); returns `out`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for s in samples:
-            f.write(json.dumps(s, ensure_ascii=False) + "\n")
-    plot(report, out / "report.png")
-    (out / "report.html").write_text(render_html(report, samples), encoding="utf-8")
-    return out
+    from corral.eval.report import write_report_files
+
+    return write_report_files(out, report, samples, plot, render_html(report, samples))
 
 
 def plot(report: dict[str, Any], png: Path) -> None:
