@@ -73,7 +73,8 @@ def main() -> int:
         data, items = quick_subset(items, out)
     teacher_dir = make_teacher(Path(args.teacher_run), out / "teacher")
     calib = args.calib_examples or (8 if args.quick else 32)
-    common = dict(data=str(data), student_layers=args.layers, student_mlp=args.mlp, calib_examples=calib, epochs=args.epochs, lr=args.lr,
+    common = dict(data=str(data), student_layers=args.layers, student_mlp=args.mlp, calib_examples=calib,
+                  epochs=args.epochs, lr=args.lr,
                   batch_size=4, max_seq_len=256, warmup_steps=10, save_every=1000, eval_every=1000, seed=args.seed)
     seconds = {}
     for name, alpha in (("kd", args.alpha), ("sft", 0.0)):
