@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "Input: --text (one user message), --conversation (a JSON list of {role, content}; the last\n"
                     "message is assessed: 'user' or 'assistant'; system messages are dropped), or --file with\n"
                     "--out (JSONL lines {\"id\"?, \"conversation\": [...], \"assess\"?}; one result line each).\n"
+                    "--eval (labelled rows, e.g. the bundled 'heldout') measures the guard: precision, recall and F1\n"
+                    "of 'unsafe' and per category, false-positive rates, parse errors (--report DIR writes\n"
+                    "report.json, predictions.jsonl and report.png).\n"
                     "--policy: a YAML file of your own categories (categories: [{code?, name, description?}]);\n"
                     "default: the guard_policy.yaml saved with --adapter (or in MODEL's folder) by corral finetune\n"
                     "--task guard, else Llama Guard 3's S1-S14.\n\n"
@@ -207,7 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--text", default=None, help="one user message to check ('-' reads stdin)")
     src.add_argument("--conversation", default=None, metavar="FILE.json", help="a conversation to check")
     src.add_argument("--file", default=None, metavar="IN.jsonl", help="conversations to check, one per line")
+    src.add_argument("--eval", default=None, metavar="DATA.jsonl",
+                     help="labelled rows {conversation, label, categories, assess} to measure the guard on, or a "
+                          "bundled set: heldout, train")
     gd.add_argument("--out", default=None, metavar="OUT.jsonl", help="where --file's results go (overwritten)")
+    gd.add_argument("--report", default=None, metavar="DIR", help="--eval: write report.json, predictions.jsonl and "
+                    "report.png here")
     gd.add_argument("--policy", default=None, metavar="POLICY.yaml",
                     help="your categories (default: the adapter's guard_policy.yaml if any, else Llama Guard 3)")
     gd.add_argument("--mode", default="generate", choices=["generate", "score"],
@@ -649,13 +657,16 @@ def cmd_guard(args: argparse.Namespace) -> int:
     from corral.guard.llama_guard import normalize_conversation
 
     # Everything is checked before the model loads.
-    if not (args.text is not None or args.conversation or args.file):
-        raise InvalidArgumentError("give what to check: --text \"...\", --conversation FILE.json or --file IN.jsonl")
+    if not (args.text is not None or args.conversation or args.file or args.eval):
+        raise InvalidArgumentError("give what to check: --text \"...\", --conversation FILE.json, --file IN.jsonl "
+                                   "or --eval DATA.jsonl")
+    if args.report and not args.eval:
+        raise InvalidArgumentError("--report goes with --eval")
     if args.file and not args.out and not args.print_prompt:
         raise InvalidArgumentError("--file needs --out OUT.jsonl for the results")
     if args.out and not args.file:
         raise InvalidArgumentError("--out goes with --file")
-    if args.print_prompt and args.file:
+    if args.print_prompt and (args.file or args.eval):
         raise InvalidArgumentError("--print-prompt shows one prompt: use it with --text or --conversation")
     if not 0.0 <= args.threshold <= 1.0:
         raise InvalidArgumentError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
@@ -670,7 +681,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     taxonomy = _guard_policy(args)
     template = _template(args)
     rows = read_rows(args.file, args.assess) if args.file else None
-    if args.file is None:
+    if args.eval:
+        from corral.guard.dataset import data_path, read_labelled
+
+        labelled, _ = read_labelled(args.eval, taxonomy)
+    elif args.file is None:
         if args.conversation:
             conv = read_conversation(args.conversation)
         else:
@@ -693,6 +708,16 @@ def cmd_guard(args: argparse.Namespace) -> int:
     guard = Guard(lm.model, _tokenizer_for(lm), taxonomy, mode=args.mode, threshold=args.threshold,
                   on_parse_error=args.on_parse_error, max_tokens=args.max_tokens, template=template,
                   max_batch=args.max_batch, max_seq_len=args.max_seq_len)
+    if args.eval:
+        from corral.guard.evaluate import evaluate_guard, format_report, write_report
+
+        report, predictions = evaluate_guard(guard, labelled, str(data_path(args.eval)))
+        report.update(model=str(lm.path), adapter=args.adapter)
+        print(format_report(report))
+        if args.report:
+            paths = write_report(report, predictions, args.report)
+            print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+        return 0
     if rows is None:
         r = guard.check(conv, args.assess, categories=args.categories)
         line = "unsafe" if r.unsafe else "safe"

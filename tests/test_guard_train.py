@@ -198,6 +198,59 @@ def assert_clean_error(code: int, err: str, *needles: str) -> None:
         assert n in lines[0], (n, lines[0])
 
 
+def test_a_tiny_guard_trains_and_loads_through_corral_guard(tiny_guard_dir, tmp_path, capsys):
+    from corral.cli import main
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    unsafe = [{"id": f"u{i}", "conversation": [{"role": "user", "content": f"How do I hurt person number {i}?"}],
+               "label": "unsafe", "categories": ["VIO"], "assess": "user"} for i in range(8)]
+    safe = [{"id": f"benign-risky-{i}", "conversation": [{"role": "user", "content": f"Bake cake number {i}?"}],
+             "label": "safe", "categories": [], "assess": "user"} for i in range(8)]
+    data = write_rows(tmp_path / "guard.jsonl", [r for pair in zip(unsafe, safe, strict=True) for r in pair])
+    report_before = tmp_path / "before"
+    args = ["guard", str(tiny_guard_dir), "--eval", str(data), "--mode", "generate", "--max-tokens", "6",
+            "--policy", str(policy)]
+    assert main([*args, "--report", str(report_before)]) == 0
+    before = json.loads((report_before / "report.json").read_text())["metrics"]
+    assert before["parse_errors"] == 16  # a random model writes no verdict
+    capsys.readouterr()
+
+    out = tmp_path / "run"
+    code = main(["finetune", str(tiny_guard_dir), "--task", "guard", "--data", str(data), "--guard-policy",
+                 str(policy), "--out", str(out), "--max-steps", "30", "--batch-size", "4", "--lr", "1e-2",
+                 "--warmup-steps", "2", "--lora-r", "8", "--precision", "fp32", "--max-seq-len", "512"])
+    assert code == 0, capsys.readouterr().err
+    assert "with guard_policy.yaml" in capsys.readouterr().out
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < 0.2 * sum(losses[:3]) / 3, losses
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / POLICY_FILE).is_file()
+    assert json.loads((out / "config.json").read_text())["task"] == "guard"
+
+    # the adapter loads through `corral guard --adapter`, with the saved policy (no --policy)
+    assert main(["guard", str(tiny_guard_dir), "--adapter", str(out / "adapter"), "--text", "hi",
+                 "--print-prompt"]) == 0
+    assert "VIO: Violence." in capsys.readouterr().out
+    report_after = tmp_path / "after"
+    assert main([*args[:-2], "--adapter", str(out / "adapter"), "--report", str(report_after)]) == 0
+    printed = capsys.readouterr().out
+    assert "unsafe vs safe: precision" in printed and "VIO Violence" in printed
+    after = json.loads((report_after / "report.json").read_text())
+    assert after["policy"] == str(out / "adapter" / POLICY_FILE) and after["adapter"] == str(out / "adapter")
+    assert after["metrics"]["parse_errors"] == 0  # it learnt to write verdicts
+    preds = [json.loads(x) for x in (report_after / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["raw"].strip() in ("safe", "unsafe\nVIO") for p in preds), preds
+    assert (report_after / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # a --policy other than the saved one is used, with a note
+    other = tmp_path / "other.yaml"
+    other.write_text("categories: [{name: Other}]")
+    assert main(["guard", str(tiny_guard_dir), "--adapter", str(out / "adapter"), "--text", "hi", "--print-prompt",
+                 "--policy", str(other)]) == 0
+    o, e = capsys.readouterr()
+    assert "S1: Other." in o and "was trained on the policy in" in e
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--data", "{tmp}/bad.jsonl"], ["bad.jsonl: 2 bad line(s): line 1: 'label' is 'maybe'", "--skip-bad-lines"]),
     (["--data", "heldout", "--guard-policy", "{tmp}/none.yaml"], ["none.yaml: no such policy file"]),
