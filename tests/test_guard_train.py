@@ -51,6 +51,9 @@ def bundled_rows(n_each: int = 2) -> list[dict]:
     out = []
     for keep in kinds:
         out += [r for r in rows if keep(r) and r not in out][:n_each]
+    # a prompt check of a conversation that goes on: the reply after the judged user message is cut off
+    out.append({**out[0], "id": "cut", "conversation": [*out[0]["conversation"],
+                                                         {"role": "assistant", "content": "I can't help with that."}]})
     return out
 
 
