@@ -277,3 +277,23 @@ def test_finetune_task_options(tmp_path, capsys, args, needles):
     from corral.cli import main
 
     assert_clean_error(main(["finetune", str(tmp_path / "model"), *args]), capsys.readouterr().err, *needles)
+
+
+def test_distill_a_guard(tiny_guard_dir, tmp_path):
+    """corral distill --task guard: the student learns from the same guard examples and carries the policy."""
+    from corral.distill.config import DistillConfig
+    from corral.distill.run import distill
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    rows = [{"conversation": [{"role": "user", "content": f"Hurt person {i}?"}], "label": "unsafe",
+             "categories": ["VIO"]} for i in range(4)]
+    rows += [{"conversation": [{"role": "user", "content": f"Bake cake {i}?"}], "label": "safe"} for i in range(4)]
+    data = write_rows(tmp_path / "guard.jsonl", rows)
+    run = distill(DistillConfig(model=str(tiny_guard_dir), data=str(data), out=str(tmp_path / "d"), task="guard",
+                                guard_policy=str(policy), student_layers=1, batch_size=4, max_steps=3,
+                                warmup_steps=1, max_seq_len=512, precision="fp32", calib_examples=4,
+                                report_rows=4), progress=False)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert saved_policy(run / "model")[0].codes == ["VIO", "PRIV"]
+    assert json.loads((run / "report.json").read_text())["agreement_rows"] == 4
