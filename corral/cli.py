@@ -225,16 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
                     "Input: --text (one user message), --conversation (a JSON list of {role, content}; the last\n"
                     "message is assessed: 'user' or 'assistant'; system messages are dropped), or --file with\n"
                     "--out (JSONL lines {\"id\"?, \"conversation\": [...], \"assess\"?}; one result line each).\n"
+                    "--eval (labelled rows, e.g. the bundled 'heldout') measures the guard: precision, recall and F1\n"
+                    "of 'unsafe' and per category, false-positive rates, parse errors (--report DIR writes\n"
+                    "report.json, predictions.jsonl and report.png).\n"
                     "--policy: a YAML file of your own categories (categories: [{code?, name, description?}]);\n"
-                    "default: Llama Guard 3's S1-S14.\n\n"
+                    "default: the guard_policy.yaml saved with --adapter (or in MODEL's folder) by corral finetune\n"
+                    "--task guard, else Llama Guard 3's S1-S14.\n\n"
                     "Exit code for --text / --conversation: 0 safe, 1 unsafe (as grep: usable in `if`); 2 on errors.")
     _model_args(gd, optional_model=True, max_seq_len=4096, engine=True, speed=False)
     src = gd.add_mutually_exclusive_group()
     src.add_argument("--text", default=None, help="one user message to check ('-' reads stdin)")
     src.add_argument("--conversation", default=None, metavar="FILE.json", help="a conversation to check")
     src.add_argument("--file", default=None, metavar="IN.jsonl", help="conversations to check, one per line")
+    src.add_argument("--eval", default=None, metavar="DATA.jsonl",
+                     help="labelled rows {conversation, label, categories, assess} to measure the guard on, or a "
+                          "bundled set: heldout, train")
     gd.add_argument("--out", default=None, metavar="OUT.jsonl", help="where --file's results go (overwritten)")
-    gd.add_argument("--policy", default=None, metavar="POLICY.yaml", help="your categories (default: Llama Guard 3)")
+    gd.add_argument("--report", default=None, metavar="DIR", help="--eval: write report.json, predictions.jsonl and "
+                    "report.png here")
+    gd.add_argument("--policy", default=None, metavar="POLICY.yaml",
+                    help="your categories (default: the adapter's guard_policy.yaml if any, else Llama Guard 3)")
     gd.add_argument("--mode", default="generate", choices=["generate", "score"],
                     help="generate: the model writes its verdict; score: P(unsafe) from the first token's logits, "
                          "one forward pass (default generate)")
@@ -771,18 +781,21 @@ def cmd_guard(args: argparse.Namespace) -> int:
     import torch
 
     from corral.errors import InvalidArgumentError
-    from corral.guard import Guard, load_taxonomy
+    from corral.guard import Guard
     from corral.guard.guard import read_conversation, read_rows
     from corral.guard.llama_guard import normalize_conversation
 
     # Everything is checked before the model loads.
-    if not (args.text is not None or args.conversation or args.file):
-        raise InvalidArgumentError("give what to check: --text \"...\", --conversation FILE.json or --file IN.jsonl")
+    if not (args.text is not None or args.conversation or args.file or args.eval):
+        raise InvalidArgumentError("give what to check: --text \"...\", --conversation FILE.json, --file IN.jsonl "
+                                   "or --eval DATA.jsonl")
+    if args.report and not args.eval:
+        raise InvalidArgumentError("--report goes with --eval")
     if args.file and not args.out and not args.print_prompt:
         raise InvalidArgumentError("--file needs --out OUT.jsonl for the results")
     if args.out and not args.file:
         raise InvalidArgumentError("--out goes with --file")
-    if args.print_prompt and args.file:
+    if args.print_prompt and (args.file or args.eval):
         raise InvalidArgumentError("--print-prompt shows one prompt: use it with --text or --conversation")
     if not 0.0 <= args.threshold <= 1.0:
         raise InvalidArgumentError(f"--threshold {args.threshold}: expected a probability in [0, 1]")
@@ -794,10 +807,14 @@ def cmd_guard(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--threads must be >= 1")
     if args.out and Path(args.out).resolve() == Path(args.file).resolve():
         raise InvalidArgumentError("--out must not be the --file it reads")
-    taxonomy = load_taxonomy(args.policy)
+    taxonomy = _guard_policy(args)
     template = _template(args)
     rows = read_rows(args.file, args.assess) if args.file else None
-    if args.file is None:
+    if args.eval:
+        from corral.guard.dataset import data_path, read_labelled
+
+        labelled, _ = read_labelled(args.eval, taxonomy)
+    elif args.file is None:
         if args.conversation:
             conv = read_conversation(args.conversation)
         else:
@@ -820,6 +837,16 @@ def cmd_guard(args: argparse.Namespace) -> int:
     guard = Guard(lm.model, _tokenizer_for(lm), taxonomy, mode=args.mode, threshold=args.threshold,
                   on_parse_error=args.on_parse_error, max_tokens=args.max_tokens, template=template,
                   max_batch=args.max_batch, max_seq_len=args.max_seq_len)
+    if args.eval:
+        from corral.guard.evaluate import evaluate_guard, format_report, write_report
+
+        report, predictions = evaluate_guard(guard, labelled, str(data_path(args.eval)))
+        report.update(model=str(lm.path), adapter=args.adapter)
+        print(format_report(report))
+        if args.report:
+            paths = write_report(report, predictions, args.report)
+            print(f"wrote {', '.join(str(p) for p in paths)}", file=sys.stderr)
+        return 0
     if rows is None:
         r = guard.check(conv, args.assess, categories=args.categories)
         line = "unsafe" if r.unsafe else "safe"
@@ -942,6 +969,25 @@ def cmd_redteam(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guard_policy(args: argparse.Namespace) -> Any:
+    """--policy; else the policy saved with the trained guard (`--adapter`, or MODEL's folder); else Llama Guard 3.
+    A --policy that differs from the saved one is used, with a note."""
+    from pathlib import Path
+
+    from corral.guard.dataset import same_categories, saved_policy
+    from corral.guard.taxonomy import default_taxonomy, load_taxonomy
+
+    model_dir = args.model if args.model and Path(args.model).is_dir() else None
+    saved = saved_policy(args.adapter, model_dir)
+    if args.policy is None:
+        return saved[0] if saved else default_taxonomy()
+    taxonomy = load_taxonomy(args.policy)
+    if saved and not same_categories(taxonomy, saved[0]):
+        print(f"corral guard: note: the guard was trained on the policy in {saved[1]}; --policy {args.policy} "
+              "lists other categories", file=sys.stderr)
+    return taxonomy
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     import torch
 
@@ -970,7 +1016,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 FINETUNE_HELP = {
-    "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}",
+    "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}; with --task guard, labelled "
+            "guard rows {conversation, label, categories, assess} (or a bundled set: train, heldout)",
+    "task": "sft (chat or prompt/completion lines) | guard (train a Llama Guard style classifier on labelled rows)",
+    "guard_policy": "--task guard: the policy YAML whose categories the prompts list (default Llama Guard 3 "
+                    "S1-S14); saved beside the adapter as guard_policy.yaml",
     "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
     "method": "lora | qlora (frozen 4-bit base) | full", "val_file": "held-out JSONL",
     "val_split": "fraction of the data held out",
@@ -1057,7 +1107,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = _config(args, FinetuneConfig)
     run = finetune(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
-        print(f"done: {run} (metrics.jsonl, loss.png, {'model/' if cfg.method == 'full' else 'adapter/'})")
+        out = "model/" if cfg.method == "full" else "adapter/"
+        print(f"done: {run} (metrics.jsonl, loss.png, {out}{' with guard_policy.yaml' if cfg.task == 'guard' else ''})")
     return 0
 
 

@@ -76,7 +76,7 @@ def distill(cfg: DistillConfig, stop_after: int | None = None, progress: bool = 
 def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: bool) -> Path:
     from corral.formats.hf import save_hf_folder
     from corral.tokenizer import load_tokenizer
-    from corral.train.data import load_jsonl
+    from corral.train.data import load_examples
 
     run = Path(cfg.out)
     if run.exists() and not cfg.resume and any(run.iterdir()):
@@ -94,7 +94,7 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
         if dist.main and not (init / "config.json").is_file():
             run.mkdir(parents=True, exist_ok=True)
             template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
-            examples, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+            examples, _ = load_examples(cfg, cfg.data, tok, template)
             batches = calibration_batches([e.input_ids for e in examples[: cfg.calib_examples]],
                                           min(cfg.max_seq_len, 256), dist.device)
             student, info = prune(teacher.model, batches, cfg.student_layers, cfg.student_mlp, cfg.student_heads,
@@ -153,13 +153,13 @@ def _trained(run: Path, cfg: DistillConfig, init: str) -> torch.nn.Module:
 
 def _report_rows(cfg: DistillConfig, tok: Any) -> list[Any]:
     """Held-out rows for agreement: the validation file or split (as the loop made it), else training rows."""
-    from corral.train.data import load_jsonl, split_val
+    from corral.train.data import load_examples, split_val
 
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
     if cfg.val_file:
-        rows, _ = load_jsonl(cfg.val_file, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+        rows, _ = load_examples(cfg, cfg.val_file, tok, template)
     else:
-        rows, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+        rows, _ = load_examples(cfg, cfg.data, tok, template)
         if cfg.val_split > 0:
             rows = split_val(rows, cfg.val_split, cfg.seed)[1]
     return rows[: cfg.report_rows]

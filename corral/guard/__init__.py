@@ -4,6 +4,9 @@
     guard = Guard(model, tokenizer, load_taxonomy("policy.yaml"), mode="score")
     result = guard.check([{"role": "user", "content": "How do I pick a lock?"}])
     result.unsafe, result.categories, result.score
+
+Train one on labelled rows (`dataset.py`: `corral finetune --task guard --data train [--guard-policy policy.yaml]`)
+and measure it (`evaluate.py`: `corral guard --adapter RUN/adapter --eval heldout --report DIR`).
 """
 
 from corral.guard.guard import Guard, GuardResult

@@ -32,10 +32,10 @@ from corral.guard.llama_guard import (
     ASSESS,
     POLICIES,
     Verdict,
-    encode_prompt,
     is_unsafe,
     normalize_conversation,
     parse_verdict,
+    prompt_ids,
     render_prompt,
     reply_ids,
     wrap_text,
@@ -108,7 +108,8 @@ class Guard:
         return wrap_text(self.tok, render_prompt(conversation, self.taxonomy, assess), self.template)
 
     def prompt_ids(self, conversation: Any, assess: str = "auto") -> list[int]:
-        return encode_prompt(self.tok, render_prompt(conversation, self.taxonomy, assess), self.template)
+        """The token ids the model reads for a conversation (what `corral finetune --task guard` trains on)."""
+        return prompt_ids(self.tok, conversation, self.taxonomy, assess, self.template)
 
     @property
     def score_ids(self) -> tuple[int, int]:

@@ -138,6 +138,13 @@ def encode_prompt(tok: Tokenizer, body: str, template: str | None = None) -> lis
     return encode_chat(tok, [{"role": "user", "content": body}], add_generation_prompt=True, template=src)
 
 
+def prompt_ids(tok: Tokenizer, conversation: Any, taxonomy: Taxonomy | None = None, assess: str = "auto",
+               template: str | None = None) -> list[int]:
+    """The token ids a guard model reads for a conversation: `render_prompt` wrapped by `encode_prompt`. `Guard`
+    checks with these ids and `corral finetune --task guard` trains on them, so the two cannot drift apart."""
+    return encode_prompt(tok, render_prompt(conversation, taxonomy, assess), template)
+
+
 def reply_ids(tok: Tokenizer, text: str, template: str | None = None) -> list[int]:
     """The token ids `text` takes when the model writes it right after a guard prompt: tokenized after the end of
     the prompt (the text past the template's last special token, or the instructions' last line for a raw body),
@@ -153,6 +160,31 @@ def reply_ids(tok: Tokenizer, text: str, template: str | None = None) -> list[in
     if tail and after[: len(before)] == before and len(after) > len(before):
         return after[len(before):]
     return tok.encode(text)
+
+
+def end_of_turn_id(tok: Tokenizer, template: str | None = None) -> int | None:
+    """The token that ends the guard model's reply: the special token its chat template writes right after an
+    assistant turn's content (ChatML's `<|im_end|>`, Llama 3's `<|eot_id|>`); the end-of-sequence token for a model
+    without a template, or a template that closes turns with plain text. None when there is neither."""
+    src = guard_template(tok, template)
+    if src is not None:
+        mark = "VERDICT"
+        text = render(tok, [{"role": "user", "content": "x"}, {"role": "assistant", "content": mark}],
+                      add_generation_prompt=False, template=src)
+        after = text[text.rfind(mark) + len(mark):].lstrip(" \n") if mark in text else ""
+        specials = sorted((p for p in (tok.piece(i) for i in tok.special_ids) if p), key=len, reverse=True)
+        for s in specials:
+            if after.startswith(s):
+                return tok.token_id(s)
+    return tok.eos_id
+
+
+def verdict_ids(tok: Tokenizer, label: str, categories: list[str] | tuple[str, ...] = (),
+                taxonomy: Taxonomy | None = None, template: str | None = None) -> list[int]:
+    """The reply a guard model is trained to write after `prompt_ids`: `target_text` tokenized as the model
+    writes it (`reply_ids`), then the end-of-turn token (so that generation stops after the verdict)."""
+    eot = end_of_turn_id(tok, template)
+    return reply_ids(tok, target_text(label, categories, taxonomy), template) + ([eot] if eot is not None else [])
 
 
 # --- the verdict ----------------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class FinetuneConfig:
     chat_template: str | None = None
     skip_bad_lines: bool = False
     resume: bool = False  # continue from `out`/checkpoint
+    task: str = "sft"  # sft: chat or prompt/completion lines | guard: labelled guard rows (corral.guard.dataset)
+    guard_policy: str | None = None  # task guard: the policy YAML the prompts list (None: Llama Guard 3's S1-S14)
 
     def check(self) -> None:
         checks = [(self.method in ("lora", "qlora", "full"), f"--method {self.method}: choose lora, qlora or full"),
@@ -51,7 +53,13 @@ class FinetuneConfig:
                   (self.lr > 0, "--lr must be > 0"), (self.max_seq_len >= 16, "--max-seq-len must be >= 16"),
                   (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
                   (self.epochs > 0, "--epochs must be > 0"),
-                  (self.eval_every >= 1 and self.save_every >= 1, "--eval-every and --save-every must be >= 1")]
+                  (self.eval_every >= 1 and self.save_every >= 1, "--eval-every and --save-every must be >= 1"),
+                  (self.task in ("sft", "guard"), f"--task {self.task}: choose sft or guard"),
+                  (self.guard_policy is None or self.task == "guard", "--guard-policy goes with --task guard")]
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
+        if self.task == "guard":  # a bad policy file is reported before the model loads
+            from corral.guard.taxonomy import load_taxonomy
+
+            load_taxonomy(self.guard_policy)

@@ -84,6 +84,20 @@ def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | N
     return examples, problems
 
 
+def load_examples(cfg: Any, path: str | Path, tok: Tokenizer, template: str | None = None
+                  ) -> tuple[list[Example], list[str]]:
+    """The examples of a run's data file, by `cfg.task` (a FinetuneConfig): `load_jsonl` for sft; for guard,
+    labelled guard rows in the prompt format of `corral.guard` (`corral.guard.dataset.load_guard_examples`; `path`
+    may name a bundled set: train, heldout)."""
+    if cfg.task == "guard":
+        from corral.guard.dataset import load_guard_examples
+        from corral.guard.taxonomy import load_taxonomy
+
+        return load_guard_examples(path, tok, cfg.max_seq_len, load_taxonomy(cfg.guard_policy), template,
+                                   cfg.skip_bad_lines)
+    return load_jsonl(path, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+
+
 def encode_line(raw: str, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
     """One JSONL line → `Example`; raises ValueError with a message fit for the user."""
     try:

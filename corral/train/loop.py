@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
-from corral.train.data import IGNORE, Example, Packed, load_jsonl, pack, split_val
+from corral.train.data import IGNORE, Example, Packed, load_examples, pack, split_val
 
 CHECKPOINT = "checkpoint"
 
@@ -134,9 +134,9 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     tok = load_tokenizer(lm.path)
     model = lm.model
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
-    examples, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+    examples, _ = load_examples(cfg, cfg.data, tok, template)
     if cfg.val_file:
-        val, _ = load_jsonl(cfg.val_file, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+        val, _ = load_examples(cfg, cfg.val_file, tok, template)
         train = examples
     elif cfg.val_split > 0:
         train, val = split_val(examples, cfg.val_split, cfg.seed)
@@ -466,6 +466,11 @@ def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneC
             (out / "config.json").write_text(json.dumps(lm.config.to_hf_dict(), indent=2) + "\n")
             write_tokenizer_files(tok, lm.path, out)  # a complete HF folder: transformers and corral load it alone
     if dist.main:
+        if cfg.task == "guard":  # `corral guard --adapter` reads the policy the prompts were trained with
+            from corral.guard.dataset import save_policy
+            from corral.guard.taxonomy import load_taxonomy
+
+            save_policy(load_taxonomy(cfg.guard_policy), run / ("model" if cfg.method == "full" else "adapter"))
         plot_metrics(run / "metrics.jsonl", run / "loss.png")
     dist.barrier()
 
