@@ -38,8 +38,8 @@ def _build() -> bool:
     if os.environ.get("CORRAL_KERNELS", "1") == "0":
         return False
     if shutil.which(os.environ.get("CXX", "c++")) is None:
-        log.warning("no C++ compiler found: decoding on CPU with the slower matmul attention "
-                    "(install g++ for corral's decode-attention kernel)")
+        log.warning("no C++ compiler found: running on PyTorch's CPU kernels, slower under load "
+                    "(install g++ for corral's own kernels)")
         return False
     try:
         from torch.utils.cpp_extension import load
@@ -50,7 +50,7 @@ def _build() -> bool:
         load(name=f"corral_kernels_{digest}", sources=[str(p) for p in _SOURCES], is_python_module=False,
              extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # a broken toolchain must not stop inference: fall back, and say why once
-        log.warning("building corral's CPU kernels failed (%s): decoding with the slower matmul attention", e)
+        log.warning("building corral's CPU kernels failed (%s): running on PyTorch's CPU kernels, slower", e)
         return False
 
     @torch.library.register_fake("corral::decode_attention")
