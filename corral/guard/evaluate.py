@@ -162,7 +162,8 @@ def write_report(report: dict[str, Any], predictions: list[dict[str, Any]], fold
     paths = [folder / "report.json", folder / "predictions.jsonl", folder / "report.png"]
     paths[0].write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     paths[1].write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8")
-    plot_reports({report["mode"]: report}, paths[2], f"{report.get('data', '')} ({report['mode']} mode)")
+    plot_reports({report["mode"]: report}, paths[2], f"{Path(report.get('data') or 'guard eval').name} "
+                 f"({report['mode']} mode)")
     return paths
 
 
@@ -185,7 +186,7 @@ def plot_reports(reports: dict[str, dict[str, Any]], png: str | Path, title: str
     else:
         series = {name: values(r["metrics"], "f1") for name, r in reports.items()}
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(groups) * max(1, len(series) / 2)), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14, max(8, 0.6 * len(groups) * max(1, len(series) / 2))), 4.5))
     for k, (name, vals) in enumerate(series.items()):
         ax.bar([i + (k - (len(series) - 1) / 2) * width for i in range(len(groups))], vals, width, label=name)
     ax.set_xticks(range(len(groups)), groups, rotation=45 if len(groups) > 16 else 0)
