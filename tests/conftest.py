@@ -145,6 +145,12 @@ def make_tiny_chat(make_tiny_hf, tok):
 
 
 @pytest.fixture
+def tiny_guard_dir(make_tiny_chat):
+    """A tiny chat model folder with room for Llama Guard prompts (test_guard*.py)."""
+    return make_tiny_chat("tiny-guard", max_position_embeddings=1024)
+
+
+@pytest.fixture
 def tiny_chat(make_tiny_chat):
     """A tiny random Llama over the default model's vocabulary, with its tokenizer and chat template."""
     return make_tiny_chat()

@@ -340,11 +340,6 @@ CONVS = [
 
 
 @pytest.fixture
-def tiny_guard_dir(make_tiny_chat):
-    return make_tiny_chat("tiny-guard", max_position_embeddings=1024)
-
-
-@pytest.fixture
 def tiny(tiny_guard_dir):
     from corral.model.loader import load_model
     from corral.tokenizer import load_tokenizer

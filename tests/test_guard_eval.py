@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_guard import assert_clean_error
 
 from corral.guard.dataset import BUNDLED
 from corral.guard.evaluate import auroc, guard_metrics
@@ -67,20 +68,6 @@ def test_auroc_edges():
 
 
 # --- on a tiny model -------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_guard_dir(make_tiny_chat):
-    return make_tiny_chat("tiny-guard", max_position_embeddings=1024)
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("corral: error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 @pytest.mark.parametrize("mode", ["score", "generate"])

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_guard import assert_clean_error
 
 from corral.chat import encode_chat
 from corral.guard import Guard, parse_verdict, render_prompt, target_text
@@ -185,20 +186,6 @@ def test_bundled_names_resolve(tmp_path, monkeypatch):
 
 
 # --- on a tiny model -------------------------------------------------------------------
-
-
-@pytest.fixture
-def tiny_guard_dir(make_tiny_chat):
-    return make_tiny_chat("tiny-guard", max_position_embeddings=1024)
-
-
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("corral: error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
 
 
 def test_a_tiny_guard_trains_and_loads_through_corral_guard(tiny_guard_dir, tmp_path, capsys):
