@@ -53,6 +53,39 @@ def prune_every_other(model):  # a LlamaForCausalLM in, a smaller one out
     return draft
 
 
+def read_prompts(path: str | None, system: str | None, limit: int | None) -> list[list[dict[str, str]]]:
+    """The chats to decode: PROMPTS, or --prompts' lines (`question` / `prompt`: one user turn; `messages`: a chat
+    without its trailing assistant turn), each after `system` when given. A bad line raises ValueError."""
+    import json
+
+    if path is None:
+        chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    else:
+        chats = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {n}: not JSON ({e.msg})") from None
+                text = obj.get("question", obj.get("prompt")) if isinstance(obj, dict) else None
+                msgs = obj.get("messages") if isinstance(obj, dict) else None
+                if isinstance(text, str):
+                    chats.append([{"role": "user", "content": text}])
+                elif isinstance(msgs, list) and msgs:
+                    chats.append(msgs[:-1] if msgs[-1].get("role") == "assistant" else msgs)
+                else:
+                    raise ValueError(f"{path}: line {n}: expected a `question`, `prompt` or `messages` key")
+        if not chats:
+            raise ValueError(f"{path}: no prompts")
+    chats = chats[:limit] if limit else chats
+    if system:
+        chats = [[{"role": "system", "content": system}, *[m for m in c if m.get("role") != "system"]] for c in chats]
+    return chats
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default=None, help="target model (default: the default model)")
@@ -65,6 +98,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="as `corral generate --dtype` (auto: a Q4 GGUF runs packed 4-bit)")
+    ap.add_argument("--prompts", default=None,
+                    help="JSONL of your own prompts: `question` or `prompt` (one user turn) or `messages` (a chat, "
+                         "a trailing assistant turn dropped), e.g. examples/acme/eval.jsonl (default: 4 built-in)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N of --prompts")
+    ap.add_argument("--system", default=None, help="a system message put before each prompt")
+    ap.add_argument("--stop-at-eos", action="store_true",
+                    help="end each reply at the model's end of turn (default: always --max-tokens tokens)")
     args = ap.parse_args()
 
     import torch
@@ -80,7 +120,12 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     lm = load_model(args.target, device=args.device, dtype=args.dtype)
     tok = load_tokenizer(lm.path)
-    prompts = [encode_chat(tok, [{"role": "user", "content": p}]) for p in PROMPTS]
+    try:
+        chats = read_prompts(args.prompts, args.system, args.limit)
+    except ValueError as e:
+        print(f"speculative.py: error: {e}", file=sys.stderr)
+        return 2
+    prompts = [encode_chat(tok, chat) for chat in chats]
     ks = [int(k) for k in args.k.split(",")]
 
     drafts = {}
@@ -104,7 +149,8 @@ def main() -> int:
             gen.cached_ids = []  # no prefix reuse between runs: each prompt from an empty cache
             if gen.draft is not None:
                 gen.draft.gen.cached_ids = []
-            p = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=i, ignore_eos=True)
+            p = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=i,
+                               ignore_eos=not args.stop_at_eos)
             r = gen.generate(ids, p)
             decode_s += r.decode_s
             tokens += r.completion_tokens - 1  # the first token comes from the prefill
@@ -113,7 +159,8 @@ def main() -> int:
         return decode_s, tokens, proposed, accepted, outs
 
     print(f"target {lm.path.name} ({lm.config.num_hidden_layers} layers) on {lm.model.device}, "
-          f"{torch.get_num_threads()} threads; {len(prompts)} chat prompts x {args.max_tokens} tokens, "
+          f"{torch.get_num_threads()} threads; {len(prompts)} chat prompts x "
+          f"{'up to ' if args.stop_at_eos else ''}{args.max_tokens} tokens, "
           f"temperature {args.temperature}, dtype {args.dtype}{' (4-bit weights)' if lm.quantized else ''}; "
           f"best of {args.repeats}", flush=True)
     t0 = time.perf_counter()

@@ -5,7 +5,8 @@
    answer), show a few of its metrics, stop it.
 3. Fine-tune: a shortened acme run (examples/acme/finetune_and_eval.py --quick): held-out accuracy of the default
    model on an invented company's facts before and after a LoRA fine-tune of a couple of minutes.
-4. Distill: that fine-tuned model as the teacher, pruned to half its layers and trained with knowledge distillation
+4. Distill: that fine-tuned model as the teacher, pruned to 58% of its parameters (18 of 30 layers, 1088 of 1536
+   MLP channels) and trained with knowledge distillation
    and, for comparison, with plain SFT (examples/acme/distill_and_eval.py --quick): parameters, decode speed,
    held-out accuracy and agreement with the teacher.
 Later stages (guard) extend this script.

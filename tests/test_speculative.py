@@ -354,6 +354,15 @@ def test_serve_builds_a_speculative_engine(tiny_folders):
     engine.run_until_idle()
     assert len(c.ids) == 6 and engine.drafter.proposed > 0
 
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from corral.serve.metrics import Metrics
+
+    seen = {s.name: s.value for fam in text_string_to_metric_families(Metrics(engine, "t").render().decode())
+            for s in fam.samples}
+    assert seen["corral_spec_decode_num_draft_tokens_total"] == engine.drafter.proposed
+    assert seen["corral_spec_decode_num_accepted_tokens_total"] == engine.drafter.accepted
+
 
 def test_engine_on_the_default_4bit_model_keeps_plain_greedy_output():
     """The real model, 4-bit weights (bf16 activations in its matmuls): the verify forward's attention is computed

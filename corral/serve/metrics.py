@@ -2,12 +2,15 @@
 checks, blocks (by shield and category), latency and unparsed verdicts.
 
 Names follow vLLM's where one exists (`..._time_to_first_token_seconds`, `..._inter_token_latency_seconds`), with a
-`corral_` prefix, so existing dashboards need only the prefix changed. Each app has its own registry.
+`corral_` prefix, so existing dashboards need only the prefix changed. Each app has its own registry. With a draft
+model (`--draft-model`), `corral_spec_decode_num_draft_tokens_total` and `..._num_accepted_tokens_total` (vLLM's
+names) give the acceptance rate as their ratio.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 from corral.engine.engine import Engine, Finished
 from corral.serve.service import Hooks
@@ -61,6 +64,8 @@ class Metrics(Hooks):
                                        registry=r)
         self.guard_parse_errors = Counter("corral_guard_parse_errors", "Guard outputs that were not a verdict "
                                           "(decided by the guard's on_parse_error policy)", ["shield"], registry=r)
+        if engine.drafter is not None:
+            r.register(_DraftCounters(engine, model_id))
         self.model_id = model_id
 
     def on_first_token(self, seconds: float) -> None:
@@ -88,3 +93,19 @@ class Metrics(Hooks):
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _DraftCounters:
+    """The drafter's running totals (kept by the engine, read when /metrics is scraped) as two counters."""
+
+    def __init__(self, engine: Engine, model_id: str):
+        self.engine, self.model_id = engine, model_id
+
+    def collect(self):
+        sp = self.engine.drafter
+        for name, doc, value in (
+                ("corral_spec_decode_num_draft_tokens", "Draft tokens the model checked", sp.proposed),
+                ("corral_spec_decode_num_accepted_tokens", "Draft tokens the model accepted", sp.accepted)):
+            c = CounterMetricFamily(name, doc, labels=["model"])
+            c.add_metric([self.model_id], value)
+            yield c

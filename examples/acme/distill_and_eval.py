@@ -5,8 +5,9 @@
     python examples/acme/distill_and_eval.py --quick --teacher-run runs/acme-quick --out runs/acme-distill-quick
 
 The teacher is the default model with the acme adapter merged in (written to `<out>/teacher`, an HF folder). The
-student is the teacher pruned to `--layers` decoder layers (`corral distill`'s depth pruning, ranked on the
-training data), then trained on the acme training conversations twice from the same initial weights: with
+student is the teacher pruned to `--layers` decoder layers and `--mlp` MLP channels per layer (`corral distill`'s
+depth and width pruning, ranked on the training data; default 18 layers x 1088 channels, 58% of the parameters),
+then trained on the acme training conversations twice from the same initial weights: with
 knowledge distillation against the teacher's cached top-k (`<out>/kd`) and with cross-entropy alone (`<out>/sft`,
 `kd_alpha 0`). All three answer the held-out questions (the same scorer as finetune_and_eval.py); the report
 (`<out>/report.json`, `<out>/report.png`) has parameters, size on disk, decode tokens/s (one stream, fp32, 2
@@ -52,9 +53,9 @@ def main() -> int:
     ap.add_argument("--teacher-run", required=True, help="a finetune_and_eval.py run folder (holds adapter/)")
     ap.add_argument("--out", default="runs/acme-distill")
     ap.add_argument("--quick", action="store_true", help="the 12-fact subset (make demo)")
-    ap.add_argument("--layers", type=int, default=14, help="decoder layers the student keeps (teacher: 30)")
-    ap.add_argument("--mlp", type=int, default=None,
-                    help="MLP channels the student keeps per layer (width pruning; teacher: 1536)")
+    ap.add_argument("--layers", type=int, default=18, help="decoder layers the student keeps (teacher: 30)")
+    ap.add_argument("--mlp", type=int, default=1088,
+                    help="MLP channels the student keeps per layer (width pruning; teacher: 1536; 0: keep all)")
     ap.add_argument("--epochs", type=float, default=6.0)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--alpha", type=float, default=0.9, help="KD weight of the KD student")
@@ -73,7 +74,7 @@ def main() -> int:
         data, items = quick_subset(items, out)
     teacher_dir = make_teacher(Path(args.teacher_run), out / "teacher")
     calib = args.calib_examples or (8 if args.quick else 32)
-    common = dict(data=str(data), student_layers=args.layers, student_mlp=args.mlp, calib_examples=calib,
+    common = dict(data=str(data), student_layers=args.layers, student_mlp=args.mlp or None, calib_examples=calib,
                   epochs=args.epochs, lr=args.lr,
                   batch_size=4, max_seq_len=256, warmup_steps=10, save_every=1000, eval_every=1000, seed=args.seed)
     seconds = {}
