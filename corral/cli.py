@@ -1021,6 +1021,8 @@ FINETUNE_HELP = {
     "task": "sft (chat or prompt/completion lines) | guard (train a Llama Guard style classifier on labelled rows)",
     "guard_policy": "--task guard: the policy YAML whose categories the prompts list (default Llama Guard 3 "
                     "S1-S14); saved beside the adapter as guard_policy.yaml",
+    "guard_repeat_unsafe": "--task guard: train on each unsafe row N times per epoch (the category codes are "
+                           "learnt from the unsafe rows alone; 3 for the bundled set)",
     "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
     "method": "lora | qlora (frozen 4-bit base) | full", "val_file": "held-out JSONL",
     "val_split": "fraction of the data held out",

@@ -22,6 +22,7 @@ from corral.guard.dataset import (
     data_path,
     load_guard_examples,
     read_labelled,
+    repeat_unsafe,
     save_policy,
     saved_policy,
     training_example,
@@ -176,6 +177,18 @@ def test_bad_rows_are_named_one_line_each(tok, tmp_path):
         read_labelled(tmp_path / "nothing.jsonl")
 
 
+def test_repeat_unsafe_repeats_only_the_unsafe_rows(tok):
+    rows = read_labelled("train")[0][::20]  # the file is grouped by category: every 20th row has both labels
+    examples = [training_example(tok, r) for r in rows]
+    n_unsafe = sum(r.label == "unsafe" for r in rows)
+    assert len(rows) == 42 and 0 < n_unsafe < 42 and [e.unsafe for e in examples] == [r.label == "unsafe" for r in rows]
+    out = repeat_unsafe(examples, 3)
+    assert len(out) == 42 + 2 * n_unsafe
+    assert [e.line for e in out if not e.unsafe] == [e.line for e in examples if not e.unsafe]
+    assert all(sum(o is e for o in out) == (3 if e.unsafe else 1) for e in examples)
+    assert repeat_unsafe(examples, 1) == examples
+
+
 def test_bundled_names_resolve(tmp_path, monkeypatch):
     assert data_path("heldout") == BUNDLED["heldout"] and data_path("train") == BUNDLED["train"]
     rows, problems = read_labelled("heldout")
@@ -241,6 +254,20 @@ def test_a_tiny_guard_trains_and_loads_through_corral_guard(tiny_guard_dir, tmp_
     assert "S1: Other." in o and "was trained on the policy in" in e
 
 
+def test_finetune_repeats_the_unsafe_rows_of_each_epoch(tiny_guard_dir, tmp_path):
+    from corral.cli import main
+
+    rows = [{"conversation": [{"role": "user", "content": f"question {i}"}], "label": label,
+             "categories": ["S1"] if label == "unsafe" else []} for i, label in enumerate(["unsafe", "safe"] * 2)]
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    for repeat, steps in ((1, 1), (3, 2)):  # 4 rows -> 1 step of 4; 2 unsafe x 3 + 2 safe = 8 rows -> 2 steps
+        out = tmp_path / f"run{repeat}"
+        assert main(["finetune", str(tiny_guard_dir), "--task", "guard", "--data", str(data), "--out", str(out),
+                     "--epochs", "1", "--batch-size", "4", "--precision", "fp32", "--max-seq-len", "512",
+                     "--guard-repeat-unsafe", str(repeat)]) == 0
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == steps
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--data", "{tmp}/bad.jsonl"], ["bad.jsonl: 2 bad line(s): line 1: 'label' is 'maybe'", "--skip-bad-lines"]),
     (["--data", "heldout", "--guard-policy", "{tmp}/none.yaml"], ["none.yaml: no such policy file"]),
@@ -259,6 +286,8 @@ def test_finetune_guard_errors(tiny_guard_dir, tmp_path, capsys, args, needles):
 @pytest.mark.parametrize("args, needles", [
     (["--data", "x.jsonl", "--guard-policy", "p.yaml"], ["--guard-policy goes with --task guard"]),
     (["--data", "x.jsonl", "--task", "classify"], ["--task classify: choose sft or guard"]),
+    (["--data", "x.jsonl", "--guard-repeat-unsafe", "3"], ["--guard-repeat-unsafe goes with --task guard"]),
+    (["--data", "x.jsonl", "--task", "guard", "--guard-repeat-unsafe", "0"], ["--guard-repeat-unsafe must be >= 1"]),
 ])
 def test_finetune_task_options(tmp_path, capsys, args, needles):
     from corral.cli import main

@@ -13,7 +13,8 @@ with its file, line, what is wrong and how to fix it, all in one message.
 A training example is exactly what `Guard` reads and is expected to write: the prompt `Guard.prompt_ids` makes
 (`llama_guard.prompt_ids`: the policy's Llama Guard prompt in the model's chat template), then `verdict_ids`: the
 verdict `target_text(label, categories)` as the model writes it, and the template's end-of-turn token. Only the
-verdict and the end-of-turn token carry loss.
+verdict and the end-of-turn token carry loss. `repeat_unsafe` repeats the unsafe examples of a training split
+(`corral finetune --guard-repeat-unsafe N`): the categories are learnt from those rows alone.
 
 The bundled sets have names: `train` and `heldout` (`data_path`).
 """
@@ -160,12 +161,22 @@ def _settle(p: Path, problems: list[tuple[int, str]], skip_bad_lines: bool, any_
     return [f"{p}:{n}: {m}" for n, m in problems]
 
 
+@dataclass
+class GuardExample(Example):
+    unsafe: bool = False  # the row's label
+
+
 def training_example(tok: Tokenizer, row: LabelledRow, taxonomy: Taxonomy | None = None,
-                     template: str | None = None) -> Example:
+                     template: str | None = None) -> GuardExample:
     """A row as a training example: the guard prompt (no loss), then its verdict and the end-of-turn token."""
     prompt = prompt_ids(tok, row.conversation, taxonomy, row.assess, template)
     reply = verdict_ids(tok, row.label, row.categories, taxonomy, template)
-    return Example(prompt + reply, [IGNORE] * len(prompt) + reply, row.line)
+    return GuardExample(prompt + reply, [IGNORE] * len(prompt) + reply, row.line, unsafe=row.label == "unsafe")
+
+
+def repeat_unsafe(examples: list[Example], n: int) -> list[Example]:
+    """Each unsafe example `n` times, the others once (an epoch then sees the category codes n times as often)."""
+    return [e for e in examples for _ in range(n if getattr(e, "unsafe", False) else 1)]
 
 
 # --- the policy a guard was trained on ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class FinetuneConfig:
     resume: bool = False  # continue from `out`/checkpoint
     task: str = "sft"  # sft: chat or prompt/completion lines | guard: labelled guard rows (corral.guard.dataset)
     guard_policy: str | None = None  # task guard: the policy YAML the prompts list (None: Llama Guard 3's S1-S14)
+    guard_repeat_unsafe: int = 1  # task guard: each unsafe training row this many times per epoch
 
     def check(self) -> None:
         checks = [(self.method in ("lora", "qlora", "full"), f"--method {self.method}: choose lora, qlora or full"),
@@ -55,7 +56,10 @@ class FinetuneConfig:
                   (self.epochs > 0, "--epochs must be > 0"),
                   (self.eval_every >= 1 and self.save_every >= 1, "--eval-every and --save-every must be >= 1"),
                   (self.task in ("sft", "guard"), f"--task {self.task}: choose sft or guard"),
-                  (self.guard_policy is None or self.task == "guard", "--guard-policy goes with --task guard")]
+                  (self.guard_policy is None or self.task == "guard", "--guard-policy goes with --task guard"),
+                  (self.guard_repeat_unsafe >= 1, "--guard-repeat-unsafe must be >= 1"),
+                  (self.guard_repeat_unsafe == 1 or self.task == "guard",
+                   "--guard-repeat-unsafe goes with --task guard")]
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)

@@ -142,6 +142,10 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         train, val = split_val(examples, cfg.val_split, cfg.seed)
     else:
         train, val = examples, []
+    if cfg.guard_repeat_unsafe > 1:  # after the split: a repeated row never lands on both sides
+        from corral.guard.dataset import repeat_unsafe
+
+        train = repeat_unsafe(train, cfg.guard_repeat_unsafe)
     rows: list[Example] | list[Packed] = train
     if cfg.packing:  # packed once, in a seeded order; the epochs then shuffle whole rows
         order = list(range(len(train)))

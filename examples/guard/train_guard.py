@@ -1,13 +1,13 @@
 """Train the bundled guard: the default model before, a LoRA fine-tune on guard_train.jsonl, and after, measured on
 guard_heldout.jsonl in score and generate modes.
 
-    python examples/guard/train_guard.py [--out runs/guard] [--epochs 2] [--lr 1e-3] [--lora-r 16] [--threads 2]
-                                         [--no-compile]
+    python examples/guard/train_guard.py [--out runs/guard] [--epochs 2] [--lr 1e-3] [--lora-r 16]
+                                         [--repeat-unsafe 3] [--threads 2] [--no-compile]
 
 The same as, step by step:
 
     corral finetune default --task guard --data train --out runs/guard --epochs 2 --lr 1e-3 --batch-size 8 \
-        --lora-r 16 --lora-alpha 32 --warmup-steps 10 --compile
+        --lora-r 16 --lora-alpha 32 --warmup-steps 10 --guard-repeat-unsafe 3 --compile
     corral guard default --dtype float32 --eval heldout --mode score --report runs/guard/eval/before-score
     corral guard default --dtype float32 --eval heldout --mode generate --report runs/guard/eval/before-generate
     corral guard default --adapter runs/guard/adapter --eval heldout --mode score --report runs/guard/eval/after-score
@@ -99,6 +99,8 @@ def main() -> int:
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--warmup-steps", type=int, default=10)
+    ap.add_argument("--repeat-unsafe", type=int, default=3,
+                    help="each unsafe row this many times per epoch (corral finetune --guard-repeat-unsafe; 1: none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-compile", dest="compile", action="store_false",
@@ -110,11 +112,13 @@ def main() -> int:
     rows, _ = read_labelled(BUNDLED["heldout"])
     reports: dict[str, dict] = {}
 
-    print(f"training: LoRA r {args.lora_r} on {BUNDLED['train'].name}, {args.epochs:g} epochs", flush=True)
+    print(f"training: LoRA r {args.lora_r} on {BUNDLED['train'].name}, {args.epochs:g} epochs, unsafe rows x"
+          f"{args.repeat_unsafe}", flush=True)
     cfg = FinetuneConfig(model=args.model, data=str(BUNDLED["train"]), out=str(out), task="guard",
                          epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, warmup_steps=args.warmup_steps,
                          lora_r=args.lora_r, lora_alpha=2.0 * args.lora_r, seed=args.seed, max_seq_len=512,
                          save_every=50, eval_every=1000, compile=args.compile,
+                         guard_repeat_unsafe=args.repeat_unsafe,
                          resume=(out / "checkpoint").is_dir())
     timing = out / "train_time.json"
     if not (out / "adapter" / "adapter_model.safetensors").is_file():
