@@ -62,22 +62,26 @@ def read_prompts(path: str | None, system: str | None, limit: int | None) -> lis
         chats = [[{"role": "user", "content": p}] for p in PROMPTS]
     else:
         chats = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {n}: not JSON ({e.msg})") from None
-                text = obj.get("question", obj.get("prompt")) if isinstance(obj, dict) else None
-                msgs = obj.get("messages") if isinstance(obj, dict) else None
-                if isinstance(text, str):
-                    chats.append([{"role": "user", "content": text}])
-                elif isinstance(msgs, list) and msgs:
-                    chats.append(msgs[:-1] if msgs[-1].get("role") == "assistant" else msgs)
-                else:
-                    raise ValueError(f"{path}: line {n}: expected a `question`, `prompt` or `messages` key")
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read it ({e.strerror})") from None
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: not JSON ({e.msg})") from None
+            text = obj.get("question", obj.get("prompt")) if isinstance(obj, dict) else None
+            msgs = obj.get("messages") if isinstance(obj, dict) else None
+            if isinstance(text, str):
+                chats.append([{"role": "user", "content": text}])
+            elif isinstance(msgs, list) and msgs and all(isinstance(m, dict) for m in msgs):
+                chats.append(msgs[:-1] if msgs[-1].get("role") == "assistant" else msgs)
+            else:
+                raise ValueError(f"{path}: line {n}: expected a `question`, `prompt` or `messages` key")
         if not chats:
             raise ValueError(f"{path}: no prompts")
     chats = chats[:limit] if limit else chats

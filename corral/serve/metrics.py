@@ -9,6 +9,8 @@ names) give the acceptance rate as their ratio.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
@@ -101,7 +103,7 @@ class _DraftCounters:
     def __init__(self, engine: Engine, model_id: str):
         self.engine, self.model_id = engine, model_id
 
-    def collect(self):
+    def collect(self) -> Iterator[CounterMetricFamily]:
         sp = self.engine.drafter
         for name, doc, value in (
                 ("corral_spec_decode_num_draft_tokens", "Draft tokens the model checked", sp.proposed),
