@@ -21,13 +21,12 @@ The bundled sets have names: `train` and `heldout` (`data_path`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from corral.errors import InvalidArgumentError
-from corral.guard.guard import GuardFileError
+from corral.guard.guard import GuardFileError, json_lines
 from corral.guard.llama_guard import normalize_conversation, prompt_ids, verdict_ids
 from corral.guard.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from corral.tokenizer import Tokenizer
@@ -136,16 +135,15 @@ def _read(path: str | Path, taxonomy: Taxonomy) -> tuple[Path, list[LabelledRow]
         raise GuardDataError(f"{p}: no such file; pass a JSONL file of labelled guard rows "
                              "(or a bundled set: train, heldout)")
     rows, problems = [], []
-    with p.open(encoding="utf-8", errors="replace") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                rows.append(check_row(json.loads(raw), taxonomy, n))
-            except json.JSONDecodeError as e:
-                problems.append((n, f"not valid JSON ({e.msg} at column {e.colno}); write one object per line"))
-            except ValueError as e:
-                problems.append((n, str(e)))
+    for n, obj, bad_json in json_lines(p):
+        if bad_json is not None:
+            problems.append((n, f"not valid JSON ({bad_json.msg} at column {bad_json.colno}); write one object per "
+                                "line"))
+            continue
+        try:
+            rows.append(check_row(obj, taxonomy, n))
+        except ValueError as e:
+            problems.append((n, str(e)))
     return p, rows, problems
 
 
