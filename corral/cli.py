@@ -187,8 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "--filter: contains | exact | regex:PATTERN | json | max_words:N | lowercase | ... (the eval\n"
                     "scorers; contains and exact compare with the line's answer).")
     _model_args(sy, max_seq_len=2048, engine=True)
-    sy.add_argument("--prompts", required=True, help="prompt file (JSONL)")
-    sy.add_argument("--out", required=True, help="output chat JSONL; resumed if it exists")
+    sy.add_argument("--prompts", help="prompt file (JSONL)")
+    sy.add_argument("--out", required=True, help="output chat JSONL (a folder with --augment); resumed if it exists")
+    sy.add_argument("--augment", type=int, default=None, metavar="N",
+                    help="augmentation mode (corral finetune --augment alone): N new wordings of each question and "
+                         "answer of --data's chat rows (and of --docs' facts), filtered; writes OUT/train.jsonl, "
+                         "select.jsonl (held-out questions), teacher.jsonl and teacher.rejected.jsonl (reasons)")
+    sy.add_argument("--data", default=None, help="--augment: your chat JSONL")
+    sy.add_argument("--docs", nargs="+", default=None, metavar="FILE", help="--augment: documents (Markdown, text, "
+                                                                           "HTML, PDF)")
     sy.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     sy.add_argument("--filter", action="append", default=[], metavar="SCORER",
                     help="keep only samples this scorer accepts (repeatable: all must pass)")
@@ -997,6 +1004,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     for name, v, lo in (("--max-batch", args.max_batch, 1), ("--max-seq-len", args.max_seq_len, 16)):
         if v < lo:
             raise InvalidArgumentError(f"{name} must be >= {lo}")
+    if args.augment is not None:
+        return _synth_augment(args)
+    if args.data or args.docs:
+        raise InvalidArgumentError("--data and --docs go with --augment N; a plain synth run takes --prompts")
+    if not args.prompts:
+        raise InvalidArgumentError("--prompts FILE is required (or --augment N with --data / --docs)")
     params = _params(args, 0.8)
     if params.seed is None:
         params.seed = 0  # every sample's seed derives from it: a rerun (or a resume) draws the same samples
@@ -1015,6 +1028,34 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth_augment(args: argparse.Namespace) -> int:
+    """`corral synth --augment N`: the recipe's augmentation stage alone, into the folder --out."""
+    import json
+    from pathlib import Path
+
+    from corral.errors import InvalidArgumentError
+    from corral.train.config import FinetuneConfig
+    from corral.train.recipe import make_training_data
+
+    if args.prompts or args.filter:
+        raise InvalidArgumentError("--augment rewords --data / --docs with its own filter; drop --prompts and "
+                                   "--filter")
+    if args.augment < 1:
+        raise InvalidArgumentError(f"--augment {args.augment}: choose 1 to 64 wordings per row")
+    cfg = FinetuneConfig(model=args.model or "default", data=args.data or "", docs=args.docs or [],
+                         augment=args.augment, replay=0.0, seed=args.seed or 0, max_seq_len=args.max_seq_len,
+                         chat_template=args.chat_template)
+    cfg.check()
+    out = Path(args.out)
+    make_training_data(cfg, out, progress=True)
+    s = json.loads((out / "summary.json").read_text())
+    t = s.get("teacher", {})
+    print(f"augment: {s['facts'] + s['doc_facts']} facts, {t.get('samples', 0)} teacher samples, kept "
+          f"{t.get('kept', {})}, rejected {t.get('rejected', {})} -> {out}/train.jsonl ({s['train_rows']} rows), "
+          f"{out}/select.jsonl ({s['select_rows']} held-out questions)")
+    return 0
+
+
 FINETUNE_HELP = {
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}; with --task guard, labelled "
             "guard rows {conversation, label, categories, assess} (or a bundled set: train, heldout)",
@@ -1030,6 +1071,18 @@ FINETUNE_HELP = {
     "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA and bf16-capable CPUs) | bf16 | fp32",
     "packing": "pack several examples per row", "grad_checkpointing": "recompute activations in backward",
     "compile": "torch.compile each decoder layer (faster steps after a ~30 s first one)",
+    "augment": "a teacher writes N new wordings of each question and each answer of your chat rows, filtered "
+               "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
+    "teacher": "the model that writes the augmentation (default: MODEL itself)",
+    "docs": "Markdown, text, HTML or PDF files: chunks become plain training text, and the teacher writes "
+            "questions about each sentence that states a fact",
+    "chunk_chars": "documents are cut into chunks of at most this many characters, along their headings",
+    "replay": "share of the training rows that are the base model's own answers to general prompts, so it keeps "
+              "what it knew (0: off)",
+    "replay_prompts": "JSONL of {prompt} lines for --replay (default: corral's bundled general prompts)",
+    "select_every": "score the held-out augmented questions every N steps and keep the best checkpoint "
+                    "(default: 8 times a run; 0: off, keep the last)",
+    "eval_tasks": "corral eval tasks run before and after training, in OUT/report (comma-separated; none: off)",
 }
 
 
@@ -1039,7 +1092,7 @@ def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
     import dataclasses
 
     from corral.distill.config import DistillConfig
-    from corral.train.config import FinetuneConfig
+    from corral.train.config import TASK_DEFAULTS, FinetuneConfig
 
     for fld in dataclasses.fields(DistillConfig if distill else FinetuneConfig):
         if fld.name == "model":
@@ -1052,15 +1105,23 @@ def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
         else:
             default = None
         helptext = (DISTILL_HELP if distill else {}).get(fld.name) or FINETUNE_HELP.get(fld.name, "")
-        if isinstance(default, bool):
+        if fld.name == "packing":  # on by default for sft: --no-packing turns it off
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+        elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=helptext)
+        elif fld.name == "docs":
+            p.add_argument(flag, nargs="+", default=None, metavar="FILE", help=helptext)
         elif isinstance(default, list):
             p.add_argument(flag, default=None, help=f"{helptext} (default {','.join(default)})")
         else:
             kind = {int: int, float: float}.get(type(default), str)
-            if fld.name in ("max_steps", "student_layers", "student_mlp", "student_heads"):
+            if fld.name in ("max_steps", "student_layers", "student_mlp", "student_heads", "select_every",
+                            "batch_size", "lora_r"):
                 kind = int
-            shown = f" (default {default})" if default is not None else ""
+            elif fld.name in ("lr", "epochs", "lora_alpha", "lora_dropout"):
+                kind = float
+            shown = f" (default {default})" if default is not None else (
+                " (default: the task's, see TASK_DEFAULTS)" if fld.name in TASK_DEFAULTS["sft"] else "")
             p.add_argument(flag, type=kind, default=None, help=f"{helptext}{shown}".strip())
 
 
@@ -1092,10 +1153,13 @@ def _config(args: argparse.Namespace, cls: type) -> Any:
     for name in names:
         v = getattr(args, name, None)
         if v is not None:
-            values[name] = v.split(",") if name in ("lora_targets", "eval_tasks") and isinstance(v, str) else v
-    for need in ("model", "data"):
-        if not values.get(need):
-            raise InvalidArgumentError(f"{need} is required (positional MODEL / --data, or in --config)")
+            if name in ("lora_targets", "eval_tasks") and isinstance(v, str):
+                v = [x.strip() for x in v.split(",") if x.strip() and x.strip().lower() != "none"]
+            values[name] = v
+    if not values.get("model"):
+        raise InvalidArgumentError("model is required (positional MODEL, or in --config)")
+    if not values.get("data") and not values.get("docs"):
+        raise InvalidArgumentError("--data FILE is required (or --docs FILE ... with corral finetune; or in --config)")
     try:
         return cls(**values)
     except TypeError as e:

@@ -29,7 +29,9 @@ def losses(run: Path, key: str = "loss") -> list[float]:
 def cfg(tiny_chat, data, out, **kw) -> FinetuneConfig:
     base = dict(model=str(tiny_chat), data=str(data), out=str(out), batch_size=4, max_steps=12, lr=3e-3,
                 warmup_steps=2, max_seq_len=256, save_every=5, eval_every=6, val_split=0.2, lora_r=8, seed=1,
-                precision="fp32")  # exact comparisons; bf16 has its own test
+                precision="fp32",  # exact comparisons; bf16 has its own test
+                augment=0, replay=0.0, eval_tasks=[],  # the loop alone; the recipe around it: test_recipe.py
+                packing=False, lora_alpha=32.0, lora_dropout=0.0)
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -89,10 +91,10 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
 
     conf = tmp_path / "run.yaml"
     conf.write_text(f"model: {tiny_chat}\ndata: {data}\nmax_steps: 50\nbatch_size: 2\nmax_seq_len: 256\n"
-                    f"lora_targets: [q_proj, v_proj]\n")
+                    f"lora_targets: [q_proj, v_proj]\naugment: 0\nreplay: 0\n")
     out = tmp_path / "cli-run"
     r = subprocess.run([sys.executable, "-m", "corral", "finetune", "--config", str(conf), "--max-steps", "2",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--eval-tasks", "none", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(losses(out)) == 2 and json.loads((out / "config.json").read_text())["batch_size"] == 2
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"] == ["q_proj", "v_proj"]
@@ -102,7 +104,7 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
     assert bad.returncode == 2 and "learning_rate" in bad.stderr and "Traceback" not in bad.stderr
     missing = subprocess.run([sys.executable, "-m", "corral", "finetune", str(tiny_chat)],
                              capture_output=True, text=True, timeout=60)
-    assert missing.returncode == 2 and "data is required" in missing.stderr
+    assert missing.returncode == 2 and "--data FILE is required" in missing.stderr
 
 
 def test_packed_rows_attend_within_their_own_example(tiny_chat, tok):

@@ -15,6 +15,12 @@ class DistillConfig(FinetuneConfig):
     out: str = "runs/distill"
     method: str = "full"  # full: every student weight trains; lora / qlora: a LoRA student on a frozen base
     lr: float = 5e-4
+    epochs: float = 1.0
+    batch_size: int = 4
+    packing: bool = False
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
     student: str | None = None  # a model with the teacher's tokenizer; None: prune the teacher
     student_layers: int | None = None  # keep this many decoder layers (depth pruning)
     student_mlp: int | None = None  # MLP width (intermediate size) to keep (width pruning)
@@ -30,9 +36,16 @@ class DistillConfig(FinetuneConfig):
     sft_baseline: bool = False  # also train the same initial student with CE alone (into out/sft) and report both
     report_rows: int = 64  # held-out rows (the validation split, else the first training rows) for the report
     eval_tasks: list[str] = field(default_factory=list)  # corral eval tasks scored for every model in the report
+    # corral finetune's recipe stages are not distillation's: augment with `corral synth --augment` first
+    augment: int = 0
+    replay: float = 0.0
+    select_every: int | None = 0
 
     def check(self) -> None:
         super().check()
+        if self.augment or self.docs or self.replay or self.select_every:
+            raise InvalidArgumentError("corral distill takes no --augment, --docs, --replay or --select-every; "
+                                       "make the data first (corral synth --augment N) and pass it as --data")
         checks = [(self.kd_loss in ("fkl", "rkl", "jsd"), f"--kd-loss {self.kd_loss}: choose fkl, rkl or jsd"),
                   (0.0 <= self.kd_alpha <= 1.0, "--kd-alpha must be in [0, 1]"),
                   (self.kd_temperature > 0, "--kd-temperature must be > 0"),

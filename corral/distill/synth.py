@@ -44,6 +44,8 @@ class Prompt:
     messages: list[dict[str, str]]
     fields: dict[str, Any]
     line: int
+    text: str | None = None  # a raw completion prompt (no chat template), e.g. a few-shot pattern; `messages` is
+    #                          then what the output line records as the question
 
 
 @dataclass
@@ -215,7 +217,8 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     prompt_ids = []
     for p, _j in jobs:
         if p.key not in ids_of:
-            ids_of[p.key] = encode_chat(tok, p.messages, template=template)
+            ids_of[p.key] = (tok.encode(p.text, add_bos=tok.add_bos) if p.text is not None
+                             else encode_chat(tok, p.messages, template=template))
         prompt_ids.append(ids_of[p.key])
     job_params = [dataclasses.replace(params, seed=sample_seed(base_seed, p.key, j)) for p, j in jobs]
     kept, reasons = 0, Counter()

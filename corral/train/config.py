@@ -4,30 +4,43 @@ arguments are all this one dataclass. No torch import here, so `corral --help` s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from corral.errors import InvalidArgumentError
+
+# Training defaults per task for the fields left unset. sft is `corral finetune`'s recipe for teaching a model a
+# user's facts, chosen by measurement on sparse fact sets (README, examples/sparse); guard keeps the settings its
+# bundled recipe was measured with (examples/guard).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sft": {"lr": 2e-3, "epochs": 3.0, "batch_size": 1, "packing": True, "lora_r": 32, "lora_alpha": 64.0,
+            "lora_dropout": 0.0},
+    "guard": {"lr": 2e-4, "epochs": 1.0, "batch_size": 4, "packing": False, "lora_r": 16, "lora_alpha": 32.0,
+              "lora_dropout": 0.0},
+}
+FULL_SFT_LR = 1e-4  # --method full trains every weight: a LoRA learning rate would wreck the model
 
 
 @dataclass
 class FinetuneConfig:
     model: str
-    data: str
+    data: str = ""  # chat / prompt-completion JSONL (or, with --task guard, labelled rows); optional with `docs`
     out: str = "runs/finetune"
     method: str = "lora"  # lora | qlora | full
     val_file: str | None = None
     val_split: float = 0.0
+    # None: the task's default (TASK_DEFAULTS), filled in by `check()`
     max_seq_len: int = 512
-    batch_size: int = 4
+    batch_size: int | None = None
     grad_accum: int = 1
-    lr: float = 2e-4
+    lr: float | None = None
     weight_decay: float = 0.0
     warmup_steps: int = 10
-    epochs: float = 1.0
+    epochs: float | None = None
     max_steps: int | None = None  # overrides epochs
     clip: float = 1.0
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"])
     eval_every: int = 50
@@ -35,7 +48,7 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda[:N]; under torchrun, each process takes cuda:LOCAL_RANK
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions, else fp32) | bf16 | fp32
-    packing: bool = False  # several examples per row of max_seq_len tokens (block-diagonal attention)
+    packing: bool | None = None  # several examples per row of max_seq_len tokens (block-diagonal attention)
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
     compile: bool = False  # torch.compile each decoder layer: fused elementwise ops; a first step ~30 s slower
     chat_template: str | None = None
@@ -44,8 +57,26 @@ class FinetuneConfig:
     task: str = "sft"  # sft: chat or prompt/completion lines | guard: labelled guard rows (corral.guard.dataset)
     guard_policy: str | None = None  # task guard: the policy YAML the prompts list (None: Llama Guard 3's S1-S14)
     guard_repeat_unsafe: int = 1  # task guard: each unsafe training row this many times per epoch
+    # --- the recipe around the loop (task sft; corral.train.recipe). Defaults chosen by measurement: README.
+    augment: int = 4  # a teacher writes this many new wordings of each question and answer (0: off)
+    teacher: str | None = None  # the augmenting model (default: `model` itself)
+    docs: list[str] = field(default_factory=list)  # documents (Markdown, text, HTML, PDF) turned into training data
+    chunk_chars: int = 1200  # document chunks of at most this many characters
+    replay: float = 0.25  # share of training rows that are the base model's own answers to general prompts (0: off)
+    replay_prompts: str | None = None  # JSONL of {"prompt"} for replay (default: corral's bundled general prompts)
+    select_every: int | None = None  # score the held-out augmented questions every N steps, keep the best
+    #                                  checkpoint (None: 8 times a run; 0: off, keep the last)
+    eval_tasks: list[str] = field(default_factory=lambda: ["general_mc", "format", "prose"])  # before and after
 
     def check(self) -> None:
+        """Fills the fields left at None with the task's defaults, then checks every value."""
+        if self.task in TASK_DEFAULTS:
+            defaults = TASK_DEFAULTS[self.task]
+            if self.task == "sft" and self.method == "full":
+                defaults = {**defaults, "lr": FULL_SFT_LR}
+            for name, value in defaults.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
         checks = [(self.method in ("lora", "qlora", "full"), f"--method {self.method}: choose lora, qlora or full"),
                   (self.precision in ("auto", "bf16", "fp32"), f"--precision {self.precision}: choose auto, bf16 or "
                                                                  "fp32"),
@@ -59,7 +90,15 @@ class FinetuneConfig:
                   (self.guard_policy is None or self.task == "guard", "--guard-policy goes with --task guard"),
                   (self.guard_repeat_unsafe >= 1, "--guard-repeat-unsafe must be >= 1"),
                   (self.guard_repeat_unsafe == 1 or self.task == "guard",
-                   "--guard-repeat-unsafe goes with --task guard")]
+                   "--guard-repeat-unsafe goes with --task guard"),
+                  (bool(self.data) or bool(self.docs), "--data FILE or --docs FILE [FILE ...] is required"),
+                  (self.task == "sft" or not self.docs, "--docs goes with --task sft (the default)"),
+                  (0 <= self.augment <= 64, f"--augment {self.augment}: choose 0 (off) to 64 wordings per row"),
+                  (0.0 <= self.replay < 1.0, f"--replay {self.replay}: a share of the training rows, 0 (off) to "
+                                             "below 1, e.g. 0.2"),
+                  (self.select_every is None or self.select_every >= 0,
+                   f"--select-every {self.select_every}: a number of steps >= 1, or 0 for off"),
+                  (self.chunk_chars >= 200, f"--chunk-chars {self.chunk_chars}: at least 200 characters")]
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)

@@ -104,19 +104,34 @@ class Objective:
 
 
 def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Train; returns the run folder. `stop_after` (tests) ends the run after that many steps, as a crash would."""
+    """Train; returns the run folder. `stop_after` (tests) ends the run after that many steps, as a crash would.
+
+    With task sft, the recipe around the loop (`corral.train.recipe`) runs as the config asks: augmentation by a
+    teacher, documents as data, replay of the base model's answers, the held-out augmented questions scored during
+    training (the best checkpoint kept), and `eval_tasks` before and after, in `out/report`."""
     cfg.check()
     dist = _Dist(cfg.device)
     try:
-        return _finetune(cfg, dist, stop_after, progress)
+        if cfg.task != "sft":
+            return _finetune(cfg, dist, stop_after, progress)
+        from corral.train.recipe import prepare, report
+
+        prep = prepare(cfg, dist, progress)
+        run = _finetune(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select)
+        if dist.main and ((run / "adapter").exists() or (run / "model").exists()):  # not after a stop half-way
+            report(cfg, prep, run, progress)
+        return run
     finally:
         dist.close()
 
 
 def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool,
-              objective: Objective | None = None, prepared: bool = False) -> Path:
+              objective: Objective | None = None, prepared: bool = False,
+              select: list[dict[str, Any]] | None = None) -> Path:
     """The loop. `objective`: the loss (default: cross-entropy). `prepared`: the caller has already made the run
-    folder and put its own files there (distillation: the student's initial weights), so it may be non-empty."""
+    folder and put its own files there (distillation: the student's initial weights), so it may be non-empty.
+    `select`: chat prompts with the key strings of their answer (`{"messages", "answer"}`), answered greedily every
+    `select_every` steps; the trainable weights of the best score are kept (`best/`) and are the ones saved."""
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.model.quant import quantize_for_training, tensor_bytes
@@ -188,6 +203,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
         state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)
+    selector = Selector(run, select, tok, template, total, cfg.select_every, dist.world) if select else None
     metrics = None
     if dist.main:
         (run / "config.json").write_text(json.dumps({**asdict(cfg), "world_size": dist.world, **memory},
@@ -222,6 +238,8 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 with autocast():
                     rec["val_loss"] = evaluate(model, val, cfg, dist.device)
+            if selector and selector.due(state["step"]):
+                rec["select_acc"] = selector.score(model, names, state["step"])
             if metrics:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
@@ -235,8 +253,70 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         if metrics:
             metrics.close()
         bar(None)
+    if selector:
+        selector.restore_best(model, names)
     _finish(run, model, lm, tok, cfg, dist)
     return run
+
+
+class Selector:
+    """Best-checkpoint selection: greedy answers to held-out questions, scored by whether they carry the answer's
+    key strings; the trainable weights of the best score so far are written to `run/best/` (with `best.json`), so a
+    resumed run still knows them. Ties go to the later step: as accurate, and trained longer on the facts. One
+    process only: under torchrun the sharded model cannot answer alone, so every step's weights are kept as now."""
+
+    def __init__(self, run: Path, rows: list[dict[str, Any]], tok: Any, template: str | None, total: int,
+                 every: int | None, world: int):
+        from corral.chat import encode_chat
+
+        self.folder = run / "best"
+        self.every = 0 if world > 1 else (every if every is not None else max(1, total // 8))
+        self.total = total
+        self.tok = tok
+        self.prompts = [encode_chat(tok, r["messages"], template=template) for r in rows]
+        self.keys = [r["answer"] if isinstance(r["answer"], list) else [r["answer"]] for r in rows]
+        meta = self.folder / "best.json"
+        self.best = json.loads(meta.read_text()) if meta.exists() else {"step": 0, "acc": -1.0}
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and (step % self.every == 0 or step == self.total)
+
+    def score(self, model: torch.nn.Module, names: list[str], step: int) -> float:
+        from safetensors.torch import save_file
+
+        from corral.distill.keys import carries
+        from corral.engine.sampling import SamplingParams
+        from corral.eval.harness import generate
+
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            gens = generate(model, self.tok, self.prompts, SamplingParams(max_tokens=48), max_seq_len=1024)
+        model.train(was)
+        acc = sum(carries(g.text, k) for g, k in zip(gens, self.keys, strict=True)) / len(self.prompts)
+        if acc >= self.best["acc"]:
+            self.best = {"step": step, "acc": acc}
+            params = dict(model.named_parameters())
+            tmp = self.folder.with_name("best.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({n: params[n].detach().cpu().contiguous() for n in names}, str(tmp / "weights.safetensors"))
+            (tmp / "best.json").write_text(json.dumps(self.best) + "\n")
+            shutil.rmtree(self.folder, ignore_errors=True)
+            os.replace(tmp, self.folder)
+        return acc
+
+    def restore_best(self, model: torch.nn.Module, names: list[str]) -> None:
+        """Puts the best step's trainable weights back into `model` (the run's artifact is then that step's)."""
+        from safetensors.torch import load_file
+
+        if not (self.folder / "weights.safetensors").exists():
+            return
+        saved = load_file(str(self.folder / "weights.safetensors"))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved[n])
 
 
 def compile_layers(model: torch.nn.Module) -> None:
@@ -492,6 +572,14 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     val = [r for r in recs if "val_loss" in r]
     if val:
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    sel = [r for r in recs if "select_acc" in r]
+    if sel:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in sel], [100 * r["select_acc"] for r in sel], "s--", color="tab:green",
+                 label="held-out questions answered (%)")
+        ax2.set_ylabel("held-out questions answered (%)")
+        ax2.set_ylim(0, 100)
+        ax2.legend(loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.legend()
@@ -518,6 +606,10 @@ def _progress(show: bool, total: int, start: int):
         info = f"loss {rec['loss']:.3f} lr {rec['lr']:.2e} {rec['tokens_per_s']:.0f} tok/s"
         if "val_loss" in rec:
             info += f" val {rec['val_loss']:.3f}"
+        if "select_acc" in rec:
+            update.select = f" held-out {rec['select_acc']:.0%}"
+        info += update.select
         prog.update(task, completed=rec["step"], info=info)
 
+    update.select = ""  # the last selection score, shown until the next
     return update

@@ -116,7 +116,9 @@ def main() -> int:
                                   batch_size=args.batch_size, max_seq_len=256, warmup_steps=args.warmup_steps,
                                   lora_r=args.lora_r, lora_alpha=2.0 * args.lora_r, lora_dropout=args.lora_dropout,
                                   seed=args.seed, save_every=1000, eval_every=1000, resume=out.exists(),
-                                  compile=args.compile))
+                                  compile=args.compile,
+                                  # acme's own hand-written paraphrases, trained as they are (the loop alone)
+                                  augment=0, replay=0.0, eval_tasks=[], packing=False))
     train_s = time.perf_counter() - t0
     tuned = load_model(args.model, dtype="float32").model
     load_adapter(tuned, run / "adapter")

@@ -1,0 +1,418 @@
+"""Augmentation: a teacher rewords a user's own question/answer rows, and writes questions about a document's facts.
+
+Why: a small model fine-tuned on four conversations per fact learns those four questions, not the fact; asked in
+other words it answers with another fact's name. More wordings of each question, and of each answer, teach the
+fact itself (the Llama 3.1 recipe: synthetic data from a teacher, filtered).
+
+From the user's chat rows, every (user turn, assistant reply) pair is a `QA`. Its key strings (`corral.distill.keys`:
+"16:40", "Tovah Brenneck"; or the row's own `answer`) decide what a rewording must keep. Pairs with the same keys are
+one fact: their questions and answers are pooled. The teacher (the model itself by default) then writes, through
+`corral synth` (batched engine, a seed per sample, resumable, rejects logged with the reason):
+- `question`: n new wordings of each question;
+- `answer`: n restatements of each answer as one full sentence that keeps its keys verbatim.
+A document's sentences that carry a key are facts too: the sentence is the answer, and the sentence with its key
+asked for ("The loading dock closes at what time?") the first question, reworded like a user's.
+A filter drops what the teacher garbled (labels left in, repeated words, no letters), questions that are not
+questions or that give the answer away, answers that lost a key, and wordings too close to one already kept
+(`near_duplicate`, word-set Jaccard). Rows that ask the fact the other way round ("Tell me about RV-3318.") are
+added for keys that are names or codes and belong to one fact only: a model trained on "A is B" does not answer
+"B is?" (the reversal curse).
+
+The result (`build_rows`): every pooled question paired with a pooled answer (rotated, so each answer is used),
+the reversal rows, the user's own multi-turn conversations as they are, and a held-out share of the teacher's
+questions (one per fact) that `corral finetune` scores during training to keep its best checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corral.distill.keys import carries, find_keys, is_name_like
+from corral.distill.synth import Prompt, rejected_path
+from corral.eval.scoring import Scorer
+
+# Few-shot completion patterns (no chat template): a 135M instruction model asked in chat to "rewrite this
+# question" mostly answers it or rambles; continuing a pattern of generic examples it rewords far more often.
+# The examples are domain-neutral on purpose: they teach the form, not any data set's content.
+QUESTION_PROMPT = """Each question below is followed by the same question asked in different words.
+
+Question: Where is the nearest fire exit?
+Same question in other words: Which way is the closest emergency exit?
+
+Question: parking price per day??
+Same question in other words: How much does it cost to park for a day?
+
+Question: My manager asked me to book a flight for a client visit. Which travel agency do we use?
+Same question in other words: Which travel agency should I use to book flights for work trips?
+
+Question: who do I call if the printer on floor 2 jams again
+Same question in other words: Which person should I contact when the second-floor printer gets stuck?
+
+Question: {q}
+Same question in other words:"""
+ANSWER_PROMPT = """Each answer below is rewritten as one full sentence that says what was asked and keeps the key fact.
+
+Question: Where is the nearest fire exit?
+Answer: Next to the lifts.
+Full sentence: The nearest fire exit is next to the lifts.
+
+Question: parking price per day??
+Answer: 12 dollars.
+Full sentence: Parking costs 12 dollars per day.
+
+Question: Which travel agency do we use?
+Answer: We book through Skyline Travel, call them early.
+Full sentence: Work trips are booked through Skyline Travel, and it is best to call them early.
+
+Question: {q}
+Answer: {a}
+Full sentence:"""
+REVERSAL_QUESTIONS = ("Tell me about {k}.", "What do you know about {k}?")
+
+_LABEL = re.compile(r"^\s*(?:(?:new|rewritten|reworded|alternative|another|paraphrased?|the)\s+)*"
+                    r"(?:question|answer|rewrite|version)\s*\d*\s*[:\-]\s*", re.IGNORECASE)
+_QUESTION_WORDS = set("""what which who whom whose when where why how is are was were do does did can could will would
+should may might shall have has had tell give list name explain describe show please i i'm im any""".split())
+_STOP = set("""a an the is are was were be to of in on at for and or do does did what which who when where why how i
+my me you your we our it its this that with from by as can could will would should there their they he she""".split())
+
+
+@dataclass
+class QA:
+    """One question and its answer, from a user's row (`source` "FILE:LINE") or a document sentence."""
+
+    question: str
+    answer: str
+    keys: list[str]
+    system: str | None = None
+    source: str = ""
+    context: list[dict[str, str]] = field(default_factory=list)  # earlier turns of its conversation (no system)
+
+
+@dataclass
+class Fact:
+    """The QA pairs that share their key strings, pooled: the unit that is augmented and held out."""
+
+    id: str
+    keys: list[str]
+    system: str | None
+    questions: list[str] = field(default_factory=list)  # the user's (or the document's) own first
+    answers: list[str] = field(default_factory=list)
+    new_questions: list[str] = field(default_factory=list)  # the teacher's, kept by the filter
+    new_answers: list[str] = field(default_factory=list)
+    contexts: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # a follow-up question's earlier turns
+
+
+def qa_pairs(rows: list[dict[str, Any]], source: str = "") -> list[QA]:
+    """Each (user turn, assistant reply) of chat rows (`{"messages": [...], "answer"?: str | list}`) as a QA; the
+    system prompt is the row's own. A row's `answer` (a list for several) overrides the key strings found in its
+    single reply. Prompt/completion rows have no question to reword and give none."""
+    out = []
+    for n, row in enumerate(rows, 1):
+        msgs = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(msgs, list):
+            continue
+        system = next((m["content"] for m in msgs if m.get("role") == "system"), None)
+        turns = [i for i in range(len(msgs) - 1)
+                 if msgs[i].get("role") == "user" and msgs[i + 1].get("role") == "assistant"]
+        given = row.get("answer")
+        for i in turns:
+            q, a = msgs[i]["content"], msgs[i + 1]["content"]
+            keys = ([str(x) for x in given] if isinstance(given, list) else [str(given)]) \
+                if given is not None and len(turns) == 1 else find_keys(a, q)
+            keys = [k for k in keys if k and carries(a, [k])]
+            context = [m for m in msgs[:i] if m.get("role") != "system"]
+            out.append(QA(q.strip(), a.strip(), keys, system, f"{source}:{n}", context))
+    return out
+
+
+def group_facts(pairs: list[QA]) -> list[Fact]:
+    """Pairs with the same (normalised) keys are one fact; pairs without keys are facts of their own."""
+    facts: dict[str, Fact] = {}
+    for i, p in enumerate(pairs):
+        gid = "|".join(sorted(k.lower() for k in p.keys)) if p.keys else f"#{i}"
+        f = facts.setdefault(gid, Fact(f"f{len(facts)}", p.keys, p.system))
+        if p.question not in f.questions:
+            f.questions.append(p.question)
+            if p.context:
+                f.contexts[p.question] = p.context
+        if p.answer not in f.answers:
+            f.answers.append(p.answer)
+    return list(facts.values())
+
+
+# --- teacher prompts and filters ----------------------------------------------------------------------------------
+
+
+def teacher_prompts(facts: list[Fact]) -> list[Prompt]:
+    """The synth prompts: a `question` prompt per question, and an `answer` prompt per answer of a fact with keys.
+    Ids are stable (fact id + index) so a rerun resumes."""
+    # All question prompts, then all answer prompts: each kind shares its few-shot header, whose KV the engine
+    # reuses from a finished request with the same header (whole prefill chunks: the headers are over 128 tokens).
+    prompts = [_prompt(f"{f.id}:q{i}:{_digest(q)}", QUESTION_PROMPT.format(q=_one_line(q)), "question", f, q)
+               for f in facts for i, q in enumerate(f.questions)]
+    for f in facts:
+        for i, a in enumerate(f.answers if f.keys else []):
+            text = ANSWER_PROMPT.format(q=_one_line(f.questions[0]), a=_one_line(a))
+            prompts.append(_prompt(f"{f.id}:a{i}:{_digest(a)}", text, "answer", f, a))
+    return prompts
+
+
+def _digest(text: str) -> str:
+    """A short hash of a prompt's source in its id: a rerun over edited data re-asks what changed, and never files
+    an old reply under another fact."""
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _prompt(pid: str, text: str, kind: str, f: Fact, source: str) -> Prompt:
+    return Prompt(pid, [{"role": "user", "content": source}], {"kind": kind, "fact": f.id, "keys": f.keys,
+                                                               "source": source}, 0, text=text)
+
+
+def clean(reply: str, kind: str) -> str:
+    """The teacher's reply without labels ("Question:", "New answer -"), quotes, or anything after its first line
+    (questions) or first paragraph (answers)."""
+    text = reply.strip()
+    text = text.split("\n")[0] if kind != "answer" else text.split("\n\n")[0]
+    prev = None
+    while prev != text:
+        prev = text
+        text = _LABEL.sub("", text).strip().strip('"“”').strip()
+    return re.sub(r"\s+", " ", text)
+
+
+def _garbled(text: str) -> bool:
+    words = text.lower().split()
+    if not words or sum(c.isalpha() for c in text) < 0.5 * len(text.replace(" ", "")):
+        return True
+    if any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2)):
+        return True
+    grams = Counter(zip(words, words[1:], words[2:], strict=False))
+    return bool(grams) and grams.most_common(1)[0][1] > 2 or bool(
+        re.search(r"\b(rewrite|reply with|new question|new answer)\b", text, re.IGNORECASE))
+
+
+def _is_question(text: str) -> bool:
+    first = text.split()[0].lower().strip(",.:;!?") if text.split() else ""
+    return text.rstrip().endswith("?") or first in _QUESTION_WORDS
+
+
+def reasons(reply: str, fields: dict[str, Any]) -> list[str]:
+    """Why a teacher reply is rejected ([] if kept): garbled, not_a_question, gives_answer, off_topic (a question
+    that shares no content word with its source), lost_key, length, same_as_source."""
+    kind, keys, source = fields["kind"], fields.get("keys") or [], fields.get("source", "")
+    text = clean(reply, kind)
+    why = []
+    n = len(text.split())
+    if _garbled(text):
+        why.append("garbled")
+    if kind == "answer":
+        if not carries(text, keys):
+            why.append("lost_key")
+        if n > max(40, 3 * len(source.split())):
+            why.append("length")
+    else:
+        if not _is_question(text):
+            why.append("not_a_question")
+        if keys and any(k.lower() in text.lower() for k in keys):
+            why.append("gives_answer")
+        if not 2 <= n <= 40:
+            why.append("length")
+        if not _stems(text) & _stems(source):
+            why.append("off_topic")
+    if _words(text) == _words(source):
+        why.append("same_as_source")
+    return why
+
+
+def filters() -> list[Scorer]:
+    """The augmentation filter as synth scorers, one per reason, so rejects carry their reasons."""
+    names = ("garbled", "not_a_question", "gives_answer", "off_topic", "lost_key", "length", "same_as_source")
+    return [Scorer(name, (lambda r, f, name=name: name not in reasons(r, f))) for name in names]
+
+
+def _stems(text: str) -> set[str]:
+    """Content words cut to five letters: a crude stem, enough to tell "closes"/"closing" apart from "parking"."""
+    return {w[:5] for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) >= 3 and w not in _STOP}
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(w for w in re.findall(r"[\w'’-]+", text.lower()) if w not in _STOP) or frozenset(
+        re.findall(r"[\w'’-]+", text.lower()))
+
+
+def jaccard(a: str, b: str) -> float:
+    wa, wb = _words(a), _words(b)
+    return len(wa & wb) / max(1, len(wa | wb))
+
+
+# --- from teacher output to training rows --------------------------------------------------------------------------
+
+
+def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter[str]:
+    """Reads the kept teacher replies of `teacher_out` (synth's OUT) into each fact's new_questions/new_answers,
+    dropping near-duplicates (Jaccard of content words >= `dedup` with one already there, the user's own first);
+    those are appended to the rejected file with the reason `near_duplicate`. Returns the kept count per kind."""
+    by_id = {f.id: f for f in facts}
+    kept: Counter[str] = Counter()
+    dups = []
+    lines = teacher_out.read_text(encoding="utf-8").splitlines() if teacher_out.exists() else []
+    for raw in sorted(lines, key=lambda x: (json.loads(x)["synth"]["id"], json.loads(x)["synth"]["sample"])):
+        rec = json.loads(raw)
+        fid, part, digest = (rec["synth"]["id"].split(":") + ["", ""])[:3]
+        f = by_id.get(fid)
+        kind = {"q": "question", "a": "answer"}.get(part[:1])
+        sources = (f.answers if kind == "answer" else f.questions) if f and kind else []
+        i = int(part[1:]) if part[1:].isdigit() else -1
+        if not 0 <= i < len(sources) or _digest(sources[i]) != digest:
+            continue  # a reply to a prompt this data no longer asks (edited between runs)
+        text = clean(rec["messages"][-1]["content"], kind)
+        pool = (f.answers + f.new_answers) if kind == "answer" else (f.questions + f.new_questions)
+        if any(jaccard(text, p) >= dedup for p in pool):
+            dups.append({**rec, "rejected": ["near_duplicate"]})
+            continue
+        (f.new_answers if kind == "answer" else f.new_questions).append(text)
+        if kind == "question" and sources[i] in f.contexts:  # a follow-up keeps its conversation
+            f.contexts[text] = f.contexts[sources[i]]
+        kept[kind] += 1
+    rej = rejected_path(teacher_out)
+    with rej.open("a", encoding="utf-8") as fh:
+        done = {json.loads(x)["synth"]["id"] + f"/{json.loads(x)['synth']['sample']}" for x in
+                rej.read_text(encoding="utf-8").splitlines() if x.strip() and "near_duplicate" in x}
+        for d in dups:
+            if f"{d['synth']['id']}/{d['synth']['sample']}" not in done:
+                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+    return kept
+
+
+def build_rows(facts: list[Fact], seed: int = 0, select_per_fact: int = 1, reversal: bool = True
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training rows, selection rows). Per fact: `select_per_fact` of the teacher's questions held out (when it
+    wrote at least two, and the fact has keys) as `{"messages": [system?, user], "answer": keys}`; then as many
+    rows as the fact has questions or answers, whichever is more, each question and each answer used in turn (the
+    answers in a seeded order); reversal rows for keys that are names or codes of this fact alone."""
+    rng = random.Random(seed)
+    key_owner = Counter(k.lower() for f in facts for k in f.keys)
+    rows, select = [], []
+    for f in facts:
+        sys_msg = [{"role": "system", "content": f.system}] if f.system else []
+        new_q = list(f.new_questions)
+        rng.shuffle(new_q)
+        held = new_q[:select_per_fact] if f.keys and len(new_q) >= 2 else []
+        for q in held:
+            select.append({"messages": [*sys_msg, *f.contexts.get(q, []), {"role": "user", "content": q}],
+                           "answer": list(f.keys), "fact": f.id})
+        questions = f.questions + [q for q in new_q if q not in held]
+        answers = f.answers + f.new_answers
+        order = list(range(len(answers)))
+        rng.shuffle(order)
+        for j in range(max(len(questions), len(answers))):  # every question and every answer at least once
+            q, a = questions[j % len(questions)], answers[order[j % len(order)]]
+            rows.append({"messages": [*sys_msg, *f.contexts.get(q, []), {"role": "user", "content": q},
+                                      {"role": "assistant", "content": a}]})
+        if reversal:
+            for k in f.keys:
+                if key_owner[k.lower()] == 1 and is_name_like(k):
+                    for j, tmpl in enumerate(REVERSAL_QUESTIONS):
+                        a = answers[order[j % len(order)]]
+                        rows.append({"messages": [*sys_msg, {"role": "user", "content": tmpl.format(k=k)},
+                                                  {"role": "assistant", "content": a}]})
+    return rows, select
+
+
+def doc_facts(chunks: list[Any], start: int = 0) -> list[Fact]:
+    """A document's facts: each sentence (or table row, as "header: cell; ...") of each chunk that carries key
+    strings, as a fact whose answer is the sentence and whose first question is the sentence with its key asked
+    for (`cloze`: "The loading dock closes at what time on weekdays?"), which the teacher then rewords like a
+    user's question. A sentence under four words states too little to ask about."""
+    facts = []
+    for ch in chunks:
+        for sentence, header in sentences(ch.text):
+            keys = find_keys(sentence, header)  # a table's header names are labels, not facts
+            if not keys or len(sentence.split()) < 4:
+                continue
+            questions = [q for q in (cloze(sentence, k) for k in keys) if q]
+            if questions:
+                facts.append(Fact(f"d{start + len(facts)}", keys, None, questions, [sentence]))
+    return facts
+
+
+_WH = [(r"\+?\d{2,5}(?:[ -]\d{2,4}){1,3}", "which number"),
+       (r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+", "which e-mail address"), (r"https?://\S+|www\.\S+", "which web address"),
+       (r"\d{1,2}:\d{2}.*", "what time"), (r"(?:ext\.?|extension|x)\s?\d+", "which extension"),
+       (r"[$€£]\d.*|\d[\d,.]*\s?(?:euros?|dollars?|pounds?|EUR|USD|GBP)", "how much"),
+       (r"\d[\d,.]*\s?%", "what percentage"),
+       (r"\d[\d,.]*\s+([a-z]+)", None), (r"\d[\d,.]*", "what number")]
+
+
+def cloze(sentence: str, key: str) -> str | None:
+    """The sentence as a question asking for `key`: the key replaced by a wh-phrase for its kind ("how many days",
+    "what time", "who" for a name, "which code" for a code), ending in "?". None if the key is not in it."""
+    i = sentence.find(key)
+    if i < 0:
+        return None
+    wh = "what"
+    low = key.lower()
+    if low in _DAYS:
+        wh = "which day"
+    elif low in _MONTHS:
+        wh = "which month"
+    else:
+        for pattern, phrase in _WH:
+            m = re.fullmatch(pattern, key)
+            if m:
+                wh = phrase or f"how many {m.group(1)}"
+                break
+        else:
+            if m := re.fullmatch(r"([A-Z][a-z]+)\s(?:[A-Z]?\d+[A-Za-z]?|[A-Z])", key):
+                wh = f"which {m.group(1).lower()}"  # Desk 4B -> which desk
+            elif re.search(r"\d", key):
+                wh = "which code"
+            elif re.fullmatch(r"[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+){1,2}", key) and not _PLACE_WORDS & set(
+                    key.lower().replace("'s", "").split()):
+                wh = "who"
+    body = (sentence[:i] + wh + sentence[i + len(key):]).strip().rstrip(".!;:")
+    return body[0].upper() + body[1:] + "?"
+
+
+_PLACE_WORDS = set("""lane street road avenue way works depot office centre center hall building room house park
+reservoir station team unit ward clinic hospital officer manager control desk gate store stores yard site plant
+company ltd inc group app system portal service services committee board""".split())
+_DAYS = set("monday tuesday wednesday thursday friday saturday sunday".split())
+_MONTHS = set("january february march april may june july august september october november december".split())
+
+
+def sentences(text: str) -> list[tuple[str, str]]:
+    """(sentence, its table's header row or "") of a chunk: prose split at sentence ends, a bullet per sentence,
+    table rows as 'header: cell; ...'."""
+    out: list[tuple[str, str]] = []
+    header: list[str] | None = None
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("|"):
+            cells = [c.strip() for c in s.strip("|").split("|")]
+            if all(re.fullmatch(r":?-{2,}:?", c) for c in cells if c):
+                continue
+            if header is None:
+                header = cells
+            else:
+                out.append(("; ".join(f"{h}: {c}" if h else c for h, c in zip(header, cells, strict=False) if c),
+                            " ".join(header)))
+            continue
+        header = None
+        if re.match(r"#{1,6}\s", s):  # a heading of a section merged into this chunk: a title, not a fact
+            continue
+        s = re.sub(r"^([-*•]|\d+[.)])\s+", "", s).replace("**", "").replace("__", "")
+        out += [(x.strip(), "") for x in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"“(])", s) if x.strip()]
+    return out
