@@ -1069,7 +1069,8 @@ FINETUNE_HELP = {
     "val_split": "fraction of the data held out",
     "resume": "continue the run in --out from its checkpoint", "lora_targets": "comma-separated projections",
     "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA and bf16-capable CPUs) | bf16 | fp32",
-    "packing": "pack several examples per row", "grad_checkpointing": "recompute activations in backward",
+    "packing": "pack several examples per row (default: on with --task sft, off with guard)",
+    "grad_checkpointing": "recompute activations in backward",
     "compile": "torch.compile each decoder layer (faster steps after a ~30 s first one)",
     "augment": "a teacher writes N new wordings of each question and each answer of your chat rows, filtered "
                "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
@@ -1121,7 +1122,8 @@ def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
             elif fld.name in ("lr", "epochs", "lora_alpha", "lora_dropout"):
                 kind = float
             shown = f" (default {default})" if default is not None else (
-                " (default: the task's, see TASK_DEFAULTS)" if fld.name in TASK_DEFAULTS["sft"] else "")
+                f" (default: {TASK_DEFAULTS['sft'][fld.name]} with --task sft, {TASK_DEFAULTS['guard'][fld.name]} "
+                "with guard)" if fld.name in TASK_DEFAULTS["sft"] else "")
             p.add_argument(flag, type=kind, default=None, help=f"{helptext}{shown}".strip())
 
 

@@ -177,7 +177,8 @@ def test_kill_9_mid_run_then_resume_repeats_the_straight_run(tiny_chat, data, tm
 
     args = [sys.executable, "-m", "corral", "finetune", str(tiny_chat), "--data", str(data), "--max-steps", "60",
             "--batch-size", "2", "--save-every", "4", "--lr", "1e-3", "--lora-r", "4", "--lora-dropout", "0.1",
-            "--max-seq-len", "256", "--seed", "3"]
+            "--max-seq-len", "256", "--seed", "3",
+            "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing"]  # the loop alone
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     subprocess.run([*args, "--out", str(straight)], check=True, capture_output=True, timeout=600, env=env)
@@ -224,7 +225,7 @@ def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
     """FSDP2 on CPU (gloo): 2 processes x batch 2 follow 1 process x batch 4, step by step."""
     common = ["finetune", str(tiny_chat), "--data", str(data), "--max-steps", "6", "--lr", "3e-3",
               "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu",
-              "--precision", "fp32"]
+              "--precision", "fp32", "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing"]
     one, two, _ = one_and_two_processes(common, tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert losses(two)[-1] < losses(two)[0]

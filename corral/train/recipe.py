@@ -46,14 +46,11 @@ class Prepared:
 def prepare(cfg: FinetuneConfig, dist: Any, progress: bool = True) -> Prepared:
     """Stages 1-2: the training mix and the selection rows (see the module docstring). Rank 0 does the work; other
     processes wait and read its files."""
-    from corral.train.docs import load_documents
-
     run = Path(cfg.out)
     if run.exists() and not cfg.resume and any(run.iterdir()):
         raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
     _check_inputs(cfg)
-    chunks = load_documents(cfg.docs, max_chars=cfg.chunk_chars, min_chars=min(200, cfg.chunk_chars // 4)) \
-        if cfg.docs else []
+    chunks = _chunks(cfg)  # a missing or unreadable document is an error before any model loads
     aug = run / "augment"
     done = aug / "summary.json"
     dist.barrier()
@@ -64,6 +61,14 @@ def prepare(cfg: FinetuneConfig, dist: Any, progress: bool = True) -> Prepared:
     select = [json.loads(x) for x in (aug / "select.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     loop_cfg = dataclasses.replace(cfg, data=str(aug / "train.jsonl"), docs=[])
     return Prepared(loop_cfg, select if cfg.select_every != 0 else [], summary)
+
+
+def _chunks(cfg: FinetuneConfig) -> list[Any]:
+    from corral.train.docs import load_documents
+
+    if not cfg.docs:
+        return []
+    return load_documents(cfg.docs, max_chars=cfg.chunk_chars, min_chars=min(200, cfg.chunk_chars // 4))
 
 
 def _check_inputs(cfg: FinetuneConfig) -> None:
@@ -84,11 +89,6 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
                        ) -> None:
     """Stage 1-2 into the folder `aug`: train.jsonl, select.jsonl, teacher.jsonl (+ .rejected) and summary.json
     (written last: its presence means done). `chunks`: `cfg.docs` already chunked (else they are read here)."""
-    from corral.train.docs import load_documents
-
-    if chunks is None:
-        chunks = load_documents(cfg.docs, max_chars=cfg.chunk_chars, min_chars=min(200, cfg.chunk_chars // 4)) \
-        if cfg.docs else []
     from corral.distill.augment import build_rows, collect, doc_facts, filters, group_facts, qa_pairs, teacher_prompts
     from corral.distill.synth import synth
     from corral.engine.sampling import SamplingParams
@@ -97,6 +97,8 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
     from corral.tokenizer import load_tokenizer
     from corral.train.data import load_jsonl
 
+    if chunks is None:
+        chunks = _chunks(cfg)
     t0 = time.perf_counter()
     tok = load_tokenizer(resolve_model_path(cfg.model))
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
