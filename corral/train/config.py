@@ -70,6 +70,8 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Fills the fields left at None with the task's defaults, then checks every value."""
+        if self.task not in TASK_DEFAULTS:
+            raise InvalidArgumentError(f"--task {self.task}: choose sft or guard")
         if self.task in TASK_DEFAULTS:
             defaults = TASK_DEFAULTS[self.task]
             if self.task == "sft" and self.method == "full":
