@@ -1080,6 +1080,8 @@ FINETUNE_HELP = {
     "chunk_chars": "documents are cut into chunks of at most this many characters, along their headings",
     "replay": "share of the training rows that are the base model's own answers to general prompts, so it keeps "
               "what it knew (0: off)",
+    "replay_loss": "kl: the replay rows hold the model to the base model's next-token distributions (a KL term) | "
+                   "ce: plain cross-entropy on the base model's text",
     "replay_prompts": "JSONL of {prompt} lines for --replay (default: corral's bundled general prompts)",
     "select_every": "score the held-out augmented questions every N steps and keep the best checkpoint "
                     "(default: 8 times a run; 0: off, keep the last)",

@@ -92,8 +92,10 @@ def test_recipe_builds_the_mix_from_rows_documents_and_replay(tiny_chat, inputs,
     users = [r["messages"][-2]["content"] for r in train if "messages" in r]
     assert "dock hours?" in users and "The north gate opens at what time?" in users
     assert "Tell me about RV-3318." in users  # the reversal of a code
-    replay_chat = [r for r in train if "messages" in r and r["messages"][0]["content"].startswith("Name a colour")]
-    replay_text = [r for r in train if r.get("prompt") == "" and not r["completion"].startswith("Depot")]
+    replay = lines(aug / "replay.jsonl")  # apart from the facts: held to the base model by a KL term
+    assert not [r for r in train if "messages" in r and r["messages"][0]["content"].startswith("Name a colour")]
+    replay_chat = [r for r in replay if "messages" in r and r["messages"][0]["content"].startswith("Name a colour")]
+    replay_text = [r for r in replay if r.get("prompt") == "" and not r["completion"].startswith("Depot")]
     assert len(replay_chat) + len(replay_text) == summary["replay_rows"] == min(6, round(0.3 / 0.7 *
                                                                                       summary["fact_rows"]))
     assert abs(len(replay_chat) - len(replay_text)) <= 1
@@ -200,11 +202,87 @@ def test_an_augmentation_killed_half_way_resumes_its_samples(tiny_chat, inputs, 
     assert sorted(map(key, again)) == sorted(map(key, done))
 
 
+def _kl_to_base(base, model, rows, tok) -> float:
+    """Mean KL(base || model) per token over `rows`' labelled positions, full vocabulary."""
+    from corral.train.data import encode_line
+    from corral.train.loop import _collate, loss_targets
+
+    batch = _collate([encode_line(json.dumps(r), tok) for r in rows], torch.device("cpu"))
+    _, keep = loss_targets(batch)
+    with torch.no_grad():
+        p = torch.log_softmax(base(batch["ids"], keep=keep).float(), -1)
+        q = torch.log_softmax(model(batch["ids"], keep=keep).float(), -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would(tiny_chat, tmp_path):
+    """At the first step the model is the base (LoRA's B is zero): the KL term of an anchor row is 0 and so is its
+    gradient; cross-entropy on the same row is not. Packed, anchor rows share no row with ordinary ones."""
+    from corral.model.loader import load_model
+    from corral.model.lora import apply_lora
+    from corral.tokenizer import load_tokenizer
+    from corral.train.data import encode_line, pack
+    from corral.train.loop import AnchoredObjective, Objective, _collate, _Dist
+
+    lm = load_model(str(tiny_chat), dtype="float32")
+    tok = load_tokenizer(lm.path)
+    apply_lora(lm.model, 4, 8.0)
+    text = [{"prompt": "", "completion": f"Colour {i} is blue. It is calm."} for i in range(3)]
+    chat = [{"messages": [{"role": "user", "content": "dock hours?"},
+                          {"role": "assistant", "content": "The loading dock closes at 16:40."}]}]
+    facts = [encode_line(json.dumps(r), tok) for r in chat]
+    anchors = [encode_line(json.dumps(r), tok) for r in text]
+    rows = pack(facts, 64) + pack(anchors, 64, anchor=True)
+    assert [r.anchor for r in rows] == [False, True]
+    obj = AnchoredObjective(tmp_path)
+    obj.setup(rows, _Dist("cpu"), None, lm.model)
+    assert (tmp_path / "anchor_topk.safetensors").is_file()
+    lm.model.train()
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    batch = _collate([rows[1]], torch.device("cpu"))
+    kl = obj.loss(lm.model, batch)
+    kl.backward()
+    assert abs(float(kl.detach())) < 1e-2 * int((batch["labels"] != -100).sum())  # fp16-stored top-64: not exactly 0
+    pulled_kl = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+    lm.model.zero_grad()
+    ce = Objective().loss(lm.model, batch)
+    ce.backward()
+    pulled_ce = sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+    assert float(ce.detach()) > 1.0 and pulled_kl < 0.05 * pulled_ce
+    lm.model.zero_grad()
+    # a mixed batch: the ordinary row's part is its cross-entropy
+    mixed = obj.loss(lm.model, _collate(rows, torch.device("cpu")))
+    alone = Objective().loss(lm.model, _collate([rows[0]], torch.device("cpu")))
+    assert abs(float(mixed.detach()) - float(alone.detach()) - float(kl.detach())) < 1e-3 * float(alone.detach())
+
+
+def test_the_kl_replay_keeps_the_base_distribution_better_than_cross_entropy(tiny_chat, inputs, tmp_path):
+    """Trained hard on the facts with the same replay rows, held by KL (the default) or by cross-entropy on the
+    base's text: measured on the replay text, the KL run stays closer to the base model."""
+    from corral.model.loader import load_model
+    from corral.model.lora import load_adapter
+    from corral.tokenizer import load_tokenizer
+
+    data, _, prompts = inputs
+    drift = {}
+    for loss in ("kl", "ce"):
+        run = finetune(cfg(tiny_chat, tmp_path / loss, data=str(data), replay_prompts=str(prompts), augment=0,
+                           replay=0.5, replay_loss=loss, max_steps=30, lr=1e-2, select_every=0), progress=False)
+        replay = lines(run / "augment" / ("replay.jsonl" if loss == "kl" else "train.jsonl"))
+        replay = [r for r in replay if "Colour" in json.dumps(r)]
+        base = load_model(str(tiny_chat), dtype="float32").model.eval()
+        tuned = load_model(str(tiny_chat), dtype="float32")
+        load_adapter(tuned.model, run / "adapter")
+        drift[loss] = _kl_to_base(base, tuned.model.eval(), replay, load_tokenizer(tuned.path))
+    assert drift["kl"] < 0.5 * drift["ce"], drift
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--augment", "-1"], ["--augment -1", "0 (off) to 64"]),
     (["--augment", "many"], ["--augment", "invalid int"]),
     (["--replay", "1.5"], ["--replay 1.5", "below 1"]),
     (["--select-every", "-2"], ["--select-every -2"]),
+    (["--replay-loss", "mse"], ["--replay-loss mse", "choose kl or ce"]),
     (["--chunk-chars", "50"], ["--chunk-chars 50", "at least 200"]),
     (["--docs", "missing.md"], ["missing.md", "no such file"]),
     (["--replay-prompts", "nope.jsonl"], ["--replay-prompts nope.jsonl", "no such file"]),

@@ -36,7 +36,7 @@ class KDObjective(Objective):
         self.cfg, self.teacher_model, self.run = cfg, teacher, run
         self.teacher: OnlineTeacher | CachedTeacher | None = None
 
-    def setup(self, rows: list, dist: _Dist, autocast: Any) -> None:
+    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
         cfg = self.cfg
         if cfg.kd_alpha == 0.0:  # plain SFT of the student: no teacher at all
             self.teacher_model = None

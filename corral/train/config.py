@@ -63,6 +63,7 @@ class FinetuneConfig:
     docs: list[str] = field(default_factory=list)  # documents (Markdown, text, HTML, PDF) turned into training data
     chunk_chars: int = 1200  # document chunks of at most this many characters
     replay: float = 0.25  # share of training rows that are the base model's own answers to general prompts (0: off)
+    replay_loss: str = "kl"  # kl: held to the base model's next-token distributions | ce: trained on its text
     replay_prompts: str | None = None  # JSONL of {"prompt"} for replay (default: corral's bundled general prompts)
     select_every: int | None = None  # score the held-out augmented questions every N steps, keep the best
     #                                  checkpoint (None: 8 times a run; 0: off, keep the last)
@@ -98,6 +99,7 @@ class FinetuneConfig:
                   (0 <= self.augment <= 64, f"--augment {self.augment}: choose 0 (off) to 64 wordings per row"),
                   (0.0 <= self.replay < 1.0, f"--replay {self.replay}: a share of the training rows, 0 (off) to "
                                              "below 1, e.g. 0.2"),
+                  (self.replay_loss in ("kl", "ce"), f"--replay-loss {self.replay_loss}: choose kl or ce"),
                   (self.select_every is None or self.select_every >= 0,
                    f"--select-every {self.select_every}: a number of steps >= 1, or 0 for off"),
                   (self.chunk_chars >= 200, f"--chunk-chars {self.chunk_chars}: at least 200 characters")]

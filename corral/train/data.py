@@ -39,6 +39,7 @@ class Example:
     input_ids: list[int]
     labels: list[int]  # input_ids where the loss applies, IGNORE elsewhere; aligned as in HF (the loss shifts)
     line: int  # 1-based line number in its file
+    anchor: bool = False  # held to the base model's next-token distributions (KL), not to its labels (CE)
 
     @property
     def trained_tokens(self) -> int:
@@ -54,6 +55,7 @@ class Packed:
     labels: list[int]
     position_ids: list[int]
     doc_ids: list[int]
+    anchor: bool = False  # every example in the row is an anchor (`pack(..., anchor=True)`)
 
 
 def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | None = None,
@@ -166,17 +168,18 @@ def split_val(examples: list[Example], fraction: float, seed: int = 0) -> tuple[
     return ([e for i, e in enumerate(examples) if i not in val], [e for i, e in enumerate(examples) if i in val])
 
 
-def pack(examples: list[Example], seq_len: int, pad_id: int = 0) -> list[Packed]:
-    """Greedy packing in the given order: examples are appended to the current row while they fit, never split."""
+def pack(examples: list[Example], seq_len: int, pad_id: int = 0, anchor: bool = False) -> list[Packed]:
+    """Greedy packing in the given order: examples are appended to the current row while they fit, never split.
+    `anchor`: the rows are marked as anchors (pack anchor examples apart from the others)."""
     rows: list[Packed] = []
-    cur = Packed([], [], [], [])
+    cur = Packed([], [], [], [], anchor)
     for doc, ex in enumerate(examples):
         n = len(ex.input_ids)
         if n > seq_len:
             raise DataError(f"line {ex.line}: {n} tokens do not fit a packed row of {seq_len}")
         if len(cur.input_ids) + n > seq_len:
             rows.append(_pad(cur, seq_len, pad_id))
-            cur = Packed([], [], [], [])
+            cur = Packed([], [], [], [], anchor)
         cur.input_ids += ex.input_ids
         cur.labels += ex.labels
         cur.position_ids += list(range(n))
@@ -189,4 +192,4 @@ def pack(examples: list[Example], seq_len: int, pad_id: int = 0) -> list[Packed]
 def _pad(row: Packed, seq_len: int, pad_id: int) -> Packed:
     k = seq_len - len(row.input_ids)
     return Packed(row.input_ids + [pad_id] * k, row.labels + [IGNORE] * k, row.position_ids + [0] * k,
-                  row.doc_ids + [-1] * k)
+                  row.doc_ids + [-1] * k, row.anchor)

@@ -95,12 +95,61 @@ class Objective:
     """What a training step minimises. This one: cross-entropy on the labelled tokens. Distillation
     (`corral.distill`) brings its own (a teacher beside the student) and runs this same loop."""
 
-    def setup(self, rows: list, dist: _Dist, autocast: Any) -> None:
-        """Called once, before the first step, with the training rows (after packing)."""
+    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
+        """Called once, before the first step and before a checkpoint is restored, with the training rows (after
+        packing) and the model as loaded (LoRA, if any, still adds nothing)."""
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         """Summed (not averaged) over the batch's loss positions."""
         return _loss(model, batch, "sum")
+
+
+ANCHOR_FILE = "anchor_topk"
+ANCHOR_TOPK = 64
+
+
+class AnchoredObjective(Objective):
+    """Cross-entropy on the ordinary rows; on anchor rows (`Example.anchor`: the recipe's replay of the base model's
+    own text), the forward KL from the base model's next-token distribution to the model's, over the base's top-64
+    tokens and "the rest" (`corral.distill.losses.kd_loss`). The base's top-64 are computed once, before the first
+    step, when the model is still the base (LoRA's B starts at zero), and written to the run folder, so a resumed
+    run reads them back. A KL term holds the whole distribution where cross-entropy on the base's greedy text would
+    only push its top token up: the fine-tune keeps the base's perplexity on text it was not trained on."""
+
+    def __init__(self, run: Path):
+        self.run = run
+        self.cache: Any = None
+
+    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
+        from corral.distill.teacher import CachedTeacher, write_cache
+
+        anchors = [r for r in rows if r.anchor]
+        if not anchors:
+            return
+        # Under FSDP every process takes part in the sharded forward passes, so each writes its own copy.
+        path = self.run / (f"{ANCHOR_FILE}.safetensors" if dist.world == 1 else f"{ANCHOR_FILE}.{dist.rank}"
+                                                                                 ".safetensors")
+        if not path.is_file():
+            from tqdm import tqdm
+
+            with tqdm(total=len(anchors), desc="base model top-64 on the replay rows", unit="row", leave=False,
+                      disable=not dist.main) as bar:
+                write_cache(model, anchors, path, ANCHOR_TOPK, _collate, dist.device, 1, autocast, bar.update)
+        self.cache = CachedTeacher(path, dist.device)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        from corral.distill.losses import kd_loss
+
+        rows = batch["rows"]
+        if self.cache is None or not any(r.anchor for r in rows):
+            return _loss(model, batch, "sum")
+        target, keep = loss_targets(batch)
+        logits = model(batch["ids"], positions=batch["positions"], doc_ids=batch["doc_ids"], keep=keep)  # (N, V)
+        is_anchor = torch.tensor([r.anchor for r in rows], device=keep.device)
+        at = (keep & is_anchor[:, None])[keep]  # (N,): which loss positions belong to anchor rows
+        loss = F.cross_entropy(logits[~at].float(), target[keep][~at], reduction="sum")
+        base = self.cache.targets({"rows": [r for r in rows if r.anchor]}, keep[is_anchor])
+        return loss + kd_loss(logits[at], base, "fkl")
 
 
 def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True) -> Path:
@@ -117,7 +166,7 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
         from corral.train.recipe import prepare, report
 
         prep = prepare(cfg, dist, progress)
-        run = _finetune(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select)
+        run = _finetune(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select, anchor=prep.anchor)
         if dist.main and ((run / "adapter").exists() or (run / "model").exists()):  # not after a stop half-way
             report(cfg, prep, run, progress)
         return run
@@ -127,18 +176,19 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
 
 def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool,
               objective: Objective | None = None, prepared: bool = False,
-              select: list[dict[str, Any]] | None = None) -> Path:
+              select: list[dict[str, Any]] | None = None, anchor: str | None = None) -> Path:
     """The loop. `objective`: the loss (default: cross-entropy). `prepared`: the caller has already made the run
     folder and put its own files there (distillation: the student's initial weights), so it may be non-empty.
     `select`: chat prompts with the key strings of their answer (`{"messages", "answer"}`), answered greedily every
-    `select_every` steps; the trainable weights of the best score are kept (`best/`) and are the ones saved."""
+    `select_every` steps; the trainable weights of the best score are kept (`best/`) and are the ones saved.
+    `anchor`: a JSONL file of rows trained towards the base model's distributions (`AnchoredObjective`)."""
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.model.quant import quantize_for_training, tensor_bytes
     from corral.tokenizer import load_tokenizer
 
-    objective = objective or Objective()
     run = Path(cfg.out)
+    objective = objective or (AnchoredObjective(run) if anchor else Objective())
     if run.exists() and not cfg.resume and not prepared and any(run.iterdir()):
         raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
     dist.barrier()  # every process has checked before rank 0 writes
@@ -161,11 +211,18 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         from corral.guard.dataset import repeat_unsafe
 
         train = repeat_unsafe(train, cfg.guard_repeat_unsafe)
-    rows: list[Example] | list[Packed] = train
+    anchors = load_examples(cfg, anchor, tok, template)[0] if anchor else []
+    for e in anchors:
+        e.anchor = True
+    rows: list[Example] | list[Packed] = train + anchors
     if cfg.packing:  # packed once, in a seeded order; the epochs then shuffle whole rows
+        rng = random.Random(cfg.seed)
         order = list(range(len(train)))
-        random.Random(cfg.seed).shuffle(order)
-        rows = pack([train[i] for i in order], cfg.max_seq_len)  # padding: doc -1, no loss
+        rng.shuffle(order)
+        train = [train[i] for i in order]
+        rng.shuffle(anchors)
+        # padding: doc -1, no loss. Anchor rows apart: each packed row is wholly one or the other.
+        rows = pack(train, cfg.max_seq_len) + pack(anchors, cfg.max_seq_len, anchor=True)
     base_fp32 = tensor_bytes(model)
     if cfg.method == "qlora":
         quantize_for_training(model, cfg.lora_targets)
@@ -199,7 +256,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     total = cfg.max_steps or max(1, int(steps_per_epoch * cfg.epochs))
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and (dist.device.type == "cuda" or _native_bf16_cpu()))
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
-    objective.setup(rows, dist, autocast)
+    objective.setup(rows, dist, autocast, model)
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
         state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)

@@ -41,6 +41,7 @@ class Prepared:
     cfg: FinetuneConfig  # the loop's: `data` is the mixed training file
     select: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
+    anchor: str | None = None  # replay rows trained towards the base model's distributions (--replay-loss kl)
 
 
 def prepare(cfg: FinetuneConfig, dist: Any, progress: bool = True) -> Prepared:
@@ -60,7 +61,9 @@ def prepare(cfg: FinetuneConfig, dist: Any, progress: bool = True) -> Prepared:
     summary = json.loads(done.read_text())
     select = [json.loads(x) for x in (aug / "select.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     loop_cfg = dataclasses.replace(cfg, data=str(aug / "train.jsonl"), docs=[])
-    return Prepared(loop_cfg, select if cfg.select_every != 0 else [], summary)
+    anchor = aug / "replay.jsonl"
+    return Prepared(loop_cfg, select if cfg.select_every != 0 else [], summary,
+                    str(anchor) if anchor.is_file() and anchor.stat().st_size else None)
 
 
 def _chunks(cfg: FinetuneConfig) -> list[Any]:
@@ -145,7 +148,11 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
     summary.update({"train_rows": len(train_rows) + len(replay), "fact_rows": len(train_rows),
                     "replay_rows": len(replay), "select_rows": len(select), "seconds": time.perf_counter() - t0,
                     "sample": _sample(facts + dfacts, cfg.seed)})
-    _write_jsonl(aug / "train.jsonl", train_rows + replay)
+    if cfg.replay_loss == "kl":  # apart: the loop holds these to the base model (AnchoredObjective)
+        _write_jsonl(aug / "train.jsonl", train_rows)
+        _write_jsonl(aug / "replay.jsonl", replay)
+    else:
+        _write_jsonl(aug / "train.jsonl", train_rows + replay)
     _write_jsonl(aug / "select.jsonl", select)
     (aug / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
 
