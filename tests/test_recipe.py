@@ -70,10 +70,11 @@ def cfg(model, out, **kw) -> FinetuneConfig:
     return FinetuneConfig(**{**base, **kw})
 
 
-def test_recipe_builds_the_mix_from_rows_documents_and_replay(tiny_chat, inputs, tmp_path):
+def test_recipe_builds_the_mix_from_rows_documents_and_replay(tiny_chat, inputs, tmp_path, monkeypatch):
     data, doc, prompts = inputs
-    run = finetune(cfg(tiny_chat, tmp_path / "run", data=str(data), docs=[str(doc)], replay_prompts=str(prompts),
-                       eval_tasks=["general_mc"]), progress=False)
+    c = cfg(tiny_chat, tmp_path / "run", data=str(data), docs=[str(doc)], replay_prompts=str(prompts),
+            eval_tasks=["general_mc"])
+    run = finetune(c, progress=False)
     aug = run / "augment"
     summary = json.loads((aug / "summary.json").read_text())
     assert (summary["user_rows"], summary["doc_chunks"]) == (4, 1)  # a short document is one chunk
@@ -106,6 +107,16 @@ def test_recipe_builds_the_mix_from_rows_documents_and_replay(tiny_chat, inputs,
     assert (run / "report" / "report.png").stat().st_size > 0 and "General tasks" in \
         (run / "report" / "report.html").read_text()
     assert (run / "adapter" / "adapter_config.json").exists()
+    # the base model's scores are cached per model: another run over the same model does not score it again
+    from corral.eval import harness
+    from corral.train.recipe import Prepared, report
+
+    real = harness.load_eval_model
+    monkeypatch.setattr(harness, "load_eval_model", lambda path, **kw: pytest.fail("the base scored again")
+                        if kw.get("name") == "base" else real(path, **kw))
+    (run / "report" / "before.json").unlink()
+    again = report(c, Prepared(c, [], rep["augment"]), run, progress=False)
+    assert again["before"] == rep["before"] and again["after"] == rep["after"]
 
 
 def test_replay_answers_are_cached_per_model(tiny_chat, inputs, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corral.distill.keys import carries, find_keys, is_name_like
+from corral.distill.keys import DAYS, MONTHS, carries, find_keys, is_name_like
 from corral.distill.synth import Prompt, rejected_path
 from corral.eval.scoring import Scorer
 
@@ -389,8 +389,8 @@ def cloze(sentence: str, key: str) -> str | None:
 _PLACE_WORDS = set("""lane street road avenue way works depot office centre center hall building room house park
 reservoir station team unit ward clinic hospital officer manager control desk gate store stores yard site plant
 company ltd inc group app system portal service services committee board""".split())
-_DAYS = set("monday tuesday wednesday thursday friday saturday sunday".split())
-_MONTHS = set("january february march april may june july august september october november december".split())
+_DAYS = {d.lower() for d in DAYS}
+_MONTHS = {m.lower() for m in MONTHS}
 
 
 def sentences(text: str) -> list[tuple[str, str]]:

@@ -16,7 +16,10 @@ import re
 _UNIT_NOT = (r"(?!(?:per|a|an|the|and|or|to|of|in|on|at|for|is|are|was|were|from|by|with|if|as|but|so|which|that|"
              r"who|when|where|each|every|it|its|we|you|they|than|then|before|after|until|now|here|there)\b)")
 _NUMBER = rf"[$€£]?\b\d[\d,]*(?:\.\d+)?(?![\w-])(?:\s?%|(?:\s{_UNIT_NOT}(?:[a-z]{{1,12}}))(?=[\s.,;:!?)]|$))?"
-_MONTH = "January|February|March|April|May|June|July|August|September|October|November|December"
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+_MONTH = "|".join(MONTHS)
 _PATTERNS = [
     rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s(?:{_MONTH})\b|\b(?:{_MONTH})\s\d{{1,2}}(?:st|nd|rd|th)?\b",  # dates
     # a labelled place: Desk 4B, Building C, Room 12
@@ -40,10 +43,9 @@ his her my me us them yes no please thanks thank hi hello sure ok okay note also
 which who whom whose why how in on at by for from to of with as is are was were be been do does did can could will
 would should may might must shall each every all any some none both either neither one two three four five six
 seven eight nine ten first second third last next our use write call ask send contact email go visit book
-bring see check open log file submit employees staff customers everyone new yes monday tuesday wednesday thursday
-friday saturday sunday january february march april may june july august september october november december""".split())
-_DAYS_MONTHS = set("""monday tuesday wednesday thursday friday saturday sunday january february march april may june
-july august september october november december""".split())
+bring see check open log file submit employees staff customers everyone new yes""".split())
+_DAYS_MONTHS = {w.lower() for w in DAYS + MONTHS}
+_COMMON |= _DAYS_MONTHS
 _WORD = re.compile(r"[\w'’]+")
 
 

@@ -164,15 +164,12 @@ def replay_rows(cfg: FinetuneConfig, n: int, loaded: Any = None, progress: bool 
     from corral.distill.synth import read_prompts, rejected_path, synth
     from corral.engine.sampling import SamplingParams
     from corral.model.loader import load_model
-    from corral.registry import resolve_model_path
     from corral.tokenizer import load_tokenizer
 
     if n <= 0:
         return []
     src = Path(cfg.replay_prompts) if cfg.replay_prompts else PROMPTS
-    model_path = resolve_model_path(cfg.model)
-    st = model_path.stat()
-    ident = hashlib.sha256(f"v2:{model_path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{REPLAY_MAX_TOKENS}".encode()
+    ident = hashlib.sha256(f"v2:{_model_ident(cfg.model)}:{REPLAY_MAX_TOKENS}".encode()
                            + src.read_bytes()).hexdigest()[:16]
     cache = Path.home() / ".cache" / "corral" / "replay" / f"{ident}.jsonl"
     prompts = read_prompts(src)
@@ -197,6 +194,21 @@ def replay_rows(cfg: FinetuneConfig, n: int, loaded: Any = None, progress: bool 
     # does, and only text outside the template anchors it.
     return [r if i % 2 == 0 else {"prompt": "", "completion": r["messages"][-1]["content"]}
             for i, r in enumerate(rows[:n])]
+
+
+def _model_ident(model: str) -> str:
+    """A model file's identity for the per-model caches: its path, size and modification time."""
+    from corral.registry import resolve_model_path
+
+    path = resolve_model_path(model)
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _reasons(out: Path) -> dict[str, int]:
@@ -238,10 +250,21 @@ def report(cfg: FinetuneConfig, prep: Prepared, run: Path, progress: bool = True
     rep: dict[str, Any] = {"augment": prep.summary, "tasks": {}, "before": {}, "after": {}}
     if cfg.eval_tasks:
         before_file = out / "before.json"
-        if not before_file.exists():  # the base model's scores survive a resumed run
-            base = load_eval_model(cfg.model, dtype="float32", name="base")
-            r = evaluate([base], cfg.eval_tasks, progress=progress)
-            before_file.write_text(json.dumps(r, indent=2) + "\n")
+        if not before_file.exists():  # the base model's scores survive a resumed run, and are cached per model
+            from corral import __version__
+            from corral.eval.task import BUNDLED_DIR, bundled_tasks
+
+            tasks = b"".join((BUNDLED_DIR / f"{t}.yaml" if t in bundled_tasks() else Path(t)).read_bytes()
+                             for t in cfg.eval_tasks)
+            ident = hashlib.sha256(f"v1:{__version__}:{_model_ident(cfg.model)}:{cfg.eval_tasks}".encode()
+                                   + tasks).hexdigest()[:16]
+            cache = Path.home() / ".cache" / "corral" / "eval" / f"{ident}.json"
+            if not cache.is_file():
+                base = load_eval_model(cfg.model, dtype="float32", name="base")
+                r = evaluate([base], cfg.eval_tasks, progress=progress)
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                _write_text(cache, json.dumps(r, indent=2) + "\n")
+            before_file.write_text(cache.read_text())
         before = json.loads(before_file.read_text())
         tuned = run / ("model" if cfg.method == "full" else "adapter")
         after = evaluate([load_eval_model(str(tuned), dtype="float32", name="fine-tuned")], cfg.eval_tasks,
