@@ -179,7 +179,7 @@ def finetune_cuda(folder: Path, dev: torch.device, tmp: Path, tiny: bool):
     base = dict(model=str(folder), data=str(data), batch_size=8, max_seq_len=512, max_steps=12, lr=1e-3,
                 warmup_steps=2, save_every=5, eval_every=1000, seed=0, device=str(dev), packing=True,
                 augment=0, replay=0.0, eval_tasks=[],  # the loop alone, with the settings of its earlier figures
-                lora_r=16, lora_alpha=32.0, lora_dropout=0.0)
+                lora_r=16, lora_alpha=32.0, lora_dropout=0.0, ema=0.0)
     out = {}
 
     def losses(run):

@@ -1083,6 +1083,8 @@ FINETUNE_HELP = {
     "replay_loss": "kl: the replay rows hold the model to the base model's next-token distributions (a KL term) | "
                    "ce: plain cross-entropy on the base model's text",
     "replay_prompts": "JSONL of {prompt} lines for --replay (default: corral's bundled general prompts)",
+    "ema": "score and keep a moving average of the trained weights over about this share of the run, not one "
+           "step's weights (0: off)",
     "select_every": "score the held-out augmented questions every N steps and keep the best checkpoint "
                     "(default: 8 times a run; 0: off, keep the last)",
     "eval_tasks": "corral eval tasks run before and after training, in OUT/report (comma-separated; none: off)",
@@ -1121,7 +1123,7 @@ def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
             if fld.name in ("max_steps", "student_layers", "student_mlp", "student_heads", "select_every",
                             "batch_size", "lora_r"):
                 kind = int
-            elif fld.name in ("lr", "epochs", "lora_alpha", "lora_dropout"):
+            elif fld.name in ("lr", "epochs", "lora_alpha", "lora_dropout", "ema"):
                 kind = float
             shown = f" (default {default})" if default is not None else (
                 f" (default: {TASK_DEFAULTS['sft'][fld.name]} with --task sft, {TASK_DEFAULTS['guard'][fld.name]} "

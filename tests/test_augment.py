@@ -36,6 +36,14 @@ from corral.distill.synth import rejected_path
     ("fee?", "It is $1,200 per year.", ["$1,200"]),
     ("Main lantern?", "The Glowmoth is our main lantern.", ["Glowmoth"]),
     ("How do I feel better?", "rest and drink water", []),
+    ("check-in interval?", "Every 75 minutes.", ["75 minutes"]),  # a sentence's first word is not a label
+    ("burst response?", "Within 90 minutes of the report.", ["90 minutes"]),
+    ("How hard is the water?", "Hardness is 147 mg/L, turbidity alarm at 0.8 NTU.", ["147 mg/L", "0.8 NTU"]),
+    ("Which app?", "TideGrid.", ["TideGrid"]),  # a one-word answer, or a word with a capital inside, is a name
+    ("Which app for jobs?", "Fieldspan.", ["Fieldspan"]),
+    ("sampling day?", "Monday.", ["Monday"]),
+    ("Who runs the works?", "That's Desmond Achebe-Rowe, the manager.", ["Desmond Achebe-Rowe"]),
+    ("Is that right?", "Correct.", []),
 ])
 def test_key_strings_are_the_answers_entities_the_question_lacks(question, answer, keys):
     assert find_keys(answer, question) == keys
@@ -72,6 +80,10 @@ def test_pairs_are_grouped_into_facts_by_their_keys_and_follow_ups_keep_their_co
     kinds = [p.fields["kind"] for p in prompts]
     assert kinds == ["question"] * 5 + ["answer"] * 5  # questions first: they share the few-shot header
     assert all(p.text and "Same question" in p.text for p in prompts[:5]) and len({p.key for p in prompts}) == 10
+    # each fact's questions share 2 x n samples (at least one each): a fact asked once gets as many as one asked
+    # twice; answers take synth's n
+    assert [p.n for p in teacher_prompts(facts, n=4)] == [4, 4, 8, 8, 8, None, None, None, None, None]
+    assert [p.n for p in teacher_prompts([Fact("f9", [], None, list("abcdefghij"))], n=4)] == [1] * 10
 
 
 @pytest.mark.parametrize("kind, reply, source, keys, why", [
@@ -113,6 +125,24 @@ def test_collect_drops_near_duplicates_into_the_rejected_file_once(tmp_path):
     assert [r["rejected"] for r in rej] == [["near_duplicate"]] * 2
     collect([Fact("f0", ["16:40"], None, ["dock hours?"], ["The loading dock closes at 16:40."])], out)
     assert len(rejected_path(out).read_text().splitlines()) == 2  # a resumed run does not log them twice
+
+
+def test_collect_drops_a_question_that_points_at_another_fact(tmp_path):
+    dock = Fact("f0", ["16:40"], None, ["dock hours?"], ["The loading dock closes at 16:40."])
+    park = Fact("f1", ["12 dollars"], None, ["parking price per day?"], ["Parking costs 12 dollars per day."])
+    gate = Fact("f2", ["16:40"], None, ["When is the north gate locked?"], ["The north gate is locked at 16:40."])
+    q = next(p.key for p in teacher_prompts([dock, park, gate]) if p.key.startswith("f0:q0"))
+    out = tmp_path / "teacher.jsonl"
+    out.write_text("\n".join([
+        _teacher_line(q, 0, "How much is parking per day near the dock?"),  # parking's words, dock's answer
+        _teacher_line(q, 1, "When does the loading dock shut?"),
+        _teacher_line(q, 2, "When is the north gate locked near the dock?")]) + "\n")  # nearer the gate: same key
+    assert dict(collect([dock, park, gate], out)) == {"question": 2}
+    assert dock.new_questions == ["When does the loading dock shut?", "When is the north gate locked near the dock?"]
+    rej = [json.loads(x) for x in rejected_path(out).read_text().splitlines()]
+    assert [(r["synth"]["sample"], r["rejected"]) for r in rej] == [(0, ["ambiguous"])]
+    collect([Fact("f0", ["16:40"], None, ["dock hours?"], ["The loading dock closes at 16:40."]), park, gate], out)
+    assert len(rejected_path(out).read_text().splitlines()) == 1  # a resumed run does not log it twice
 
 
 def test_rows_use_every_question_and_answer_hold_one_teacher_question_out_and_ask_names_backwards():

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.distill.synth import PromptFileError, make_filters, read_prompts, rejected_path, synth
+from corral.distill.synth import Prompt, PromptFileError, make_filters, read_prompts, rejected_path, synth
 from corral.engine.sampling import SamplingParams
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +101,15 @@ def test_filter_keeps_only_accepted_answers(teacher, tmp_path):
     out2 = tmp_path / "words.jsonl"
     run(teacher, prompts, out2, n=1, filters=make_filters(["max_words:1000", "max_chars:0"]))
     assert lines(out2) == [] and all(r["rejected"] == ["max_chars:0"] for r in lines(rejected_path(out2)))
+
+
+def test_a_prompt_with_its_own_n_gets_that_many_samples(teacher, tmp_path):
+    prompts = [Prompt("a", [{"role": "user", "content": "Name a colour."}], {}, 1, n=3),
+               Prompt("b", [{"role": "user", "content": "Count to three."}], {}, 2)]
+    out = tmp_path / "o.jsonl"
+    s = run(teacher, prompts, out, n=1)
+    done = sorted((r["synth"]["id"], r["synth"]["sample"]) for r in lines(out) + lines(rejected_path(out)))
+    assert done == [("a", 0), ("a", 1), ("a", 2), ("b", 0)] and s.samples == 4
 
 
 def test_truncated_answers_are_rejected_unless_kept(teacher, tmp_path):

@@ -83,6 +83,47 @@ def test_resume_repeats_the_straight_run(tiny_chat, data, tmp_path, method):
     finetune(cfg(tiny_chat, data, crashed, method=method, lora_dropout=0.1, resume=True), progress=False)
     assert losses(crashed) == losses(straight)  # exactly: data order, dropout RNG, AdamW state and lr restored
     assert losses(crashed, "val_loss") == losses(straight, "val_loss")
+    if method == "lora":  # the kept weights too: LoRA runs keep the moving average, saved in the checkpoint
+        from safetensors.torch import load_file
+
+        assert json.loads((crashed / "config.json").read_text())["ema"] == 0.1
+        a, b = (load_file(str(r / "adapter" / "adapter_model.safetensors")) for r in (crashed, straight))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_moving_average_is_what_is_kept():
+    from corral.train.loop import MovingAverage
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    avg = MovingAverage([w], share=0.5, total=40)  # a time constant of 20 steps: decay 0.95
+    assert avg.decay == pytest.approx(0.95)
+    with torch.no_grad():
+        w.fill_(1.0)
+    avg.update([w], step=1)  # young: weight 1 - 2/11
+    assert torch.allclose(avg.avg[0], torch.full((3,), 9 / 11))
+    for step in range(2, 200):
+        avg.update([w], step)
+    assert torch.allclose(avg.avg[0], torch.ones(3), atol=1e-3)
+    with torch.no_grad():
+        w.fill_(5.0)
+    avg.update([w], step=200)  # old: weight 1 - 0.95
+    expected = avg.avg[0].clone()
+    assert torch.allclose(expected, torch.full((3,), 1.0 + 0.05 * 4.0), atol=1e-3)
+    with avg.swapped([w]):
+        assert torch.equal(w.detach(), expected)
+    assert torch.equal(w.detach(), torch.full((3,), 5.0))  # the trained weights back after the block
+
+
+def test_lora_defaults_keep_an_average_full_fine_tunes_do_not():
+    from corral.errors import InvalidArgumentError
+
+    lora = FinetuneConfig(model="m", data="d")
+    lora.check()
+    full = FinetuneConfig(model="m", data="d", method="full")
+    full.check()
+    assert (lora.ema, full.ema) == (0.1, 0.0)
+    with pytest.raises(InvalidArgumentError, match="--ema 1.0"):
+        FinetuneConfig(model="m", data="d", ema=1.0).check()
 
 
 def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_path):

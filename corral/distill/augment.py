@@ -14,9 +14,10 @@ A document's sentences that carry a key are facts too: the sentence is the answe
 asked for ("The loading dock closes at what time?") the first question, reworded like a user's.
 A filter drops what the teacher garbled (labels left in, repeated words, no letters), questions that are not
 questions or that give the answer away, answers that lost a key, and wordings too close to one already kept
-(`near_duplicate`, word-set Jaccard). Rows that ask the fact the other way round ("Tell me about RV-3318.") are
-added for keys that are names or codes and belong to one fact only: a model trained on "A is B" does not answer
-"B is?" (the reversal curse).
+(`near_duplicate`, word-set Jaccard), and questions whose words point at another fact more than at their own
+(`ambiguous`: they would teach the model to confuse the two). Rows that ask the fact the other way round ("Tell
+me about RV-3318.") are added for keys that are names or codes and belong to one fact only: a model trained on "A
+is B" does not answer "B is?" (the reversal curse).
 
 The result (`build_rows`): every pooled question paired with a pooled answer (rotated, so each answer is used),
 the reversal rows, the user's own multi-turn conversations as they are, and a held-out share of the teacher's
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -75,6 +77,7 @@ Question: {q}
 Answer: {a}
 Full sentence:"""
 REVERSAL_QUESTIONS = ("Tell me about {k}.", "What do you know about {k}?")
+QUESTION_SAMPLES = 2  # x n: the teacher's rewordings of each fact's questions, shared among them
 
 _LABEL = re.compile(r"^\s*(?:(?:new|rewritten|reworded|alternative|another|paraphrased?|the)\s+)*"
                     r"(?:question|answer|rewrite|version)\s*\d*\s*[:\-]\s*", re.IGNORECASE)
@@ -151,12 +154,16 @@ def group_facts(pairs: list[QA]) -> list[Fact]:
 # --- teacher prompts and filters ----------------------------------------------------------------------------------
 
 
-def teacher_prompts(facts: list[Fact]) -> list[Prompt]:
-    """The synth prompts: a `question` prompt per question, and an `answer` prompt per answer of a fact with keys.
-    Ids are stable (fact id + index) so a rerun resumes."""
+def teacher_prompts(facts: list[Fact], n: int = 1) -> list[Prompt]:
+    """The synth prompts: a `question` prompt per question, and an `answer` prompt per answer of a fact with keys
+    (`n` samples each, synth's). A fact's question prompts share QUESTION_SAMPLES x `n` samples, at least one each:
+    a fact its user asked once, or a document sentence, gets as many new wordings as one asked four times (with
+    `n` per question, those were the facts a fine-tuned model missed most). Ids are stable (fact id + index) so a
+    rerun resumes."""
     # All question prompts, then all answer prompts: each kind shares its few-shot header, whose KV the engine
     # reuses from a finished request with the same header (whole prefill chunks: the headers are over 128 tokens).
-    prompts = [_prompt(f"{f.id}:q{i}:{_digest(q)}", QUESTION_PROMPT.format(q=_one_line(q)), "question", f, q)
+    prompts = [_prompt(f"{f.id}:q{i}:{_digest(q)}", QUESTION_PROMPT.format(q=_one_line(q)), "question", f, q,
+                       n=-(-QUESTION_SAMPLES * n // len(f.questions)))
                for f in facts for i, q in enumerate(f.questions)]
     for f in facts:
         for i, a in enumerate(f.answers if f.keys else []):
@@ -175,9 +182,9 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
-def _prompt(pid: str, text: str, kind: str, f: Fact, source: str) -> Prompt:
+def _prompt(pid: str, text: str, kind: str, f: Fact, source: str, n: int | None = None) -> Prompt:
     return Prompt(pid, [{"role": "user", "content": source}], {"kind": kind, "fact": f.id, "keys": f.keys,
-                                                               "source": source}, 0, text=text)
+                                                               "source": source}, 0, text=text, n=n)
 
 
 def clean(reply: str, kind: str) -> str:
@@ -262,11 +269,13 @@ def jaccard(a: str, b: str) -> float:
 
 def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter[str]:
     """Reads the kept teacher replies of `teacher_out` (synth's OUT) into each fact's new_questions/new_answers,
-    dropping near-duplicates (Jaccard of content words >= `dedup` with one already there, the user's own first);
-    those are appended to the rejected file with the reason `near_duplicate`. Returns the kept count per kind."""
+    dropping near-duplicates (Jaccard of content words >= `dedup` with one already there, the user's own first)
+    and questions that point at another fact (`ambiguous`); those are appended to the rejected file with their
+    reason. Returns the kept count per kind."""
     by_id = {f.id: f for f in facts}
+    nearest = _nearest_fact(facts)
     kept: Counter[str] = Counter()
-    dups = []
+    dropped = []
     lines = teacher_out.read_text(encoding="utf-8").splitlines() if teacher_out.exists() else []
     for raw in sorted(lines, key=lambda x: (json.loads(x)["synth"]["id"], json.loads(x)["synth"]["sample"])):
         rec = json.loads(raw)
@@ -280,7 +289,10 @@ def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter
         text = clean(rec["messages"][-1]["content"], kind)
         pool = (f.answers + f.new_answers) if kind == "answer" else (f.questions + f.new_questions)
         if any(jaccard(text, p) >= dedup for p in pool):
-            dups.append({**rec, "rejected": ["near_duplicate"]})
+            dropped.append({**rec, "rejected": ["near_duplicate"]})
+            continue
+        if kind == "question" and nearest(text, f) is not f:
+            dropped.append({**rec, "rejected": ["ambiguous"]})
             continue
         (f.new_answers if kind == "answer" else f.new_questions).append(text)
         if kind == "question" and sources[i] in f.contexts:  # a follow-up keeps its conversation
@@ -288,12 +300,40 @@ def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter
         kept[kind] += 1
     rej = rejected_path(teacher_out)
     with rej.open("a", encoding="utf-8") as fh:
-        done = {json.loads(x)["synth"]["id"] + f"/{json.loads(x)['synth']['sample']}" for x in
-                rej.read_text(encoding="utf-8").splitlines() if x.strip() and "near_duplicate" in x}
-        for d in dups:
+        done = set()
+        for x in rej.read_text(encoding="utf-8").splitlines():
+            r = json.loads(x) if x.strip() else {}
+            if set(r.get("rejected", [])) & set(_COLLECT_REASONS):
+                done.add(f"{r['synth']['id']}/{r['synth']['sample']}")
+        for d in dropped:
             if f"{d['synth']['id']}/{d['synth']['sample']}" not in done:
                 fh.write(json.dumps(d, ensure_ascii=False) + "\n")
     return kept
+
+
+_COLLECT_REASONS = ("near_duplicate", "ambiguous")
+
+
+def _nearest_fact(facts: list[Fact]) -> Any:
+    """A function (question, its fact) -> the fact the question's content words point at: the one whose own
+    questions and answers share the most of them, each weighted by how few facts use it (idf). Its own fact when
+    none scores higher, or when the higher one shares a key with it (the same answer). A teacher question that
+    points at another fact ("How long do I have to get there?" written for the burst response time, nearer the
+    travel allowance) would teach the model to confuse the two: it is dropped."""
+    bags = [set().union(*(_stems(x) for x in f.questions + f.answers)) for f in facts]
+    df = Counter(s for b in bags for s in b)
+    idf = {s: math.log(len(facts) / n) for s, n in df.items()}
+    keys = [{k.lower() for k in f.keys} for f in facts]
+    index = {id(f): i for i, f in enumerate(facts)}
+
+    def nearest(question: str, fact: Fact) -> Fact:
+        own = index[id(fact)]
+        stems = _stems(question)
+        score = [sum(idf[s] for s in stems & b) for b in bags]
+        best = max(range(len(facts)), key=score.__getitem__)
+        return fact if score[best] <= score[own] or keys[best] & keys[own] else facts[best]
+
+    return nearest
 
 
 def build_rows(facts: list[Fact], seed: int = 0, select_per_fact: int = 1, reversal: bool = True

@@ -15,7 +15,9 @@ import re
 # "$1,200", "35%", "2.5 kg", "27 days"); the unit word must be lower case so "12 Acme" is not a unit.
 _UNIT_NOT = (r"(?!(?:per|a|an|the|and|or|to|of|in|on|at|for|is|are|was|were|from|by|with|if|as|but|so|which|that|"
              r"who|when|where|each|every|it|its|we|you|they|than|then|before|after|until|now|here|there)\b)")
-_NUMBER = rf"[$€£]?\b\d[\d,]*(?:\.\d+)?(?![\w-])(?:\s?%|(?:\s{_UNIT_NOT}(?:[a-z]{{1,12}}))(?=[\s.,;:!?)]|$))?"
+# A unit may have a per-part ("147 mg/L", "50 km/h") or be an upper-case abbreviation ("0.8 NTU", "40 GB").
+_NUMBER = (rf"[$€£]?\b\d[\d,]*(?:\.\d+)?(?![\w-])(?:\s?%|(?:\s{_UNIT_NOT}(?:[a-z]{{1,12}}(?:/[A-Za-z]{{1,6}})?|"
+           rf"[A-Z]{{2,4}}))(?=[\s.,;:!?)]|$))?")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
@@ -43,7 +45,9 @@ his her my me us them yes no please thanks thank hi hello sure ok okay note also
 which who whom whose why how in on at by for from to of with as is are was were be been do does did can could will
 would should may might must shall each every all any some none both either neither one two three four five six
 seven eight nine ten first second third last next our use write call ask send contact email go visit book
-bring see check open log file submit employees staff customers everyone new yes""".split())
+bring see check open log file submit employees staff customers everyone new yes that's it's there's here's he's
+she's we're you're they're i'm let's what's who's yep nope correct right exactly absolutely indeed within about
+around approximately roughly nearly almost over under up only just after before since until per than""".split())
 _DAYS_MONTHS = {w.lower() for w in DAYS + MONTHS}
 _COMMON |= _DAYS_MONTHS
 _WORD = re.compile(r"[\w'’]+")
@@ -58,15 +62,23 @@ def find_keys(answer: str, question: str = "") -> list[str]:
     with their unit, times, codes, addresses) come first; capitalised names are taken where they do not overlap
     one, with everyday words trimmed off their ends ("The Glowmoth" -> "Glowmoth") and a possessive dropped. A
     single capitalised word that starts a sentence is a key only if it is capitalised mid-sentence somewhere too
-    (so "Employees get 35% off" gives "35%" alone). Days and months count ("changes over every Wednesday"). []
+    (so "Employees get 35% off" gives "35%" alone), has a capital or digit inside ("TideGrid"), or is the whole
+    answer ("Fieldspan."). Days and months count ("changes over every Wednesday"). A sentence's first word is
+    not a label ("Every 75 minutes" gives "75 minutes", as "Room 12" gives "Room 12"). []
     when the answer carries none (a free-text answer: kept, but no filter or score can check it)."""
     q = _norm(question)
     q_words = {w.lower() for w in _WORD.findall(question)}
     taken: list[tuple[int, int]] = []
-    for m in _ENTITY.finditer(answer):
+    pos = 0
+    while m := _ENTITY.search(answer, pos):
+        start, end = m.start(), m.end()
         first = m.group(0).split(" ", 1)
-        skip = len(first[0]) + 1 if len(first) == 2 and first[0].lower() in _COMMON - _DAYS_MONTHS else 0  # "On 12"
-        taken.append((m.start() + skip, m.end()))
+        if len(first) == 2 and first[0].lower() in _COMMON - _DAYS_MONTHS:  # "Every 75 minutes": not a label
+            start += len(first[0]) + 1
+            again = _ENTITY.match(answer, start)
+            end = max(end, again.end()) if again else end
+        taken.append((start, end))
+        pos = max(end, m.start() + 1)
     mid_caps = {m.group(0) for m in re.finditer(r"(?<=[^\s.!?:]\s)[A-Z][\w'’-]*", answer)}
     for m in _NAME.finditer(answer):
         words = [(w.start() + m.start(), w.end() + m.start(), w.group(0)) for w in re.finditer(r"\S+", m.group(0))]
@@ -80,8 +92,10 @@ def find_keys(answer: str, question: str = "") -> list[str]:
         if answer[e - 2: e] in ("'s", "’s"):
             e -= 2
         sentence_start = s == 0 or re.search(r"[.!?:]\s*$", answer[:s]) is not None
-        if len(words) == 1 and (words[0][2].lower().rstrip("'’s") in q_words
-                                or (sentence_start and words[0][2] not in mid_caps)):
+        word = words[0][2]
+        named = (word in mid_caps or word.lower() in _DAYS_MONTHS or re.search(r"[A-Z\d]", word[1:]) is not None
+                 or _norm(answer).strip(" .!") == word.lower())  # TideGrid, Monday, or the whole answer
+        if len(words) == 1 and (word.lower().rstrip("'’s") in q_words or (sentence_start and not named)):
             continue
         if any(s < te and ts < e for ts, te in taken):
             continue

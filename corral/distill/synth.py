@@ -46,12 +46,13 @@ class Prompt:
     line: int
     text: str | None = None  # a raw completion prompt (no chat template), e.g. a few-shot pattern; `messages` is
     #                          then what the output line records as the question
+    n: int | None = None  # this prompt's own number of samples (None: synth's `n`)
 
 
 @dataclass
 class SynthSummary:
     prompts: int
-    samples: int  # prompts x n
+    samples: int  # prompts x n (each prompt's own n where it has one)
     resumed: int  # samples found done in OUT and the rejected file
     kept: int  # written to OUT by this run
     rejected: int
@@ -211,8 +212,9 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     rej = rejected_path(out)
     done = _done(out) | _done(rej)
     base_seed = params.seed if params.seed is not None else 0
-    jobs = [(p, j) for p in prompts for j in range(n) if (p.key, j) not in done]
-    resumed = len(prompts) * n - len(jobs)
+    total = sum(n if p.n is None else p.n for p in prompts)
+    jobs = [(p, j) for p in prompts for j in range(n if p.n is None else p.n) if (p.key, j) not in done]
+    resumed = total - len(jobs)
     ids_of = {}
     prompt_ids = []
     for p, _j in jobs:
@@ -223,7 +225,7 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     job_params = [dataclasses.replace(params, seed=sample_seed(base_seed, p.key, j)) for p, j in jobs]
     kept, reasons = 0, Counter()
     writer, rejects = _Appender(out), _Appender(rej)
-    prog = _progress(progress, console, len(prompts) * n, resumed)
+    prog = _progress(progress, console, total, resumed)
     t0 = time.perf_counter()
 
     def on_finish(i: int, g: Any) -> None:
@@ -260,7 +262,7 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
         if prog is not None:
             prog.stop()
     rejected = len(jobs) - kept
-    return SynthSummary(len(prompts), len(prompts) * n, resumed, kept, rejected, dict(reasons),
+    return SynthSummary(len(prompts), total, resumed, kept, rejected, dict(reasons),
                         time.perf_counter() - t0, out)
 
 

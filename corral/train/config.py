@@ -13,9 +13,9 @@ from corral.errors import InvalidArgumentError
 # bundled recipe was measured with (examples/guard).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"lr": 2e-3, "epochs": 3.0, "batch_size": 1, "packing": True, "lora_r": 32, "lora_alpha": 64.0,
-            "lora_dropout": 0.0},
+            "lora_dropout": 0.0, "ema": 0.1},
     "guard": {"lr": 2e-4, "epochs": 1.0, "batch_size": 4, "packing": False, "lora_r": 16, "lora_alpha": 32.0,
-              "lora_dropout": 0.0},
+              "lora_dropout": 0.0, "ema": 0.0},
 }
 FULL_SFT_LR = 1e-4  # --method full trains every weight: a LoRA learning rate would wreck the model
 
@@ -43,6 +43,8 @@ class FinetuneConfig:
     lora_dropout: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                              "up_proj", "down_proj"])
+    ema: float | None = None  # the trained weights' moving average over about this share of the run is what is
+    #                           scored and kept (0: off, the weights of one step)
     eval_every: int = 50
     save_every: int = 100
     seed: int = 0
@@ -76,7 +78,7 @@ class FinetuneConfig:
         if self.task in TASK_DEFAULTS:
             defaults = TASK_DEFAULTS[self.task]
             if self.task == "sft" and self.method == "full":
-                defaults = {**defaults, "lr": FULL_SFT_LR}
+                defaults = {**defaults, "lr": FULL_SFT_LR, "ema": 0.0}  # an average of every weight: 2x the memory
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
@@ -88,6 +90,7 @@ class FinetuneConfig:
                   (self.lr > 0, "--lr must be > 0"), (self.max_seq_len >= 16, "--max-seq-len must be >= 16"),
                   (self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1"),
                   (self.epochs > 0, "--epochs must be > 0"),
+                  (0.0 <= self.ema < 1.0, f"--ema {self.ema}: a share of the run, 0 (off) to below 1, e.g. 0.1"),
                   (self.eval_every >= 1 and self.save_every >= 1, "--eval-every and --save-every must be >= 1"),
                   (self.task in ("sft", "guard"), f"--task {self.task}: choose sft or guard"),
                   (self.guard_policy is None or self.task == "guard", "--guard-policy goes with --task guard"),

@@ -30,7 +30,7 @@ import os
 import random
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -260,6 +260,9 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
         state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)
+    ema = MovingAverage(params, cfg.ema, total) if cfg.ema > 0 else None
+    if ema and cfg.resume and (run / CHECKPOINT).is_dir():
+        ema.load(run / CHECKPOINT, names, params)
     selector = Selector(run, select, tok, template, total, cfg.select_every, dist.world) if select else None
     metrics = None
     if dist.main:
@@ -287,6 +290,8 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
                                              autocast, dist.world, objective.loss)
             tokens_since += sum(b["tokens"] for b, _ in batches)
             state["step"] += 1
+            if ema:
+                ema.update(params, state["step"])
             loss_sum = dist.sum(loss_sum)
             now = time.perf_counter()
             rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
@@ -296,13 +301,14 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
                 with autocast():
                     rec["val_loss"] = evaluate(model, val, cfg, dist.device)
             if selector and selector.due(state["step"]):
-                rec["select_acc"] = selector.score(model, names, state["step"])
+                with ema.swapped(params) if ema else nullcontext():
+                    rec["select_acc"] = selector.score(model, names, state["step"])
             if metrics:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
             bar(rec)
             if state["step"] % cfg.save_every == 0 or state["step"] == total:
-                _save_checkpoint(run / CHECKPOINT, model, names, opt, state, cfg, dist)
+                _save_checkpoint(run / CHECKPOINT, model, names, opt, state, cfg, dist, ema)
             t_last, tokens_since = time.perf_counter(), 0  # evaluation and checkpoints do not count as training
             if stop_after is not None and state["step"] >= stop_after:
                 return run
@@ -310,10 +316,56 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         if metrics:
             metrics.close()
         bar(None)
+    if ema:
+        ema.copy_to(params)
     if selector:
         selector.restore_best(model, names)
     _finish(run, model, lm, tok, cfg, dist)
     return run
+
+
+class MovingAverage:
+    """An exponential moving average of the trainable weights, over about `share` of the run's `total` steps (a
+    time constant of share x total steps, shorter while the run is young). With a small data set each step pulls
+    the model towards the few facts of its batch: two checkpoints four steps apart answered 5 of 45 held-out
+    questions differently. The average is what selection scores and what the run keeps. On the device of the
+    weights, updated in place: no host sync."""
+
+    def __init__(self, params: list[torch.Tensor], share: float, total: int):
+        self.decay = 1.0 - 1.0 / max(1.0, share * total)
+        self.avg = [p.detach().clone() for p in params]
+
+    def update(self, params: list[torch.Tensor], step: int) -> None:
+        weight = 1.0 - min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for a, p in zip(self.avg, params, strict=True):
+                a.lerp_(p.detach(), weight)
+
+    @contextmanager
+    def swapped(self, params: list[torch.Tensor]):
+        """The average in the model's weights for the block, the trained weights back after it."""
+        live = [p.detach().clone() for p in params]
+        self.copy_to(params)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, live, strict=True):
+                    p.copy_(w)
+
+    def copy_to(self, params: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, a in zip(params, self.avg, strict=True):
+                p.copy_(a)
+
+    def load(self, folder: Path, names: list[str], params: list[torch.Tensor]) -> None:
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(folder / "state.safetensors"))
+        with torch.no_grad():
+            for a, n, p in zip(self.avg, names, params, strict=True):
+                if f"ema/{n}" in tensors:
+                    a.copy_(_like(tensors[f"ema/{n}"], p))
 
 
 class Selector:
@@ -518,12 +570,15 @@ def _rng_states(dist: Any) -> dict[str, torch.Tensor]:
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt: torch.optim.Optimizer,
-                     state: dict[str, int], cfg: FinetuneConfig, dist: Any) -> None:
+                     state: dict[str, int], cfg: FinetuneConfig, dist: Any, ema: MovingAverage | None = None
+                     ) -> None:
     from safetensors.torch import save_file
 
     # Every process takes part in gathering sharded tensors; rank 0 writes.
     params = dict(model.named_parameters())
     tensors = {f"param/{n}": _full(params[n].detach()).cpu().contiguous() for n in names}
+    if ema:
+        tensors.update({f"ema/{n}": _full(a).cpu().contiguous() for n, a in zip(names, ema.avg, strict=True)})
     for i, n in enumerate(names):
         st = opt.state.get(opt.param_groups[0]["params"][i], {})
         for k in ("exp_avg", "exp_avg_sq"):
@@ -560,13 +615,7 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
     params = dict(model.named_parameters())
 
     def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        """The saved whole tensor placed as `ref` is: this process's shard under FSDP2."""
-        t = t.to(ref.device if not hasattr(ref, "device_mesh") else dist.device, ref.dtype)
-        if hasattr(ref, "device_mesh"):
-            from torch.distributed.tensor import distribute_tensor
-
-            return distribute_tensor(t, ref.device_mesh, ref.placements)
-        return t
+        return _like(t, ref, dist.device)
 
     with torch.no_grad():
         for n in names:
@@ -581,6 +630,16 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
     if dist.device.type == "cuda" and f"rng/cuda/{dist.rank}" in tensors:
         torch.cuda.set_rng_state(tensors[f"rng/cuda/{dist.rank}"], dist.device)
     return {k: int(meta[k]) for k in ("step", "epoch", "cursor")}
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """The saved whole tensor placed as `ref` is: this process's shard under FSDP2."""
+    if hasattr(ref, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(t.to(device or ref.device_mesh.device_type, ref.dtype), ref.device_mesh,
+                                 ref.placements)
+    return t.to(ref.device, ref.dtype)
 
 
 def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any) -> None:

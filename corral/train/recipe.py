@@ -122,7 +122,7 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
         teacher = load_model(cfg.teacher or cfg.model)
         ttok = load_tokenizer(teacher.path)
         out = aug / "teacher.jsonl"
-        s = synth(teacher.model, ttok, teacher_prompts(facts + dfacts), out, n=cfg.augment,
+        s = synth(teacher.model, ttok, teacher_prompts(facts + dfacts, cfg.augment), out, n=cfg.augment,
                   params=SamplingParams(temperature=TEACHER_TEMPERATURE, top_k=50, max_tokens=64, seed=cfg.seed,
                                         stop=["\n"]),
                   filters=filters(), keep_truncated=False, progress=progress)

@@ -118,7 +118,7 @@ def main() -> int:
                                   seed=args.seed, save_every=1000, eval_every=1000, resume=out.exists(),
                                   compile=args.compile,
                                   # acme's own hand-written paraphrases, trained as they are (the loop alone)
-                                  augment=0, replay=0.0, eval_tasks=[], packing=False))
+                                  augment=0, replay=0.0, eval_tasks=[], packing=False, ema=0.0))
     train_s = time.perf_counter() - t0
     tuned = load_model(args.model, dtype="float32").model
     load_adapter(tuned, run / "adapter")
