@@ -327,8 +327,8 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
 class MovingAverage:
     """An exponential moving average of the trainable weights, over about `share` of the run's `total` steps (a
     time constant of share x total steps, shorter while the run is young). With a small data set each step pulls
-    the model towards the few facts of its batch: two checkpoints four steps apart answered 5 of 45 held-out
-    questions differently. The average is what selection scores and what the run keeps. On the device of the
+    the model towards the few facts of its batch: two checkpoints four steps apart answered 28 and 24 of the same
+    45 held-out questions. The average is what selection scores and what the run keeps. On the device of the
     weights, updated in place: no host sync."""
 
     def __init__(self, params: list[torch.Tensor], share: float, total: int):
@@ -614,8 +614,7 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
                                    f"with as many (this run has {dist.world})")
     params = dict(model.named_parameters())
 
-    def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-        return _like(t, ref, dist.device)
+    like = functools.partial(_like, device=dist.device)
 
     with torch.no_grad():
         for n in names:
