@@ -190,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--prompts", help="prompt file (JSONL)")
     sy.add_argument("--out", required=True, help="output chat JSONL (a folder with --augment); resumed if it exists")
     sy.add_argument("--augment", type=int, default=None, metavar="N",
-                    help="augmentation mode (corral finetune --augment alone): N new wordings of each question and "
-                         "answer of --data's chat rows (and of --docs' facts), filtered; writes OUT/train.jsonl, "
-                         "select.jsonl (held-out questions), teacher.jsonl and teacher.rejected.jsonl (reasons)")
+                    help="augmentation mode (corral finetune --augment alone): 2N new wordings of each fact's "
+                         "questions and N of each answer of --data's chat rows (and of --docs' facts), filtered; "
+                         "writes OUT/train.jsonl, select.jsonl (held-out questions), teacher.jsonl and "
+                         "teacher.rejected.jsonl (reasons)")
     sy.add_argument("--data", default=None, help="--augment: your chat JSONL")
     sy.add_argument("--docs", nargs="+", default=None, metavar="FILE", help="--augment: documents (Markdown, text, "
                                                                            "HTML, PDF)")
@@ -1072,7 +1073,7 @@ FINETUNE_HELP = {
     "packing": "pack several examples per row (default: on with --task sft, off with guard)",
     "grad_checkpointing": "recompute activations in backward",
     "compile": "torch.compile each decoder layer (faster steps after a ~30 s first one)",
-    "augment": "a teacher writes N new wordings of each question and each answer of your chat rows, filtered "
+    "augment": "a teacher writes 2N new wordings of each fact's questions and N of each answer, filtered "
                "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
     "teacher": "the model that writes the augmentation (default: MODEL itself)",
     "docs": "Markdown, text, HTML or PDF files: chunks become plain training text, and the teacher writes "

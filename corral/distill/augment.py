@@ -318,8 +318,8 @@ def _nearest_fact(facts: list[Fact]) -> Any:
     """A function (question, its fact) -> the fact the question's content words point at: the one whose own
     questions and answers share the most of them, each weighted by how few facts use it (idf). Its own fact when
     none scores higher, or when the higher one shares a key with it (the same answer). A teacher question that
-    points at another fact ("How long do I have to get there?" written for the burst response time, nearer the
-    travel allowance) would teach the model to confuse the two: it is dropped."""
+    points at another fact ("How much time do we need to get there?", written for the burst response time, is
+    nearer the standby pay's questions) would teach the model to confuse the two: it is dropped."""
     bags = [set().union(*(_stems(x) for x in f.questions + f.answers)) for f in facts]
     df = Counter(s for b in bags for s in b)
     idf = {s: math.log(len(facts) / n) for s, n in df.items()}
