@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_TIMEOUT_S = 120
+HTTP_TIMEOUT_S = 60  # a plain request on a loaded CI machine can take longer than httpx's default 5 s
 
 
 @contextlib.contextmanager
@@ -80,7 +81,7 @@ def test_live_chat_answers_and_counts_exactly(live, model_id):
     r = c.chat.completions.create(model=model_id, messages=FRANCE, temperature=0, logprobs=True, top_logprobs=5)
     ch = r.choices[0]
     assert "Paris" in ch.message.content and ch.message.role == "assistant" and ch.finish_reason == "stop"
-    tk = httpx.post(live + "/tokenize", json={"messages": FRANCE}).json()
+    tk = httpx.post(live + "/tokenize", timeout=HTTP_TIMEOUT_S, json={"messages": FRANCE}).json()
     assert r.usage.prompt_tokens == len(tk["tokens"])
     # One logprobs entry per generated token; the end-of-turn token is neither counted nor shown.
     assert r.usage.completion_tokens == len(ch.logprobs.content)
@@ -125,7 +126,7 @@ def test_live_completions_n2_echo_and_stream(live, model_id):
     assert [ch.index for ch in r.choices] == [0, 1]
     assert r.choices[0].text == r.choices[1].text and r.choices[0].text.startswith(prompt)
     assert "Paris" in r.choices[0].text
-    n_prompt = httpx.post(live + "/tokenize", json={"prompt": prompt}).json()["count"]
+    n_prompt = httpx.post(live + "/tokenize", timeout=HTTP_TIMEOUT_S, json={"prompt": prompt}).json()["count"]
     assert r.usage.prompt_tokens == n_prompt  # the prompt counts once for both choices
     lp = r.choices[0].logprobs
     assert r.usage.completion_tokens == 2 * (len(lp.tokens) - n_prompt) == 16
@@ -154,12 +155,12 @@ def test_live_embeddings(live, model_id):
     v = np.array([d.embedding for d in e.data])
     assert v.shape == (3, 576) and [d.index for d in e.data] == [0, 1, 2]
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
-    assert e.usage.prompt_tokens == sum(httpx.post(live + "/tokenize", json={"prompt": t}).json()["count"]
-                                        for t in texts)
+    assert e.usage.prompt_tokens == sum(httpx.post(live + "/tokenize", timeout=HTTP_TIMEOUT_S,
+                                                   json={"prompt": t}).json()["count"] for t in texts)
     sim = v @ v.T
     assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[1, 2]  # holds for this model and these texts (0.94 vs 0.8)
-    flt = httpx.post(live + "/v1/embeddings", json={"model": model_id, "input": texts}).json()
-    b64 = httpx.post(live + "/v1/embeddings", json={"model": model_id, "input": texts,
+    flt = httpx.post(live + "/v1/embeddings", timeout=HTTP_TIMEOUT_S, json={"model": model_id, "input": texts}).json()
+    b64 = httpx.post(live + "/v1/embeddings", timeout=HTTP_TIMEOUT_S, json={"model": model_id, "input": texts,
                                                     "encoding_format": "base64"}).json()
     for f, b in zip(flt["data"], b64["data"], strict=True):
         assert np.frombuffer(base64.b64decode(b["embedding"]), "<f4").tolist() == f["embedding"]
@@ -171,7 +172,7 @@ def test_live_embeddings(live, model_id):
 def test_live_metrics_after_requests(live, model_id):
     before = metric(live, "corral_generation_tokens_total")
     r = client(live).chat.completions.create(model=model_id, messages=FRANCE, temperature=0, max_tokens=4)
-    text = httpx.get(live + "/metrics").text
+    text = httpx.get(live + "/metrics", timeout=HTTP_TIMEOUT_S).text
     for name in METRIC_NAMES:
         assert name in text, name
     assert metric(live, "corral_generation_tokens_total") == before + r.usage.completion_tokens
@@ -220,7 +221,7 @@ def test_live_limit_flags(tmp_path):
     args = ("--api-key", "sekrit", "--max-body-bytes", "4096", "--max-seq-len", "128", "--max-batch", "1",
             "--max-queue", "1")
     with corral_serve(tmp_path, *args) as url:
-        assert httpx.get(url + "/health").status_code == 200
+        assert httpx.get(url + "/health", timeout=HTTP_TIMEOUT_S).status_code == 200
         with pytest.raises(openai.AuthenticationError):
             client(url).models.list()
         with pytest.raises(openai.AuthenticationError):
