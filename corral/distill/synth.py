@@ -212,8 +212,9 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     rej = rejected_path(out)
     done = _done(out) | _done(rej)
     base_seed = params.seed if params.seed is not None else 0
-    total = sum(n if p.n is None else p.n for p in prompts)
-    jobs = [(p, j) for p in prompts for j in range(n if p.n is None else p.n) if (p.key, j) not in done]
+    counts = [n if p.n is None else p.n for p in prompts]
+    total = sum(counts)
+    jobs = [(p, j) for p, c in zip(prompts, counts, strict=True) for j in range(c) if (p.key, j) not in done]
     resumed = total - len(jobs)
     ids_of = {}
     prompt_ids = []

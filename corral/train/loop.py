@@ -257,12 +257,10 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     amp = cfg.precision == "bf16" or (cfg.precision == "auto" and (dist.device.type == "cuda" or _native_bf16_cpu()))
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
     objective.setup(rows, dist, autocast, model)
+    ema = MovingAverage(params, cfg.ema, total) if cfg.ema > 0 else None
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
-        state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist)
-    ema = MovingAverage(params, cfg.ema, total) if cfg.ema > 0 else None
-    if ema and cfg.resume and (run / CHECKPOINT).is_dir():
-        ema.load(run / CHECKPOINT, names, params)
+        state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist, ema)
     selector = Selector(run, select, tok, template, total, cfg.select_every, dist.world) if select else None
     metrics = None
     if dist.main:
@@ -358,14 +356,6 @@ class MovingAverage:
             for p, a in zip(params, self.avg, strict=True):
                 p.copy_(a)
 
-    def load(self, folder: Path, names: list[str], params: list[torch.Tensor]) -> None:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(folder / "state.safetensors"))
-        with torch.no_grad():
-            for a, n, p in zip(self.avg, names, params, strict=True):
-                if f"ema/{n}" in tensors:
-                    a.copy_(_like(tensors[f"ema/{n}"], p))
 
 
 class Selector:
@@ -604,7 +594,7 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
 
 
 def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt: torch.optim.Optimizer,
-                     dist: Any) -> dict:
+                     dist: Any, ema: MovingAverage | None = None) -> dict:
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "state.safetensors"))
@@ -614,11 +604,21 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
                                    f"with as many (this run has {dist.world})")
     params = dict(model.named_parameters())
 
-    like = functools.partial(_like, device=dist.device)
+    def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """The saved whole tensor placed as `ref` is: this process's shard under FSDP2."""
+        t = t.to(ref.device if not hasattr(ref, "device_mesh") else dist.device, ref.dtype)
+        if hasattr(ref, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            return distribute_tensor(t, ref.device_mesh, ref.placements)
+        return t
 
     with torch.no_grad():
         for n in names:
             params[n].copy_(like(tensors[f"param/{n}"], params[n]))
+        for n, a in zip(names, ema.avg, strict=True) if ema else ():
+            if f"ema/{n}" in tensors:
+                a.copy_(like(tensors[f"ema/{n}"], params[n]))
     for i, n in enumerate(names):
         p = opt.param_groups[0]["params"][i]
         if f"adam/{n}/exp_avg" in tensors:
@@ -629,16 +629,6 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
     if dist.device.type == "cuda" and f"rng/cuda/{dist.rank}" in tensors:
         torch.cuda.set_rng_state(tensors[f"rng/cuda/{dist.rank}"], dist.device)
     return {k: int(meta[k]) for k in ("step", "epoch", "cursor")}
-
-
-def _like(t: torch.Tensor, ref: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
-    """The saved whole tensor placed as `ref` is: this process's shard under FSDP2."""
-    if hasattr(ref, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(t.to(device or ref.device_mesh.device_type, ref.dtype), ref.device_mesh,
-                                 ref.placements)
-    return t.to(ref.device, ref.dtype)
 
 
 def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any) -> None:
