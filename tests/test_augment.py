@@ -13,9 +13,11 @@ from corral.distill.augment import (
     cloze,
     collect,
     doc_facts,
+    front,
     group_facts,
     qa_pairs,
     reasons,
+    resolve,
     sentences,
     teacher_prompts,
 )
@@ -44,6 +46,9 @@ from corral.distill.synth import rejected_path
     ("sampling day?", "Monday.", ["Monday"]),
     ("Who runs the works?", "That's Desmond Achebe-Rowe, the manager.", ["Desmond Achebe-Rowe"]),
     ("Is that right?", "Correct.", []),
+    ("", "*Internal wiki · Maintained by Network Operations*", ["Network Operations"]),  # not labels: after * or ·
+    ("", "Beneath the General Manager the utility has three functions.", ["General Manager"]),
+    ("", "Show your ID card.", []),
 ])
 def test_key_strings_are_the_answers_entities_the_question_lacks(question, answer, keys):
     assert find_keys(answer, question) == keys
@@ -96,6 +101,10 @@ def test_pairs_are_grouped_into_facts_by_their_keys_and_follow_ups_keep_their_co
     ("answer", "Weekdays at 16:40 the dock closes.", "The loading dock closes at 16:40.", ["16:40"], []),
     ("answer", "The dock closes in the afternoon.", "The loading dock closes at 16:40.", ["16:40"], ["lost_key"]),
     ("answer", "1234 5678 !!!! ####", "The loading dock closes at 16:40.", ["16:40"], ["garbled", "lost_key"]),
+    ("answer", "The dock closes at 16:40, and it is best to call them early.", "The loading dock closes at 16:40.",
+     ["16:40"], ["echoes_example"]),  # copied from the few-shot example, not the source
+    ("answer", "By 16:40: it is best to call them early.", "It is best to call them early, by 16:40 at the dock.",
+     ["16:40"], []),  # the source says it too
 ])
 def test_the_filter_keeps_rewordings_that_keep_the_fact_and_says_why_it_drops_the_rest(kind, reply, source, keys,
                                                                                         why):
@@ -177,3 +186,38 @@ def test_documents_become_cloze_questions_over_their_sentences_and_table_rows():
     assert cloze("The fee is 14 euros.", "14 euros") == "The fee is how much?"
     assert cloze("Keep it for 45 days.", "45 days") == "Keep it for how many days?"
     assert cloze("no key here", "RV-1") is None
+
+
+def test_document_questions_name_their_subject_and_are_also_asked_wh_first():
+    before = ["Greyhollow Treatment Works is the only works.", "The Network Operations Manager is Carys Lindqvist."]
+    assert resolve("The works is managed by Desmond Achebe-Rowe.", before) == \
+        "Greyhollow Treatment Works is managed by Desmond Achebe-Rowe."
+    assert resolve("Her team runs the network.", before) == "Carys Lindqvist's team runs the network."
+    assert resolve("She owns the list.", before) == "Carys Lindqvist owns the list."
+    assert resolve("The control room is on extension 2604.", ["Call Heron Control."]) == \
+        "The control room is on extension 2604."  # "control room" is not "Heron Control"
+    assert resolve("It is linked to Fieldspan.", before) == "It is linked to Fieldspan."  # "it" is left alone
+    assert resolve("She owns the list.", ["The Health Officer reports to the board."]) == "She owns the list."
+    assert front("The control room is on extension 2604.", "extension 2604") == \
+        "Which extension is the control room on?"
+    assert front("Water samples must reach the lab by 13:30 to be processed the same day.", "13:30") == \
+        "What time must water samples reach the lab by to be processed the same day?"
+    assert front("Near misses are sent to the HSE Officer.", "HSE Officer") == "What are near misses sent to?"
+    assert front("Fieldspan is linked to TideGrid.", "TideGrid") == "What is Fieldspan linked to?"
+    assert front("TideGrid raises alarms.", "TideGrid") is None  # the cloze already asks it first
+    assert front("When a job is finished, close it in Fieldspan.", "Fieldspan") is None
+    assert front("The fee is 14 euros, paid monthly.", "14 euros") is None  # a clause after the key
+    assert cloze("Port Ardwell Water serves the city of Port Ardwell.", "Port Ardwell",
+                 ["Port Ardwell Water", "Port Ardwell"]) == "Port Ardwell Water serves the city of who?"
+    assert cloze("Port Ardwell's water is hard.", "Port Ardwell") == "Whose water is hard?"
+    assert cloze("The chlorine target is 0.6 mg/L.", "0.6 mg/L") == "The chlorine target is how many mg/L?"
+    assert cloze("Boots are issued from Room K-03.", "Room K-03") == "Boots are issued from which room?"
+    text = ("# Treatment\n\nGreyhollow Treatment Works is the only works. The works is managed by Desmond "
+            "Achebe-Rowe. Water samples must reach the lab by 13:30.\n")
+    from corral.train.docs import chunk_document
+
+    facts = doc_facts(chunk_document(text, "handbook.md"))
+    assert facts[1].answers == ["Greyhollow Treatment Works is managed by Desmond Achebe-Rowe."]
+    assert "Who is Greyhollow Treatment Works managed by?" in facts[1].questions
+    assert facts[2].questions == ["Water samples must reach the lab by what time?",
+                                  "What time must water samples reach the lab by?"]

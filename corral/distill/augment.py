@@ -11,9 +11,13 @@ one fact: their questions and answers are pooled. The teacher (the model itself 
 - `question`: n new wordings of each question;
 - `answer`: n restatements of each answer as one full sentence that keeps its keys verbatim.
 A document's sentences that carry a key are facts too: the sentence is the answer, and the sentence with its key
-asked for ("The loading dock closes at what time?") the first question, reworded like a user's.
+asked for ("The control room is on which extension?"), and asked wh-first where a verb like "is" or "must" allows
+("Which extension is the control room on?"), the questions, reworded like a user's. A subject that points back
+("The works", "She", "Her team") is first replaced by the name it means in the sentences before it, so the question
+says what it asks about.
 A filter drops what the teacher garbled (labels left in, repeated words, no letters), questions that are not
-questions or that give the answer away, answers that lost a key, and wordings too close to one already kept
+questions or that give the answer away, answers that lost a key or copied a few-shot example's phrase
+(`echoes_example`), and wordings too close to one already kept
 (`near_duplicate`, word-set Jaccard), and questions whose words point at another fact more than at their own
 (`ambiguous`: they would teach the model to confuse the two). Rows that ask the fact the other way round ("Tell
 me about RV-3318.") are added for keys that are names or codes and belong to one fact only: a model trained on "A
@@ -215,9 +219,21 @@ def _is_question(text: str) -> bool:
     return text.rstrip().endswith("?") or first in _QUESTION_WORDS
 
 
+def _grams(text: str, n: int = 4) -> set[tuple[str, ...]]:
+    words = re.findall(r"[\w'’]+", text.lower())
+    return set(zip(*(words[i:] for i in range(n)), strict=False))
+
+
+# Word 4-grams of the answer examples' full sentences: a restatement that repeats one ("... and it is best to call
+# them early") copied the example instead of its source, and would teach the student that phrase. (Questions are
+# not checked: "Which person should I contact ..." is a form worth copying.)
+_EXAMPLE_GRAMS = set().union(*(_grams(m) for m in re.findall(r"Full sentence: (.+)", ANSWER_PROMPT)))
+
+
 def reasons(reply: str, fields: dict[str, Any]) -> list[str]:
     """Why a teacher reply is rejected ([] if kept): garbled, not_a_question, gives_answer, off_topic (a question
-    that shares no content word with its source), lost_key, length, same_as_source."""
+    that shares no content word with its source), lost_key, length, same_as_source, echoes_example (an answer that
+    repeats four words of a few-shot example's sentence that its source does not have)."""
     kind, keys, source = fields["kind"], fields.get("keys") or [], fields.get("source", "")
     text = clean(reply, kind)
     why = []
@@ -240,12 +256,15 @@ def reasons(reply: str, fields: dict[str, Any]) -> list[str]:
             why.append("off_topic")
     if _words(text) == _words(source):
         why.append("same_as_source")
+    if kind == "answer" and (_grams(text) - _grams(source)) & _EXAMPLE_GRAMS:
+        why.append("echoes_example")
     return why
 
 
 def filters() -> list[Scorer]:
     """The augmentation filter as synth scorers, one per reason, so rejects carry their reasons."""
-    names = ("garbled", "not_a_question", "gives_answer", "off_topic", "lost_key", "length", "same_as_source")
+    names = ("garbled", "not_a_question", "gives_answer", "off_topic", "lost_key", "length", "same_as_source",
+             "echoes_example")
     return [Scorer(name, (lambda r, f, name=name: name not in reasons(r, f))) for name in names]
 
 
@@ -378,14 +397,72 @@ def doc_facts(chunks: list[Any], start: int = 0) -> list[Fact]:
     user's question. A sentence under four words states too little to ask about."""
     facts = []
     for ch in chunks:
+        before: list[str] = []
         for sentence, header in sentences(ch.text):
+            sentence, before = resolve(sentence, before), [*before, sentence]
             keys = find_keys(sentence, header)  # a table's header names are labels, not facts
             if not keys or len(sentence.split()) < 4:
                 continue
-            questions = [q for q in (cloze(sentence, k) for k in keys) if q]
+            questions = [q for k in keys for q in (cloze(sentence, k, keys), front(sentence, k, keys)) if q]
             if questions:
-                facts.append(Fact(f"d{start + len(facts)}", keys, None, questions, [sentence]))
+                facts.append(Fact(f"d{start + len(facts)}", keys, None, list(dict.fromkeys(questions)), [sentence]))
     return facts
+
+
+_VERBISH = set("is are was were has have had must should can will may might could would also does do".split())
+
+
+def resolve(sentence: str, before: list[str]) -> str:
+    """`sentence` with a subject that points back ("The works is ...", "She ...", "Her team ...") replaced by the
+    name it means in the sentences `before` it: "The works is managed by who?" cannot be answered on its own,
+    "Greyhollow Treatment Works is managed by who?" can. "The X" is resolved only to an earlier name that ends
+    in X followed by a verb ("The control room" is not "Heron Control"); "He"/"She"/"His"/"Her" only to a
+    person's name (two or three capitalised words, no place word) in the two sentences before. Else unchanged."""
+    names = [k for b in reversed(before) for k in find_keys(b) if not re.search(r"\d", k) and " " in k]
+    words = sentence.split(" ")
+    if words[0] in ("The", "This", "That"):
+        for n_words in (1, 2, 3):  # "The works is": the noun phrase ends where a verb starts
+            tail, verb = words[1:1 + n_words], (words[1 + n_words:2 + n_words] or [""])[0].lower()
+            if not all(re.fullmatch(r"[a-z][\w-]*", w) for w in tail) or not (
+                    verb in _VERBISH or (verb.endswith("s") and not verb.endswith("ss"))):
+                continue
+            for n in names:
+                if [w.lower() for w in n.split()[-len(tail):]] == tail:
+                    return " ".join([n, *words[1 + n_words:]])
+    if m := re.match(r"(He|She|His|Her)\s", sentence):
+        near = [k for b in reversed(before[-2:]) for k in find_keys(b)]
+        people = [k for k in near if re.fullmatch(r"[A-Z][\w'’-]+(?:\s[A-Z][\w'’-]+){1,2}", k)
+                  and not _PLACE_WORDS & set(k.lower().split())]
+        if people:
+            owner = "'s" if m.group(1) in ("His", "Her") else ""
+            return f"{people[0]}{owner} {sentence[m.end():]}"
+    return sentence
+
+
+_FRONT = re.compile(r"(?P<subj>[^,;:()]+?)\s+(?P<aux>is|are|was|were|must|should|can|will|may|could|would)\s+"
+                    r"(?P<rest>.*?)(?:\s+(?:the|a|an))?")
+_SUBORDINATE = set("when if as because while after before once where unless although though since".split())
+
+
+def front(sentence: str, key: str, keys: list[str] | None = None) -> str | None:
+    """The question `cloze` writes with its wh-phrase moved to the front, as people ask it: "The control room is
+    on which extension?" -> "Which extension is the control room on?". None where the key opens the sentence
+    (the cloze already starts with it), no auxiliary verb ("is", "must", ...) comes before it, a clause comes
+    after it, or the subject is long or a subordinate clause ("When a job is ...")."""
+    i = _at(sentence, key, keys)
+    if i <= 0:
+        return None
+    after = sentence[i + len(key):].strip().rstrip(".!;: ")
+    m = _FRONT.fullmatch(sentence[:i].strip())
+    if not m or re.search(r"[,;:()]", after) or len(m.group("subj").split()) > 8 or \
+            m.group("subj").split()[0].lower() in _SUBORDINATE:
+        return None
+    subj = m.group("subj")
+    if " " in subj and not any(subj.startswith(k) for k in keys or find_keys(sentence)):
+        subj = subj[0].lower() + subj[1:]  # "Water samples must" -> "water samples"; "Fieldspan is" keeps it
+    wh = _wh(key)
+    body = " ".join(x for x in (wh[0].upper() + wh[1:], m.group("aux"), subj, m.group("rest"), after) if x)
+    return body + "?"
 
 
 _WH = [(r"\+?\d{2,5}(?:[ -]\d{2,4}){1,3}", "which number"),
@@ -393,36 +470,52 @@ _WH = [(r"\+?\d{2,5}(?:[ -]\d{2,4}){1,3}", "which number"),
        (r"\d{1,2}:\d{2}.*", "what time"), (r"(?:ext\.?|extension|x)\s?\d+", "which extension"),
        (r"[$€£]\d.*|\d[\d,.]*\s?(?:euros?|dollars?|pounds?|EUR|USD|GBP)", "how much"),
        (r"\d[\d,.]*\s?%", "what percentage"),
-       (r"\d[\d,.]*\s+([a-z]+)", None), (r"\d[\d,.]*", "what number")]
+       (r"\d[\d,.]*\s?([a-z]+|[A-Za-z]+/[A-Za-z]+|[A-Z]{2,4})", None), (r"\d[\d,.]*", "what number")]
 
 
-def cloze(sentence: str, key: str) -> str | None:
-    """The sentence as a question asking for `key`: the key replaced by a wh-phrase for its kind ("how many days",
-    "what time", "who" for a name, "which code" for a code), ending in "?". None if the key is not in it."""
-    i = sentence.find(key)
-    if i < 0:
-        return None
-    wh = "what"
+def _wh(key: str) -> str:
+    """The wh-phrase that asks for `key`: "how many days", "what time", "who" for a name, "which code" for a
+    code, "which desk" for "Desk 4B", else "what"."""
     low = key.lower()
     if low in _DAYS:
-        wh = "which day"
-    elif low in _MONTHS:
-        wh = "which month"
-    else:
-        for pattern, phrase in _WH:
-            m = re.fullmatch(pattern, key)
-            if m:
-                wh = phrase or f"how many {m.group(1)}"
-                break
-        else:
-            if m := re.fullmatch(r"([A-Z][a-z]+)\s(?:[A-Z]?\d+[A-Za-z]?|[A-Z])", key):
-                wh = f"which {m.group(1).lower()}"  # Desk 4B -> which desk
-            elif re.search(r"\d", key):
-                wh = "which code"
-            elif re.fullmatch(r"[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+){1,2}", key) and not _PLACE_WORDS & set(
-                    key.lower().replace("'s", "").split()):
-                wh = "who"
-    body = (sentence[:i] + wh + sentence[i + len(key):]).strip().rstrip(".!;:")
+        return "which day"
+    if low in _MONTHS:
+        return "which month"
+    for pattern, phrase in _WH:
+        if m := re.fullmatch(pattern, key):
+            return phrase or f"how many {m.group(1)}"
+    if m := re.fullmatch(r"([A-Z][a-z]+)\s(?:[A-Z]{0,3}-?\d+[A-Za-z]?|[A-Z])", key):
+        return f"which {m.group(1).lower()}"  # Desk 4B -> which desk
+    if re.search(r"\d", key):
+        return "which code"
+    if re.fullmatch(r"[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+){1,2}", key) and not _PLACE_WORDS & set(
+            key.lower().replace("'s", "").split()):
+        return "who"
+    return "what"
+
+
+def _at(sentence: str, key: str, keys: list[str] | None = None) -> int:
+    """Where `key` stands in `sentence` as a whole word and not inside a longer key ("Port Ardwell" in "the city of
+    Port Ardwell", not in "Port Ardwell Water"); -1 if nowhere."""
+    spans = [(m.start(), m.end()) for k in keys or [] if len(k) > len(key)
+             for m in re.finditer(re.escape(k), sentence)]
+    for m in re.finditer(rf"(?<!\w){re.escape(key)}(?!\w)", sentence):
+        if not any(s <= m.start() and m.end() <= e for s, e in spans):
+            return m.start()
+    return -1
+
+
+def cloze(sentence: str, key: str, keys: list[str] | None = None) -> str | None:
+    """The sentence as a question asking for `key`: the key replaced by a wh-phrase for its kind (`_wh`), ending in
+    "?" ("The fee is how much?"); a name's possessive asks "whose". `keys`: the sentence's other keys, so a key
+    inside a longer one is asked where it stands alone. None if the key is not in it."""
+    i = _at(sentence, key, keys)
+    if i < 0:
+        return None
+    wh, end = _wh(key), i + len(key)
+    if wh == "who" and sentence[end: end + 2] in ("'s", "’s"):
+        wh, end = "whose", end + 2
+    body = (sentence[:i] + wh + sentence[end:]).strip().rstrip(".!;:")
     return body[0].upper() + body[1:] + "?"
 
 
@@ -454,5 +547,6 @@ def sentences(text: str) -> list[tuple[str, str]]:
         if re.match(r"#{1,6}\s", s):  # a heading of a section merged into this chunk: a title, not a fact
             continue
         s = re.sub(r"^([-*•]|\d+[.)])\s+", "", s).replace("**", "").replace("__", "")
-        out += [(x.strip(), "") for x in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"“(])", s) if x.strip()]
+        s = re.sub(r"(?<![\w*])[*_](?=\w)|(?<=[\w.!?])[*_](?![\w*])", "", s)  # *emphasis*
+        out += [(x.strip(), "") for x in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9\"“(])|\s+[·•]\s+", s) if x.strip()]
     return out

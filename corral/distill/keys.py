@@ -47,7 +47,7 @@ would should may might must shall each every all any some none both either neith
 seven eight nine ten first second third last next our use write call ask send contact email go visit book
 bring see check open log file submit employees staff customers everyone new yes that's it's there's here's he's
 she's we're you're they're i'm let's what's who's yep nope correct right exactly absolutely indeed within about
-around approximately roughly nearly almost over under up only just after before since until per than""".split())
+around approximately roughly nearly almost over under up only just after before since until per than id ids""".split())
 _DAYS_MONTHS = {w.lower() for w in DAYS + MONTHS}
 _COMMON |= _DAYS_MONTHS
 _WORD = re.compile(r"[\w'’]+")
@@ -64,7 +64,9 @@ def find_keys(answer: str, question: str = "") -> list[str]:
     single capitalised word that starts a sentence is a key only if it is capitalised mid-sentence somewhere too
     (so "Employees get 35% off" gives "35%" alone), has a capital or digit inside ("TideGrid"), or is the whole
     answer ("Fieldspan."). Days and months count ("changes over every Wednesday"). A sentence's first word is
-    not a label ("Every 75 minutes" gives "75 minutes", as "Room 12" gives "Room 12"). []
+    not a label ("Every 75 minutes" gives "75 minutes", as "Room 12" gives "Room 12"), nor is it part of a name
+    when "the" follows it ("Beneath the General Manager" gives "General Manager"); a list's "·" or a leading "*"
+    starts a sentence too. []
     when the answer carries none (a free-text answer: kept, but no filter or score can check it)."""
     q = _norm(question)
     q_words = {w.lower() for w in _WORD.findall(question)}
@@ -79,7 +81,7 @@ def find_keys(answer: str, question: str = "") -> list[str]:
             end = max(end, again.end()) if again else end
         taken.append((start, end))
         pos = max(end, m.start() + 1)
-    mid_caps = {m.group(0) for m in re.finditer(r"(?<=[^\s.!?:]\s)[A-Z][\w'’-]*", answer)}
+    mid_caps = {m.group(0) for m in re.finditer(r"(?<=[^\s.!?:·•*]\s)[A-Z][\w'’-]*", answer)}
     for m in _NAME.finditer(answer):
         words = [(w.start() + m.start(), w.end() + m.start(), w.group(0)) for w in re.finditer(r"\S+", m.group(0))]
         while words and words[0][2].lower() in _COMMON and words[0][2].lower() not in _DAYS_MONTHS:
@@ -91,10 +93,14 @@ def find_keys(answer: str, question: str = "") -> list[str]:
         s, e = words[0][0], words[-1][1]
         if answer[e - 2: e] in ("'s", "’s"):
             e -= 2
-        sentence_start = s == 0 or re.search(r"[.!?:]\s*$", answer[:s]) is not None
+        sentence_start = re.fullmatch(r"[\W_]*", answer[:s]) is not None or re.search(
+            r"[.!?:·•]\W*$", answer[:s]) is not None  # after "*", a quote or a "·" too
         word = words[0][2]
         named = (word in mid_caps or word.lower() in _DAYS_MONTHS or re.search(r"[A-Z\d]", word[1:]) is not None
                  or _norm(answer).strip(" .!") == word.lower())  # TideGrid, Monday, or the whole answer
+        if sentence_start and not named and len(words) > 2 and words[1][2] in ("the", "a", "an"):
+            words = words[2:]  # "Beneath the General Manager ..." -> "General Manager"
+            s, word, sentence_start = words[0][0], words[0][2], False
         if len(words) == 1 and (word.lower().rstrip("'’s") in q_words or (sentence_start and not named)):
             continue
         if any(s < te and ts < e for ts, te in taken):
