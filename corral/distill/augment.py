@@ -397,10 +397,11 @@ def doc_facts(chunks: list[Any], start: int = 0) -> list[Fact]:
     user's question. A sentence under four words states too little to ask about."""
     facts = []
     for ch in chunks:
-        before: list[str] = []
+        earlier: list[list[str]] = []  # the keys of the chunk's sentences so far
         for sentence, header in sentences(ch.text):
-            sentence, before = resolve(sentence, before), [*before, sentence]
+            sentence = resolve(sentence, earlier)
             keys = find_keys(sentence, header)  # a table's header names are labels, not facts
+            earlier.append(keys)
             if not keys or len(sentence.split()) < 4:
                 continue
             questions = [q for k in keys for q in (cloze(sentence, k, keys), front(sentence, k, keys)) if q]
@@ -412,13 +413,14 @@ def doc_facts(chunks: list[Any], start: int = 0) -> list[Fact]:
 _VERBISH = set("is are was were has have had must should can will may might could would also does do".split())
 
 
-def resolve(sentence: str, before: list[str]) -> str:
+def resolve(sentence: str, earlier: list[list[str]]) -> str:
     """`sentence` with a subject that points back ("The works is ...", "She ...", "Her team ...") replaced by the
-    name it means in the sentences `before` it: "The works is managed by who?" cannot be answered on its own,
-    "Greyhollow Treatment Works is managed by who?" can. "The X" is resolved only to an earlier name that ends
-    in X followed by a verb ("The control room" is not "Heron Control"); "He"/"She"/"His"/"Her" only to a
-    person's name (two or three capitalised words, no place word) in the two sentences before. Else unchanged."""
-    names = [k for b in reversed(before) for k in find_keys(b) if not re.search(r"\d", k) and " " in k]
+    name it means among the key strings of the sentences before it (`earlier`, one list per sentence, in order):
+    "The works is managed by who?" cannot be answered on its own, "Greyhollow Treatment Works is managed by who?"
+    can. "The X" is resolved only to an earlier name that ends in X followed by a verb ("The control room" is not
+    "Heron Control"); "He"/"She"/"His"/"Her" only to a person's name (two or three capitalised words, no place
+    word) in the two sentences before. Else unchanged."""
+    names = [k for keys in reversed(earlier) for k in keys if not re.search(r"\d", k) and " " in k]
     words = sentence.split(" ")
     if words[0] in ("The", "This", "That"):
         for n_words in (1, 2, 3):  # "The works is": the noun phrase ends where a verb starts
@@ -430,7 +432,7 @@ def resolve(sentence: str, before: list[str]) -> str:
                 if [w.lower() for w in n.split()[-len(tail):]] == tail:
                     return " ".join([n, *words[1 + n_words:]])
     if m := re.match(r"(He|She|His|Her)\s", sentence):
-        near = [k for b in reversed(before[-2:]) for k in find_keys(b)]
+        near = [k for keys in reversed(earlier[-2:]) for k in keys]
         people = [k for k in near if re.fullmatch(r"[A-Z][\w'’-]+(?:\s[A-Z][\w'’-]+){1,2}", k)
                   and not _PLACE_WORDS & set(k.lower().split())]
         if people:

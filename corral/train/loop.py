@@ -357,7 +357,6 @@ class MovingAverage:
                 p.copy_(a)
 
 
-
 class Selector:
     """Best-checkpoint selection: greedy answers to held-out questions, scored by whether they carry the answer's
     key strings; the trainable weights of the best score so far are written to `run/best/` (with `best.json`), so a
