@@ -736,6 +736,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 DISTILL_HELP = {
+    "compile": "torch.compile each decoder layer: faster steps after a ~30 s first one (default off for distill)",
     "out": "run folder: student_init/, prune.json, metrics.jsonl, loss.png, checkpoint/, model/ or adapter/, "
            "report.json",
     "method": "full (every student weight trains) | lora | qlora (a LoRA student)",
@@ -1072,7 +1073,8 @@ FINETUNE_HELP = {
     "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA and bf16-capable CPUs) | bf16 | fp32",
     "packing": "pack several examples per row (default: on with --task sft, off with guard)",
     "grad_checkpointing": "recompute activations in backward",
-    "compile": "torch.compile each decoder layer (faster steps after a ~30 s first one)",
+    "compile": "torch.compile each decoder layer: faster steps after a ~30 s first one (default: on with --task sft, "
+               "off with guard; eager where it cannot build, e.g. no C++ compiler)",
     "augment": "a teacher writes 2N new wordings of each fact's questions and N of each answer, filtered "
                "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
     "teacher": "the model that writes the augmentation (default: MODEL itself)",
@@ -1111,7 +1113,7 @@ def _finetune_args(p: argparse.ArgumentParser, distill: bool = False) -> None:
         else:
             default = None
         helptext = (DISTILL_HELP if distill else {}).get(fld.name) or FINETUNE_HELP.get(fld.name, "")
-        if fld.name == "packing":  # on by default for sft: --no-packing turns it off
+        if fld.name in ("packing", "compile"):  # on by default for sft: --no-packing / --no-compile turn it off
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=helptext)
         elif isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=None, help=helptext)

@@ -39,6 +39,17 @@ def to_legacy_rope_layout(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2))
 
 
+@pytest.fixture(autouse=True)
+def _sft_runs_eager(request, monkeypatch):
+    """`corral finetune` compiles its layers by default (TASK_DEFAULTS); the tests' hundreds of tiny runs stay eager
+    (a compile costs more than a tiny run), except where a test asks for compile or is marked `real_defaults`.
+    Tests that start `corral finetune` in a subprocess pass --no-compile themselves."""
+    if request.node.get_closest_marker("real_defaults") is None:
+        from corral.train.config import TASK_DEFAULTS
+
+        monkeypatch.setitem(TASK_DEFAULTS["sft"], "compile", False)
+
+
 @pytest.fixture(scope="session")
 def tok():
     """The default model's tokenizer (from its GGUF), shared by every test that needs it."""

@@ -135,7 +135,8 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
                     f"lora_targets: [q_proj, v_proj]\naugment: 0\nreplay: 0\n")
     out = tmp_path / "cli-run"
     r = subprocess.run([sys.executable, "-m", "corral", "finetune", "--config", str(conf), "--max-steps", "2",
-                        "--eval-tasks", "none", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                        "--eval-tasks", "none", "--no-compile", "--out", str(out)], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(losses(out)) == 2 and json.loads((out / "config.json").read_text())["batch_size"] == 2
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"] == ["q_proj", "v_proj"]
@@ -219,7 +220,7 @@ def test_kill_9_mid_run_then_resume_repeats_the_straight_run(tiny_chat, data, tm
     args = [sys.executable, "-m", "corral", "finetune", str(tiny_chat), "--data", str(data), "--max-steps", "60",
             "--batch-size", "2", "--save-every", "4", "--lr", "1e-3", "--lora-r", "4", "--lora-dropout", "0.1",
             "--max-seq-len", "256", "--seed", "3",
-            "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing"]  # the loop alone
+            "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing", "--no-compile"]  # the loop
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
     subprocess.run([*args, "--out", str(straight)], check=True, capture_output=True, timeout=600, env=env)
@@ -266,7 +267,8 @@ def test_torchrun_fsdp2_two_processes_match_one(tiny_chat, data, tmp_path):
     """FSDP2 on CPU (gloo): 2 processes x batch 2 follow 1 process x batch 4, step by step."""
     common = ["finetune", str(tiny_chat), "--data", str(data), "--max-steps", "6", "--lr", "3e-3",
               "--max-seq-len", "256", "--warmup-steps", "2", "--lora-r", "8", "--seed", "1", "--device", "cpu",
-              "--precision", "fp32", "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing"]
+              "--precision", "fp32", "--augment", "0", "--replay", "0", "--eval-tasks", "none", "--no-packing",
+              "--no-compile"]
     one, two, _ = one_and_two_processes(common, tmp_path)
     assert losses(two) == pytest.approx(losses(one), rel=1e-4)
     assert losses(two)[-1] < losses(two)[0]
@@ -310,3 +312,68 @@ def test_compiled_layers_train_like_eager_ones(tiny_chat, data, tmp_path, method
     assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile
     assert losses(compiled) == pytest.approx(losses(eager), rel=1e-4)  # fused kernels round a little differently
     assert (compiled / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.real_defaults
+def test_sft_compiles_by_default_guard_and_distill_do_not():
+    from corral.cli import build_parser
+    from corral.distill.config import DistillConfig
+
+    sft, full, guard = (FinetuneConfig(model="m", data="d", **kw) for kw in ({}, {"method": "full"},
+                                                                            {"task": "guard"}))
+    for c in (sft, full, guard):
+        c.check()
+    distill = DistillConfig(model="m", data="d", student_layers=2)
+    distill.check()
+    assert (sft.compile, full.compile, guard.compile, distill.compile) == (True, True, False, False)
+    args = build_parser().parse_args(["finetune", "m", "--data", "d", "--no-compile"])
+    assert args.compile is False
+
+
+def test_a_machine_where_torch_compile_cannot_build_trains_eager(tiny_chat, data, tmp_path, monkeypatch, caplog):
+    """No C++ compiler (or no Triton): the probe fails before any layer is compiled, the run says so once and
+    trains eager, with the eager run's losses."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(*a, **k):
+        def fn(*x):
+            raise BackendCompilerFailed(lambda *y: None, RuntimeError("InvalidCxxCompiler: No working C++ compiler "
+                                                                      "found in torch._inductor.config.cpp.cxx"))
+        return fn
+
+    eager = finetune(cfg(tiny_chat, data, tmp_path / "eager", max_steps=3, val_split=0.0), progress=False)
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level("WARNING", logger="corral.train.loop"):
+        fallback = finetune(cfg(tiny_chat, data, tmp_path / "fallback", max_steps=3, val_split=0.0, compile=True),
+                            progress=False)
+    said = [r.getMessage() for r in caplog.records if "torch.compile cannot build" in r.getMessage()]
+    assert len(said) == 1 and "C++ compiler" in said[0] and "--no-compile" in said[0]
+    assert losses(fallback) == losses(eager)
+
+
+def test_selection_answers_eager_beside_compiled_layers(tiny_chat, data, tmp_path, monkeypatch):
+    """The held-out questions are decoded with a KV cache at new shapes every time: through the compiled layers
+    that would be a new graph per shape, so selection runs them eager (no graph made while it answers)."""
+    from torch._dynamo.utils import counters
+
+    from corral.train import loop
+
+    rows = [{"messages": [{"role": "user", "content": f"When does shift {i} start?"}], "answer": ["16:40"]}
+            for i in range(3)]
+    graphs = []
+    real_score = loop.Selector.score
+
+    def score(self, model, names, step):
+        assert model.model.layers[0]._compiled_call_impl is not None  # the training step runs compiled layers
+        before = counters["stats"]["unique_graphs"]
+        acc = real_score(self, model, names, step)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        return acc
+
+    monkeypatch.setattr(loop.Selector, "score", score)
+    counters.clear()
+    c = cfg(tiny_chat, data, tmp_path / "sel", max_steps=4, select_every=2, val_split=0.0, compile=True)
+    c.check()
+    run = loop._finetune(c, loop._Dist("cpu"), None, False, select=rows)
+    assert graphs == [0, 0]
+    assert json.loads((run / "best" / "best.json").read_text())["step"] in (2, 4)

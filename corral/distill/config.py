@@ -22,6 +22,7 @@ class DistillConfig(FinetuneConfig):
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
     ema: float = 0.0  # the student's own weights are kept, as measured (README: Distill)
+    compile: bool = False  # as measured (README: Distill); --compile turns it on
     student: str | None = None  # a model with the teacher's tokenizer; None: prune the teacher
     student_layers: int | None = None  # keep this many decoder layers (depth pruning)
     student_mlp: int | None = None  # MLP width (intermediate size) to keep (width pruning)

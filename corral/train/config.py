@@ -13,9 +13,9 @@ from corral.errors import InvalidArgumentError
 # bundled recipe was measured with (examples/guard).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "sft": {"lr": 2e-3, "epochs": 3.0, "batch_size": 1, "packing": True, "lora_r": 32, "lora_alpha": 64.0,
-            "lora_dropout": 0.0, "ema": 0.1},
+            "lora_dropout": 0.0, "ema": 0.1, "compile": True},
     "guard": {"lr": 2e-4, "epochs": 1.0, "batch_size": 4, "packing": False, "lora_r": 16, "lora_alpha": 32.0,
-              "lora_dropout": 0.0, "ema": 0.0},
+              "lora_dropout": 0.0, "ema": 0.0, "compile": False},
 }
 FULL_SFT_LR = 1e-4  # --method full trains every weight: a LoRA learning rate would wreck the model
 
@@ -52,7 +52,8 @@ class FinetuneConfig:
     precision: str = "auto"  # auto (bf16 autocast on CUDA and on CPUs with bf16 instructions, else fp32) | bf16 | fp32
     packing: bool | None = None  # several examples per row of max_seq_len tokens (block-diagonal attention)
     grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~1/3 slower
-    compile: bool = False  # torch.compile each decoder layer: fused elementwise ops; a first step ~30 s slower
+    compile: bool | None = None  # torch.compile each decoder layer: fused elementwise ops, a first step ~30 s slower
+    #                              (eager, with a warning, where torch.compile cannot build: no C++ compiler)
     chat_template: str | None = None
     skip_bad_lines: bool = False
     resume: bool = False  # continue from `out`/checkpoint
