@@ -246,7 +246,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
             fully_shard(layer)
         fully_shard(model)
     if cfg.compile:
-        compile_layers(model)  # False (eager, said once) where it cannot build
+        compile_layers(model)
     params = [p for p in model.parameters() if p.requires_grad]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     # One fused kernel over all parameters instead of PyTorch's per-tensor default: a 78M-parameter full fine-tune
@@ -422,24 +422,23 @@ class Selector:
                 params[n].copy_(saved[n])
 
 
-def compile_layers(model: torch.nn.Module) -> bool:
-    """torch.compile each decoder layer in place (parameter names unchanged); False, with a warning, where
-    torch.compile cannot build kernels on the model's device (no C++ compiler for inductor on CPU, no Triton on
-    CUDA), and the run stays eager. Per layer, after FSDP2 sharding (its recipe): one graph serves every layer, and
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile each decoder layer in place (parameter names unchanged); where torch.compile cannot build
+    kernels on the model's device (no C++ compiler for inductor on CPU, no Triton on CUDA), one warning, and the
+    run stays eager. Per layer, after FSDP2 sharding (its recipe): one graph serves every layer, and
     the norms, rotary, SiLU, residual and LoRA adds fuse into a few loops around the matmuls. A LoRA r32 step of
-    the default model, batch 1 x 512 tokens under bf16 autocast on this project's 2-core CPU: 379 -> 527 tokens/s
-    (1.39x; 3.4 -> 3.0 s in fp32 at batch 4 x 256, bench/train_cpu.py --compile)."""
+    the default model, batch 1 x 512 tokens under bf16 autocast on this project's 2-core CPU: 396 -> 520 tokens/s
+    (1.31x; 3.4 -> 3.0 s in fp32 at batch 4 x 256; bench/train_cpu.py, BENCHMARKS.md)."""
     device = next(model.parameters()).device
     try:  # a probe of a few seconds (cached per machine): a missing toolchain shows here, not mid-step
         torch.compile(lambda x: torch.nn.functional.silu(x) * 2.0 + 1.0)(torch.ones(8, device=device))
     except Exception as e:  # any failure to build (InvalidCxxCompiler, BackendCompilerFailed, ...): run eager
         log.warning("torch.compile cannot build here (%s): training eager, about 1.3x slower "
                     "(install a C++ compiler, e.g. g++, or pass --no-compile to silence this)",
-                    str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__)
-        return False
+                    (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+        return
     for layer in model.model.layers:
         layer.compile()
-    return True
 
 
 def _native_bf16_cpu() -> bool:
