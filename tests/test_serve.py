@@ -435,6 +435,47 @@ def test_user_message_without_content_is_a_400(srv):
     assert_openai_error(r, 400)
 
 
+LONE = '"\\ud800"'  # a JSON escape of a lone UTF-16 surrogate: valid JSON, not text
+
+
+@pytest.mark.parametrize(("route", "body", "param"), [
+    ("chat/completions", f'{{"model": "tiny", "messages": [{{"role": "user", "content": {LONE}}}]}}', "messages"),
+    ("chat/completions", f'{{"model": "tiny", "messages": [{{"role": "user", "content": [{{"type": "text", '
+                         f'"text": {LONE}}}]}}]}}', "messages"),
+    ("chat/completions", f'{{"model": "tiny", "messages": [{{"role": "user", "content": "hi"}}], "stop": [{LONE}]}}',
+     "stop"),
+    ("completions", f'{{"model": "tiny", "prompt": {LONE}}}', "prompt"),
+    ("completions", f'{{"model": "tiny", "prompt": ["ok", {LONE}]}}', "prompt"),
+    ("embeddings", f'{{"model": "tiny", "input": {LONE}}}', "input"),
+    ("moderations", f'{{"input": {LONE}}}', "input"),
+    ("tokenize", f'{{"model": "tiny", "prompt": {LONE}}}', "prompt"),
+    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", '
+                         '"image_url": {"url": "x"}}]}]}', None),
+    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text"}]}]}', None),
+    ("chat/completions", '{"model": "tiny", "messages": [{"role": "user", "content": 5}]}', None),
+])
+def test_what_cannot_become_token_ids_is_a_400(srv, route, body, param):
+    """Every request whose text cannot be turned into token ids gets OpenAI's 400 body, not a 500 or a reset."""
+    path = "/tokenize" if route == "tokenize" else f"/v1/{route}"
+    r = httpx.post(srv.url + path, content=body.encode(), headers={"content-type": "application/json"})
+    err = assert_openai_error(r, 400)
+    if param and "surrogate" not in err["message"]:
+        raise AssertionError(err)
+    if param:
+        assert param in err["message"], err
+
+
+@pytest.mark.parametrize("template", ["{{ raise_exception('roles must alternate user/assistant') }}",
+                                      "{{ messages[0]['content'] + 1 }}", "{% for m in messages %}{{ m.nope.x }}"
+                                      "{% endfor %}"])
+def test_a_chat_template_that_fails_is_a_400(srv, monkeypatch, template):
+    monkeypatch.setattr(srv.service, "chat_template", template)
+    for path, body in (("/v1/chat/completions", {"model": "tiny", "messages": USER, "max_tokens": 1}),
+                       ("/tokenize", {"model": "tiny", "messages": USER})):
+        r = httpx.post(srv.url + path, json=body)
+        assert_openai_error(r, 400, param="messages")
+
+
 def test_openapi_lists_the_statuses_the_server_sends(srv):
     spec = httpx.get(srv.url + "/openapi.json").json()
     chat = spec["paths"]["/v1/chat/completions"]["post"]["responses"]

@@ -35,6 +35,7 @@ ROUTES = {r: r for r in ("/", "/health", "/metrics", "/v1/models", "/v1/chat/com
 
 def error_response(status: int, message: str, type_: str, param: str | None = None, code: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
+    message = message.encode("utf-8", "replace").decode()  # a message quoting bad input still encodes
     body = P.ErrorResponse(error=P.ErrorDetail(message=message, type=type_, param=param, code=code))
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 

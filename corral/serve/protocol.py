@@ -32,6 +32,33 @@ class ErrorResponse(BaseModel):
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_surrogates(cls, data: Any) -> Any:
+        """A lone surrogate ("\\ud800", legal in JSON, not in UTF-8) anywhere in the body is a 400 naming where,
+        before it reaches the tokenizer (which raises TypeError) or an error body (which cannot encode it)."""
+        if (where := _surrogate_at(data)) is not None:
+            raise ValueError(f"{where or 'the body'} holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape "
+                             "without its pair), which is not text; send valid UTF-8 / paired escapes")
+        return data
+
+
+def _surrogate_at(x: Any, path: str = "") -> str | None:
+    """The path ("messages.0.content") of the first string in `x` that holds a lone surrogate, or None."""
+    if isinstance(x, str):
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and (found := _surrogate_at(k, path)) is not None:
+            return found
+        if (found := _surrogate_at(v, f"{path}.{k}" if path else str(k))) is not None:
+            return found
+    return None
+
 
 class TextPart(BaseModel):
     type: Literal["text"]

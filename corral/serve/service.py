@@ -143,7 +143,7 @@ class Service:
         if (r.tools or r.functions) and r.tool_choice != "none":
             raise ParamError("tool calling is not supported by this server yet; send the request without tools "
                              "(or with tool_choice: \"none\")", "tools")
-        ids = encode_chat(self.tok, _messages(r), template=self.chat_template)
+        ids = _to_ids(lambda: encode_chat(self.tok, _messages(r), template=self.chat_template), "messages")
         self._check_prompt(ids, "messages")
         top = r.top_logprobs if r.logprobs else None
         if r.top_logprobs is not None and not r.logprobs:
@@ -163,9 +163,9 @@ class Service:
             raise ParamError("suffix (fill-in-the-middle) is not supported", "suffix")
         p = r.prompt
         if isinstance(p, str):
-            prompts = [self.tok.encode(p, add_bos=self.tok.add_bos)]
+            prompts = [_to_ids(lambda: self.tok.encode(p, add_bos=self.tok.add_bos), "prompt")]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [self.tok.encode(x, add_bos=self.tok.add_bos) for x in p]
+            prompts = [_to_ids(lambda x=x: self.tok.encode(x, add_bos=self.tok.add_bos), "prompt") for x in p]
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]
         elif p and all(isinstance(x, list) for x in p):
@@ -554,9 +554,9 @@ class Service:
         self.check_model(r.model)
         x = r.input
         if isinstance(x, str):
-            inputs = [self.tok.encode(x)]
+            inputs = [_to_ids(lambda: self.tok.encode(x), "input")]
         elif x and all(isinstance(s, str) for s in x):
-            inputs = [self.tok.encode(s) for s in x]
+            inputs = [_to_ids(lambda s=s: self.tok.encode(s), "input") for s in x]
         elif x and all(isinstance(t, int) for t in x):
             inputs = [list(x)]
         elif x and all(isinstance(t, list) for t in x):
@@ -594,10 +594,11 @@ class Service:
         if (r.prompt is None) == (r.messages is None):
             raise ParamError("give exactly one of prompt or messages", "prompt")
         if r.messages is not None:
-            ids = encode_chat(self.tok, _messages(r), add_generation_prompt=r.add_generation_prompt,
-                              template=self.chat_template)
+            ids = _to_ids(lambda: encode_chat(self.tok, _messages(r), add_generation_prompt=r.add_generation_prompt,
+                                              template=self.chat_template), "messages")
         else:
-            ids = self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos)
+            ids = _to_ids(lambda: self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos),
+                          "prompt")
         return P.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
 
     def detokenize(self, r: P.DetokenizeRequest) -> P.DetokenizeResponse:
@@ -728,6 +729,20 @@ def _raise_errors(done: dict[int, Finished]) -> None:
     for ev in done.values():
         if ev.finish_reason == "error":
             raise GenerationError(ev.error or "generation failed")
+
+
+def _to_ids(encode: Callable[[], list[int]], param: str) -> list[int]:
+    """`encode()` (a request's text to token ids), any failure a 400 naming `param`: a template that raises, text
+    the tokenizer refuses. Never a 500 or a dropped connection for what a client sent."""
+    try:
+        return encode()
+    except ParamError:
+        raise
+    except InvalidArgumentError as e:
+        raise ParamError(str(e), param) from None
+    except Exception as e:  # noqa: BLE001 - the client's input, whatever the tokenizer or template made of it
+        raise ParamError(f"{param} could not be turned into tokens ({type(e).__name__}: "
+                         f"{str(e).encode('utf-8', 'replace').decode()}); check its text and roles", param) from None
 
 
 def _id(prefix: str) -> str:
