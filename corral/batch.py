@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,6 +46,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from corral import jsonl
 from corral.engine.engine import QueueFullError
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
@@ -116,20 +115,13 @@ def check_paths(in_path: str | Path, out_path: str | Path) -> None:
 
 def read_input(path: str | Path) -> list[Line]:
     """Parse a batch input file; a line that is not a request comes back with `error` set, not raised."""
-    lines: list[Line] = []
     first: dict[str, int] = {}  # custom_id → the line that used it first
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            if raw.strip():
-                lines.append(_parse(number, raw, first))
-    return lines
+    return [_parse(number, obj, first) for number, obj in jsonl.objects(path)]
 
 
-def _parse(number: int, raw: bytes, first: dict[str, int]) -> Line:
-    try:
-        obj = json.loads(raw)
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-        return Line(number, None, error=("invalid_json_line", f"not valid JSON: {e}"))
+def _parse(number: int, obj: Any, first: dict[str, int]) -> Line:
+    if isinstance(obj, ValueError):  # not UTF-8, or not JSON
+        return Line(number, None, error=("invalid_json_line", str(obj)))
     if not isinstance(obj, dict):
         return Line(number, None, error=("invalid_json_line", "expected a JSON object with custom_id, method, url "
                                                               "and body"))
@@ -151,43 +143,14 @@ def _parse(number: int, raw: bytes, first: dict[str, int]) -> Line:
 
 def _resume(path: Path, keys: set[str | int]) -> dict[str | int, bool]:
     """Keys already answered in `path` → whether they succeeded; a partial last line (a killed run) is cut off."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(path, end)
     done: dict[str | int, bool] = {}
-    for i, raw in enumerate(data[:end].splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            rec = None
-        if not isinstance(rec, dict) or "custom_id" not in rec or "response" not in rec:
-            raise InvalidArgumentError(f"{path}: line {i} is not a batch output line, so this is not a file "
-                                       "`corral batch` can resume; pass another output path")
+    for rec in jsonl.resume(path, lambda r: isinstance(r, dict) and "custom_id" in r and "response" in r,
+                            "corral batch", "pass another output path", InvalidArgumentError):
         err, resp = rec.get("error"), rec.get("response")
         key = err["line"] if isinstance(err, dict) and "line" in err else rec["custom_id"]
         if key in keys:
             done[key] = isinstance(resp, dict) and resp.get("status_code") == 200
     return done
-
-
-class _Output:
-    """The output file, opened for appending; `write` puts one record down in one system call."""
-
-    def __init__(self, path: Path):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        while data:  # a regular file takes it whole; loop only in case it ever does not
-            data = data[os.write(self.fd, data):]
-
-    def close(self) -> None:
-        os.close(self.fd)
 
 
 # --- requests ---------------------------------------------------------------------------------------------------
@@ -325,7 +288,7 @@ async def arun_batch(service: Service, in_path: str | Path, out_path: str | Path
     progress = Progress(TextColumn("batch"), BarColumn(), MofNCompleteColumn(), _TokensPerSecond(),
                         TextColumn("eta"), TimeRemainingColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
                         console=console or Console(file=io.StringIO()), disable=console is None)
-    out = _Output(out_path)
+    out = jsonl.Appender(out_path)
     t0 = time.perf_counter()
     try:
         with progress:

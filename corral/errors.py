@@ -19,3 +19,7 @@ class TokenizerError(CorralError):
 
 class InvalidArgumentError(CorralError):
     """A command-line or API argument with a bad value."""
+
+
+class DataError(CorralError):
+    """An input file with bad lines (each listed by number), or none usable."""

@@ -142,7 +142,7 @@ def test_refuses_paths_it_cannot_use(service, tmp_path):
         run_batch(service, src, src)
     other = tmp_path / "notes.txt"
     other.write_text("my notes\n")
-    with pytest.raises(InvalidArgumentError, match="not a batch output line"):
+    with pytest.raises(InvalidArgumentError, match="notes.txt:1: not a line corral batch wrote"):
         run_batch(service, src, other)
     assert other.read_text() == "my notes\n"
 

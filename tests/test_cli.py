@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -19,13 +20,7 @@ def run_cli(*args: str, stdin: str | None = None, timeout: int = 300) -> subproc
 
 
 def assert_clean_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("corral: error:"), lines[0]
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    helpers.assert_clean_error(r.returncode, r.stderr, *needles)
 
 
 def test_nonexistent_path():

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import assert_clean_error
 
 from corral.chat import encode_chat, render
 from corral.errors import InvalidArgumentError
@@ -450,15 +451,6 @@ def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess
                           timeout=300, env=env)
 
 
-def assert_clean_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("corral: error:"), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def rows_file(tmp_path: Path) -> Path:
     rows = [
         {"id": "s1-001", "conversation": SKY, "label": "safe", "categories": [], "assess": "user"},
@@ -533,8 +525,8 @@ def test_cli_text_and_conversation(tiny_guard_dir, tmp_path, capsys):
     (["--conversation", "{tmp}/missing.json"], ["missing.json: no such file"]),
     (["--conversation", "{tmp}/tool.json"], ["conversation[0].role"]),
     (["--file", "{tmp}/in.jsonl"], ["--file needs --out"]),
-    (["--file", "{tmp}/broken.jsonl", "--out", "{tmp}/o.jsonl"], ["2 bad line(s)", "line 2: not valid JSON",
-                                                                  "line 3: conversation: assess is 'agent'"]),
+    (["--file", "{tmp}/broken.jsonl", "--out", "{tmp}/o.jsonl"], ["2 bad line(s)", "broken.jsonl:2: not valid JSON",
+                                                                  "broken.jsonl:3: conversation: assess is 'agent'"]),
     (["--text", "hi", "--out", "{tmp}/o.jsonl"], ["--out goes with --file"]),
     ([], ["give what to check"]),
     (["--text", "hi", "--threshold", "2"], ["--threshold 2.0"]),

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_guard import assert_clean_error
+from helpers import assert_clean_error
 
 from corral.guard.dataset import BUNDLED
 from corral.guard.evaluate import auroc, guard_metrics
@@ -100,7 +100,7 @@ def test_cli_eval(tiny_guard_dir, tmp_path, capsys, mode):
 
 @pytest.mark.parametrize("args, needles", [
     (["guard", "{model}", "--eval", "{tmp}/bad.jsonl"],
-     ["bad.jsonl: 2 bad line(s): line 1: 'label' is 'maybe'", "line 2: category 'S99'", "fix them"]),
+     ["bad.jsonl: 2 bad line(s); fix them", "bad.jsonl:1: 'label' is 'maybe'", "bad.jsonl:2: category 'S99'"]),
     (["guard", "{model}", "--eval", "{tmp}/missing.jsonl"], ["missing.jsonl: no such file"]),
     (["guard", "{model}", "--text", "hi", "--report", "{tmp}/r"], ["--report goes with --eval"]),
     (["guard", "{model}", "--eval", "heldout", "--print-prompt"], ["--print-prompt shows one prompt"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from test_guard import assert_clean_error
+from helpers import assert_clean_error
 
 from corral.chat import encode_chat
 from corral.guard import Guard, parse_verdict, render_prompt, target_text
@@ -159,19 +159,20 @@ def test_bad_rows_are_named_one_line_each(tok, tmp_path):
     with pytest.raises(GuardDataError) as e:
         load_guard_examples(data, tok, max_len=512)
     msg = str(e.value)
-    assert "\n" not in msg and msg.startswith(f"{data}: 9 bad line(s): line 2: not valid JSON")
-    for needle in ["line 3: 'label' is 'maybe': use \"safe\" or \"unsafe\"",
-                   "line 4: an unsafe row lists no category: add the codes it violates",
-                   "line 5: category 'S99' is not in the policy (Llama Guard 3: S1, S2",
-                   "line 6: a safe row lists categories ['S1']: empty the list, or label the row \"unsafe\"",
-                   "line 7: conversation: assess is 'agent' but the last message is not the assistant's",
-                   "line 8: no 'conversation'", "line 9: 'categories' must be a list",
-                   "line 10: the guard prompt and verdict are", "raise --max-seq-len",
+    assert msg.startswith(f"{data}: 9 bad line(s); fix them, or pass --skip-bad-lines")
+    assert msg.splitlines()[1].startswith(f"  {data}:2: not valid JSON (Expecting property name")
+    for needle in [f"{data}:3: 'label' is 'maybe': use \"safe\" or \"unsafe\"",
+                   f"{data}:4: an unsafe row lists no category: add the codes it violates",
+                   f"{data}:5: category 'S99' is not in the policy (Llama Guard 3: S1, S2",
+                   f"{data}:6: a safe row lists categories ['S1']: empty the list, or label the row \"unsafe\"",
+                   f"{data}:7: conversation: assess is 'agent' but the last message is not the assistant's",
+                   f"{data}:8: no 'conversation'", f"{data}:9: 'categories' must be a list",
+                   f"{data}:10: the guard prompt and verdict are", "raise --max-seq-len",
                    "fix them, or pass --skip-bad-lines"]:
         assert needle in msg, (needle, msg)
     examples, problems = load_guard_examples(data, tok, max_len=512, skip_bad_lines=True)
     assert len(examples) == 1 and len(problems) == 9 and problems[0].startswith(f"{data}:2: not valid JSON")
-    with pytest.raises(GuardDataError, match="no usable labelled rows"):
+    with pytest.raises(GuardDataError, match="all-bad.jsonl: no usable lines; pass a JSONL file of labelled guard"):
         load_guard_examples(write_rows(tmp_path / "all-bad.jsonl", ["{oops"]), tok, 512, skip_bad_lines=True)
     with pytest.raises(GuardDataError, match="nothing.jsonl: no such file"):
         read_labelled(tmp_path / "nothing.jsonl")
@@ -269,7 +270,8 @@ def test_finetune_repeats_the_unsafe_rows_of_each_epoch(tiny_guard_dir, tmp_path
 
 
 @pytest.mark.parametrize("args, needles", [
-    (["--data", "{tmp}/bad.jsonl"], ["bad.jsonl: 2 bad line(s): line 1: 'label' is 'maybe'", "--skip-bad-lines"]),
+    (["--data", "{tmp}/bad.jsonl"],
+     ["bad.jsonl: 2 bad line(s)", "bad.jsonl:1: 'label' is 'maybe'", "--skip-bad-lines"]),
     (["--data", "heldout", "--guard-policy", "{tmp}/none.yaml"], ["none.yaml: no such policy file"]),
     (["--data", "{tmp}/none.jsonl"], ["none.jsonl: no such file", "bundled set: train, heldout"]),
 ])

@@ -219,10 +219,10 @@ def test_an_augmentation_killed_half_way_resumes_its_samples(tiny_chat, inputs, 
 
 def _kl_to_base(base, model, rows, tok) -> float:
     """Mean KL(base || model) per token over `rows`' labelled positions, full vocabulary."""
-    from corral.train.data import encode_line
+    from corral.train.data import encode_example
     from corral.train.loop import _collate, loss_targets
 
-    batch = _collate([encode_line(json.dumps(r), tok) for r in rows], torch.device("cpu"))
+    batch = _collate([encode_example(r, tok) for r in rows], torch.device("cpu"))
     _, keep = loss_targets(batch)
     with torch.no_grad():
         p = torch.log_softmax(base(batch["ids"], keep=keep).float(), -1)
@@ -236,7 +236,7 @@ def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.tokenizer import load_tokenizer
-    from corral.train.data import encode_line, pack
+    from corral.train.data import encode_example, pack
     from corral.train.loop import AnchoredObjective, Objective, _collate, _Dist
 
     lm = load_model(str(tiny_chat), dtype="float32")
@@ -245,8 +245,8 @@ def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would
     text = [{"prompt": "", "completion": f"Colour {i} is blue. It is calm."} for i in range(3)]
     chat = [{"messages": [{"role": "user", "content": "dock hours?"},
                           {"role": "assistant", "content": "The loading dock closes at 16:40."}]}]
-    facts = [encode_line(json.dumps(r), tok) for r in chat]
-    anchors = [encode_line(json.dumps(r), tok) for r in text]
+    facts = [encode_example(r, tok) for r in chat]
+    anchors = [encode_example(r, tok) for r in text]
     rows = pack(facts, 64) + pack(anchors, 64, anchor=True)
     assert [r.anchor for r in rows] == [False, True]
     obj = AnchoredObjective(tmp_path)

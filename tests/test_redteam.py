@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers
 import httpx
 import pytest
 
@@ -26,11 +27,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def assert_clean_error(r: subprocess.CompletedProcess, *needles: str) -> None:
-    assert r.returncode == 2, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("corral: error:"), r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+    helpers.assert_clean_error(r.returncode, r.stderr, *needles)
 
 
 # --- the suite ------------------------------------------------------------------------------------------------------
@@ -68,13 +65,14 @@ def test_refusal_detector(text, refused):
 
 
 @pytest.mark.parametrize("content, needle", [
-    ("{not json\n", "line 1: not valid JSON"),
-    ('{"id": "a", "category": "S1"}\n', "line 1: 'messages' must be a non-empty list"),
+    ("{not json\n", "mine.jsonl:1: not valid JSON"),
+    ('{"id": "a", "category": "S1"}\n', "mine.jsonl:1: 'messages' must be a non-empty list"),
     ('{"id": "a", "category": "S1", "messages": [{"role": "assistant", "content": "x"}]}\n',
      "the last message must be the user's"),
     ('{"category": "S1", "messages": [{"role": "user", "content": "x"}]}\n', "'id' is missing"),
     ('{"id": "a", "messages": [{"role": "user", "content": "x"}]}\n', "'category' must be"),
-    ('{"id": "a", "category": "S1", "messages": [{"role": "user", "content": "x"}]}\n' * 2, "line 2: id 'a' repeats"),
+    ('{"id": "a", "category": "S1", "messages": [{"role": "user", "content": "x"}]}\n' * 2,
+     "mine.jsonl:2: id 'a' repeats"),
 ])
 def test_bad_attack_files(tmp_path, content, needle):
     p = tmp_path / "mine.jsonl"
@@ -214,7 +212,7 @@ def test_redteam_cli_errors(tmp_path):
     bad.write_text("{oops\n")
     assert_clean_error(run_cli("redteam", "default", "--attacks", str(bad)), "bad.jsonl: 1 bad line(s)")
     assert_clean_error(run_cli("redteam", "default", "--attacks", str(tmp_path / "none.jsonl")),
-                       "none.jsonl: no such attack file")
+                       "none.jsonl: no such file; pass a JSONL attack file")
     assert_clean_error(run_cli("redteam"), "give a MODEL")
     assert_clean_error(run_cli("redteam", "default", "--endpoint", "http://127.0.0.1:9"), "one of the two")
     assert_clean_error(run_cli("redteam", "--endpoint", "http://127.0.0.1:9", "--guard", "x"), "--guard")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from corral.train.data import IGNORE, DataError, encode_chat_example, encode_line, load_jsonl, pack, split_val
+from corral.train.data import IGNORE, DataError, encode_chat_example, encode_example, load_jsonl, pack, split_val
 
 CONV = [{"role": "system", "content": "You are terse."},
         {"role": "user", "content": "Capital of France?"},
@@ -41,7 +41,7 @@ def test_loss_covers_each_assistant_turn_and_nothing_else(tok):
 
 
 def test_prompt_completion_lines_train_on_the_completion_and_eos(tok):
-    ex = encode_line(json.dumps({"prompt": "2 + 2 =", "completion": " 4"}), tok)
+    ex = encode_example({"prompt": "2 + 2 =", "completion": " 4"}, tok)
     spans = trained_spans(ex)
     assert len(spans) == 1 and spans[0][-1] == tok.eos_id
     assert tok.decode(spans[0][:-1]) == " 4"

@@ -152,11 +152,11 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
 def test_packed_rows_attend_within_their_own_example(tiny_chat, tok):
     """A packed row's logits equal each example's own forward: positions restart, attention is block-diagonal."""
     from corral.model.loader import load_model
-    from corral.train.data import encode_line, pack
+    from corral.train.data import encode_example, pack
     from corral.train.loop import _collate
 
     model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
-    exs = [encode_line(x, tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
+    exs = [encode_example(json.loads(x), tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
     rows = pack(exs, seq_len=sum(len(e.input_ids) for e in exs) + 5)
     assert len(rows) == 1
     b = _collate(rows, torch.device("cpu"))
@@ -286,11 +286,11 @@ def test_loss_on_kept_positions_equals_the_full_head(tiny_chat, tok):
     import torch.nn.functional as F
 
     from corral.model.loader import load_model
-    from corral.train.data import IGNORE, encode_line
+    from corral.train.data import IGNORE, encode_example
     from corral.train.loop import _collate, _loss
 
     model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
-    exs = [encode_line(x, tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
+    exs = [encode_example(json.loads(x), tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
     b = _collate(exs, torch.device("cpu"))
     with torch.no_grad():
         logits = model(b["ids"])

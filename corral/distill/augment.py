@@ -31,7 +31,6 @@ questions (one per fact) that `corral finetune` scores during training to keep i
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import re
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.distill.keys import DAYS, MONTHS, carries, find_keys, is_name_like
 from corral.distill.synth import Prompt, rejected_path
 from corral.eval.scoring import Scorer
@@ -295,9 +295,7 @@ def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter
     nearest = _nearest_fact(facts)
     kept: Counter[str] = Counter()
     dropped = []
-    lines = teacher_out.read_text(encoding="utf-8").splitlines() if teacher_out.exists() else []
-    for raw in sorted(lines, key=lambda x: (json.loads(x)["synth"]["id"], json.loads(x)["synth"]["sample"])):
-        rec = json.loads(raw)
+    for rec in sorted(jsonl.records(teacher_out), key=lambda r: (r["synth"]["id"], r["synth"]["sample"])):
         fid, part, digest = (rec["synth"]["id"].split(":") + ["", ""])[:3]
         f = by_id.get(fid)
         kind = {"q": "question", "a": "answer"}.get(part[:1])
@@ -318,15 +316,12 @@ def collect(facts: list[Fact], teacher_out: Path, dedup: float = 0.8) -> Counter
             f.contexts[text] = f.contexts[sources[i]]
         kept[kind] += 1
     rej = rejected_path(teacher_out)
-    with rej.open("a", encoding="utf-8") as fh:
-        done = set()
-        for x in rej.read_text(encoding="utf-8").splitlines():
-            r = json.loads(x) if x.strip() else {}
-            if set(r.get("rejected", [])) & set(_COLLECT_REASONS):
-                done.add(f"{r['synth']['id']}/{r['synth']['sample']}")
+    done = {(r["synth"]["id"], r["synth"]["sample"]) for r in jsonl.records(rej)
+            if set(r.get("rejected", [])) & set(_COLLECT_REASONS)}
+    with jsonl.Appender(rej) as fh:
         for d in dropped:
-            if f"{d['synth']['id']}/{d['synth']['sample']}" not in done:
-                fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+            if (d["synth"]["id"], d["synth"]["sample"]) not in done:
+                fh.write(d)
     return kept
 
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.engine.sampling import SamplingParams
 from corral.errors import CorralError, InvalidArgumentError
 from corral.eval.scoring import Scorer, ScorerSpecError, make_scorer
@@ -88,53 +88,38 @@ def read_prompts(path: str | Path, system: str | None = None, need_answer: bool 
     """Every line of the prompt file, checked; raises `PromptFileError` listing the bad ones."""
     from corral.chat import validate_messages
 
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(f"--prompts {path}: no such file")
-    prompts, problems = [], []
     seen: Counter[str] = Counter()
     ids: set[str] = set()
-    with path.open(encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-                if not isinstance(obj, dict):
-                    raise ValueError("expected a JSON object with 'messages' or 'prompt'")
-                if "messages" in obj:
-                    msgs = validate_messages(obj["messages"])
-                    if msgs[-1]["role"] not in ("user", "tool"):
-                        raise ValueError("the last message must be the user's: the teacher answers it")
-                elif isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
-                    msgs = ([{"role": "system", "content": system}] if system else []) + [
-                        {"role": "user", "content": obj["prompt"]}]
-                else:
-                    raise ValueError("expected a 'messages' list or a non-empty 'prompt' string")
-                if need_answer and not _has_answer(obj):
-                    raise ValueError("a --filter compares with the expected answer, and this line has no 'answer'")
-                if "id" in obj:
-                    if not isinstance(obj["id"], str | int) or isinstance(obj["id"], bool):
-                        raise ValueError("'id' must be a string or an integer")
-                    key = f"id:{obj['id']}"
-                    if key in ids:
-                        raise ValueError(f"id {obj['id']!r} is used twice")
-                    ids.add(key)
-                else:
-                    h = hashlib.sha256(json.dumps(msgs, sort_keys=True).encode()).hexdigest()[:16]
-                    key = h if not seen[h] else f"{h}#{seen[h]}"
-                    seen[h] += 1
-                prompts.append(Prompt(key, msgs, obj, n))
-            except (ValueError, CorralError) as e:
-                msg = f"not valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else str(e)
-                problems.append(f"{path}:{n}: {msg}")
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise PromptFileError(f"{len(problems)} bad line(s) in {path}:\n  {shown}{more}")
-    if not prompts:
-        raise PromptFileError(f"{path}: no prompts")
-    return prompts
+
+    def parse(obj: Any, n: int) -> Prompt:
+        if not isinstance(obj, dict):
+            raise ValueError("expected a JSON object with 'messages' or 'prompt'")
+        if "messages" in obj:
+            msgs = validate_messages(obj["messages"])
+            if msgs[-1]["role"] not in ("user", "tool"):
+                raise ValueError("the last message must be the user's: the teacher answers it")
+        elif isinstance(obj.get("prompt"), str) and obj["prompt"].strip():
+            msgs = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": obj["prompt"]}]
+        else:
+            raise ValueError("expected a 'messages' list or a non-empty 'prompt' string")
+        if need_answer and not _has_answer(obj):
+            raise ValueError("a --filter compares with the expected answer, and this line has no 'answer'")
+        if "id" in obj:
+            if not isinstance(obj["id"], str | int) or isinstance(obj["id"], bool):
+                raise ValueError("'id' must be a string or an integer")
+            key = f"id:{obj['id']}"
+            if key in ids:
+                raise ValueError(f"id {obj['id']!r} is used twice")
+            ids.add(key)
+        else:
+            h = hashlib.sha256(json.dumps(msgs, sort_keys=True).encode()).hexdigest()[:16]
+            key = h if not seen[h] else f"{h}#{seen[h]}"
+            seen[h] += 1
+        return Prompt(key, msgs, obj, n)
+
+    return jsonl.read(path, parse, what="--prompts: a JSONL file of {\"messages\"} or {\"prompt\"} lines",
+                      error=PromptFileError)[0]
 
 
 def _has_answer(obj: dict[str, Any]) -> bool:
@@ -158,39 +143,10 @@ def sample_seed(seed: int, key: str, j: int) -> int:
 
 def _done(path: Path) -> set[tuple[str, int]]:
     """(id, sample) pairs already in a synth output file; a partial last line (a killed run) is cut off."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        os.truncate(path, end)
-    done = set()
-    for i, raw in enumerate(data[:end].splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            meta = json.loads(raw)["synth"]
-            done.add((str(meta["id"]), int(meta["sample"])))
-        except (ValueError, KeyError, TypeError):
-            raise InvalidArgumentError(f"{path}:{i}: not a line corral synth wrote, so this file cannot be resumed; "
-                                       "pass another --out") from None
-    return done
-
-
-class _Appender:
-    """A file opened for appending; each record goes down in one system call, so a kill leaves whole lines."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        while data:
-            data = data[os.write(self.fd, data):]
-
-    def close(self) -> None:
-        os.close(self.fd)
+    recs = jsonl.resume(path, lambda r: isinstance(r, dict) and isinstance(r.get("synth"), dict)
+                        and "id" in r["synth"] and isinstance(r["synth"].get("sample"), int),
+                        "corral synth", "pass another --out", InvalidArgumentError)
+    return {(str(r["synth"]["id"]), r["synth"]["sample"]) for r in recs}
 
 
 def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | Path, *, n: int = 4,
@@ -225,7 +181,7 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
         prompt_ids.append(ids_of[p.key])
     job_params = [dataclasses.replace(params, seed=sample_seed(base_seed, p.key, j)) for p, j in jobs]
     kept, reasons = 0, Counter()
-    writer, rejects = _Appender(out), _Appender(rej)
+    writer, rejects = jsonl.Appender(out), jsonl.Appender(rej)
     prog = _progress(progress, console, total, resumed)
     t0 = time.perf_counter()
 

@@ -29,13 +29,13 @@ apply to it. Every problem is a `TaskError` naming the file and line.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.errors import CorralError
 from corral.eval.scoring import Scorer, ScorerSpecError, make_scorer
 
@@ -176,24 +176,12 @@ def _from_yaml(path: Path) -> Task:
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    rows = []
-    try:
-        raw_lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise TaskError(f"{path}: not UTF-8 text") from None
-    for n, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    def parse(obj: Any, n: int) -> tuple[str, dict[str, Any]]:
         if not isinstance(obj, dict):
-            raise TaskError(f"{path}:{n}: expected a JSON object")
-        rows.append((f"{path}:{n}", obj))
-    if not rows:
-        raise TaskError(f"{path}: no examples")
-    return rows
+            raise ValueError("expected a JSON object")
+        return f"{path}:{n}", obj
+
+    return jsonl.read(path, parse, what="a JSONL file of examples", error=TaskError)[0]
 
 
 def _read_text(path: Path) -> list[tuple[str, dict[str, Any]]]:

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.errors import InvalidArgumentError
-from corral.guard.guard import GuardFileError, json_lines
+from corral.guard.guard import GuardFileError
 from corral.guard.llama_guard import normalize_conversation, prompt_ids, verdict_ids
 from corral.guard.taxonomy import Taxonomy, default_taxonomy, load_taxonomy
 from corral.tokenizer import Tokenizer
@@ -103,60 +104,34 @@ def check_row(obj: Any, taxonomy: Taxonomy, line: int = 0) -> LabelledRow:
     return LabelledRow(obj.get("id", line), conv, assess, label, out, line)
 
 
+WHAT = "a JSONL file of labelled guard rows (or a bundled set: train, heldout)"
+
+
 def read_labelled(path: str | Path, taxonomy: Taxonomy | None = None,
                   skip_bad_lines: bool = False) -> tuple[list[LabelledRow], list[str]]:
     """Every row of a labelled JSONL file (or bundled set name), checked against `taxonomy` (default: Llama Guard
     3). Returns (rows, problems: "FILE:LINE: ..."); raises `GuardDataError` naming every bad line unless
     `skip_bad_lines`."""
-    p, rows, problems = _read(path, taxonomy or default_taxonomy())
-    return rows, _settle(p, problems, skip_bad_lines, bool(rows), "")
+    tax = taxonomy or default_taxonomy()
+    return jsonl.read(data_path(path), lambda obj, n: check_row(obj, tax, n), what=WHAT, error=GuardDataError,
+                      skip_bad=skip_bad_lines)
 
 
 def load_guard_examples(path: str | Path, tok: Tokenizer, max_len: int, taxonomy: Taxonomy | None = None,
                         template: str | None = None, skip_bad_lines: bool = False) -> tuple[list[Example], list[str]]:
     """`load_jsonl` for guard rows: (examples, problems); every bad or too long line is named (`GuardDataError`)
     unless `skip_bad_lines`, which leaves them out."""
-    p, rows, problems = _read(path, taxonomy or default_taxonomy())
-    examples = []
-    for row in rows:
-        ex = training_example(tok, row, taxonomy, template)
+    tax = taxonomy or default_taxonomy()
+
+    def parse(obj: Any, n: int) -> Example:
+        ex = training_example(tok, check_row(obj, tax, n), tax, template)
         if len(ex.input_ids) > max_len:
-            problems.append((row.line, f"the guard prompt and verdict are {len(ex.input_ids)} tokens, over "
-                                       f"--max-seq-len {max_len}; raise --max-seq-len or shorten the conversation"))
-        else:
-            examples.append(ex)
-    return examples, _settle(p, sorted(problems), skip_bad_lines, bool(examples),
-                             ", or pass --skip-bad-lines to leave them out")
+            raise ValueError(f"the guard prompt and verdict are {len(ex.input_ids)} tokens, over --max-seq-len "
+                             f"{max_len}; raise --max-seq-len or shorten the conversation")
+        return ex
 
-
-def _read(path: str | Path, taxonomy: Taxonomy) -> tuple[Path, list[LabelledRow], list[tuple[int, str]]]:
-    p = data_path(path)
-    if not p.is_file():
-        raise GuardDataError(f"{p}: no such file; pass a JSONL file of labelled guard rows "
-                             "(or a bundled set: train, heldout)")
-    rows, problems = [], []
-    for n, obj, bad_json in json_lines(p):
-        if bad_json is not None:
-            problems.append((n, f"not valid JSON ({bad_json.msg} at column {bad_json.colno}); write one object per "
-                                "line"))
-            continue
-        try:
-            rows.append(check_row(obj, taxonomy, n))
-        except ValueError as e:
-            problems.append((n, str(e)))
-    return p, rows, problems
-
-
-def _settle(p: Path, problems: list[tuple[int, str]], skip_bad_lines: bool, any_left: bool, skip_hint: str
-            ) -> list[str]:
-    """Raise for the problems (one line: file, count, the first ten) unless skipped; they as "FILE:LINE: ..."."""
-    if problems and not skip_bad_lines:
-        shown = "; ".join(f"line {n}: {m}" for n, m in problems[:10])
-        more = f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise GuardDataError(f"{p}: {len(problems)} bad line(s): {shown}{more}; fix them{skip_hint}")
-    if not any_left:
-        raise GuardDataError(f"{p}: no usable labelled rows")
-    return [f"{p}:{n}: {m}" for n, m in problems]
+    return jsonl.read(data_path(path), parse, what=WHAT, error=GuardDataError,
+                      fix="fix them, or pass --skip-bad-lines to leave them out", skip_bad=skip_bad_lines)
 
 
 @dataclass

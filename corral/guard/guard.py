@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from corral import jsonl
 from corral.engine.sampling import SamplingParams
 from corral.errors import InvalidArgumentError, TokenizerError
 from corral.guard.llama_guard import (
@@ -347,44 +348,19 @@ def read_conversation(path: str | Path) -> list[dict[str, str]]:
     return conv
 
 
-def json_lines(p: Path) -> Iterator[tuple[int, Any, json.JSONDecodeError | None]]:
-    """(line number, object, None) for each non-blank line of a JSONL file, or (line number, None, the error) for a
-    line that is not JSON; undecodable bytes are replaced, so a bad line never hides the ones after it."""
-    with p.open(encoding="utf-8", errors="replace") as f:
-        for n, raw in enumerate(f, 1):
-            if raw.strip():
-                try:
-                    yield n, json.loads(raw), None
-                except json.JSONDecodeError as e:
-                    yield n, None, e
-
-
 def read_rows(path: str | Path, assess: str = "auto") -> list[Row]:
     """Every line of a JSONL file of conversations, checked; raises `GuardFileError` listing the bad lines.
     `assess` is for lines without their own."""
-    p = Path(path)
-    if not p.is_file():
-        raise GuardFileError(f"{p}: no such file; pass a JSONL file of {{\"conversation\": [...]}} lines")
-    rows, problems = [], []
-    for n, obj, bad_json in json_lines(p):
-        if bad_json is not None:
-            problems.append(f"line {n}: not valid JSON ({bad_json})")
-            continue
-        try:
-            if not isinstance(obj, dict):
-                raise InvalidArgumentError("expected an object with a 'conversation' list")
-            conv = _conversation_of(obj)
-            how = obj.get("assess", assess)
-            normalize_conversation(conv, how)
-            rows.append(Row(obj.get("id", n), conv, how, obj, n))
-        except InvalidArgumentError as e:
-            problems.append(f"line {n}: {e}")
-    if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
-        raise GuardFileError(f"{p}: {len(problems)} bad line(s): {shown}")
-    if not rows:
-        raise GuardFileError(f"{p}: no conversations in the file")
-    return rows
+
+    def parse(obj: Any, n: int) -> Row:
+        if not isinstance(obj, dict):
+            raise InvalidArgumentError("expected an object with a 'conversation' list")
+        conv = _conversation_of(obj)
+        how = obj.get("assess", assess)
+        normalize_conversation(conv, how)
+        return Row(obj.get("id", n), conv, how, obj, n)
+
+    return jsonl.read(path, parse, what='a JSONL file of {"conversation": [...]} lines', error=GuardFileError)[0]
 
 
 def _conversation_of(obj: Any) -> Any:

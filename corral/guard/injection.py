@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from corral import jsonl
 from corral.errors import CorralError
 
 MODEL_PATH = Path(__file__).parent / "data" / "injection_model.json"
@@ -288,25 +289,14 @@ _BIAS_SCALE = 10.0
 
 def read_texts(path: str | Path) -> tuple[list[str], list[int], list[str]]:
     """(texts, labels 1 = injection, ids) of an injection JSONL file (`{"id", "text", "label"}` lines)."""
-    texts, labels, ids = [], [], []
-    p = Path(path)
-    if not p.is_file():
-        raise InjectionModelError(f"{p}: no such file; expected JSONL lines {{\"text\", \"label\"}}")
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            text, label = obj["text"], obj["label"]
-        except (ValueError, KeyError, TypeError):
-            raise InjectionModelError(f"{p}: line {n}: expected {{\"text\": ..., \"label\": \"injection\" | "
-                                      "\"benign\"}}") from None
-        if label not in ("injection", "benign") or not isinstance(text, str):
-            raise InjectionModelError(f"{p}: line {n}: label must be 'injection' or 'benign'")
-        texts.append(text)
-        labels.append(int(label == "injection"))
-        ids.append(str(obj.get("id", n)))
-    return texts, labels, ids
+    def parse(obj: Any, n: int) -> tuple[str, int, str]:
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or obj.get("label") not in (
+                "injection", "benign"):
+            raise ValueError('expected {"text": "...", "label": "injection" | "benign"}')
+        return obj["text"], int(obj["label"] == "injection"), str(obj.get("id", n))
+
+    rows = jsonl.read(path, parse, what='a JSONL file of {"text", "label"} lines', error=InjectionModelError)[0]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
 
 
 def metrics(pred: list[bool] | np.ndarray, labels: list[int]) -> dict[str, float]:

@@ -13,12 +13,12 @@ an HTTP 400 with code content_filter) is always a refusal.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.errors import InvalidArgumentError
 
 DATA = Path(__file__).parent / "data"
@@ -49,40 +49,18 @@ class Prompt:
 def read_prompts(path: str | Path, attacks: bool) -> list[Prompt]:
     """Every line of an attack file (`attacks=True`: {id, category, wrapper, messages, goal}) or a benign file
     ({id, messages, kind}), checked; raises `RedteamFileError` listing the bad lines."""
-    p = Path(path)
     what = "attack" if attacks else "benign"
-    if not p.is_file():
-        raise RedteamFileError(f"{p}: no such {what} file; pass a JSONL file of {{\"id\", \"messages\", ...}} lines "
-                               "(see corral/redteam/data/README.md)")
-    out, problems, seen = [], [], {}
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise RedteamFileError(f"{p}: not UTF-8 text; save the {what} file as UTF-8 JSONL") from None
-    for n, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw)
-        except ValueError as e:
-            problems.append(f"line {n}: not valid JSON ({e})")
-            continue
-        try:
-            prompt = _prompt(obj, attacks, str(p))
-        except InvalidArgumentError as e:
-            problems.append(f"line {n}: {e}")
-            continue
+    seen: dict[str, int] = {}
+
+    def parse(obj: Any, n: int) -> Prompt:
+        prompt = _prompt(obj, attacks, str(path))
         if prompt.id in seen:
-            problems.append(f"line {n}: id {prompt.id!r} repeats line {seen[prompt.id]}")
-            continue
+            raise ValueError(f"id {prompt.id!r} repeats line {seen[prompt.id]}")
         seen[prompt.id] = n
-        out.append(prompt)
-    if problems:
-        shown = "; ".join(problems[:5]) + (f"; ... and {len(problems) - 5} more" if len(problems) > 5 else "")
-        raise RedteamFileError(f"{p}: {len(problems)} bad line(s): {shown}")
-    if not out:
-        raise RedteamFileError(f"{p}: no {what} prompts in the file")
-    return out
+        return prompt
+
+    return jsonl.read(path, parse, what=f"a JSONL {what} file of {{\"id\", \"messages\", ...}} lines (see "
+                      "corral/redteam/data/README.md)", error=RedteamFileError)[0]
 
 
 def _prompt(obj: Any, attack: bool, source: str) -> Prompt:

@@ -17,21 +17,17 @@ templates do (ChatML, Llama 3); a template that does not is reported as an error
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.chat import encode_chat, validate_messages
-from corral.errors import CorralError, InvalidArgumentError
+from corral.errors import DataError, InvalidArgumentError
 from corral.tokenizer import Tokenizer
 
 IGNORE = -100  # label of a position that carries no loss (PyTorch's cross_entropy ignore_index)
-
-
-class DataError(CorralError):
-    """Bad lines in a training file; the message lists each one by number."""
 
 
 @dataclass
@@ -62,28 +58,14 @@ def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | N
                skip_bad_lines: bool = False) -> tuple[list[Example], list[str]]:
     """Read and tokenize every line of `path`. Returns (examples, problems); raises `DataError` listing all bad
     lines unless `skip_bad_lines`, in which case they are left out and returned as `problems`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; pass a JSONL file of chat or prompt/completion lines")
-    examples, problems = [], []
-    with path.open(encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                ex = encode_line(raw, tok, template, n)
-                if len(ex.input_ids) > max_len:
-                    raise ValueError(f"{len(ex.input_ids)} tokens, over the limit of {max_len} (--max-seq-len)")
-                examples.append(ex)
-            except (ValueError, CorralError) as e:
-                problems.append(f"{path}:{n}: {e}")
-    if problems and not skip_bad_lines:
-        shown = "\n  ".join(problems[:30])
-        more = f"\n  ... and {len(problems) - 30} more" if len(problems) > 30 else ""
-        raise DataError(f"{len(problems)} bad line(s) in {path}; fix them or pass --skip-bad-lines:\n  {shown}{more}")
-    if not examples:
-        raise DataError(f"{path}: no usable lines")
-    return examples, problems
+    def parse(obj: Any, n: int) -> Example:
+        ex = encode_example(obj, tok, template, n)
+        if len(ex.input_ids) > max_len:
+            raise ValueError(f"{len(ex.input_ids)} tokens, over the limit of {max_len} (--max-seq-len)")
+        return ex
+
+    return jsonl.read(path, parse, what="a JSONL file of chat or prompt/completion lines",
+                      fix="fix them or pass --skip-bad-lines", skip_bad=skip_bad_lines)
 
 
 def load_examples(cfg: Any, path: str | Path, tok: Tokenizer, template: str | None = None
@@ -100,12 +82,8 @@ def load_examples(cfg: Any, path: str | Path, tok: Tokenizer, template: str | No
     return load_jsonl(path, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
 
 
-def encode_line(raw: str, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
-    """One JSONL line → `Example`; raises ValueError with a message fit for the user."""
-    try:
-        obj = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+def encode_example(obj: Any, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
+    """One JSONL line's object → `Example`; raises ValueError with a message fit for the user."""
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object with 'messages', or with 'prompt' and 'completion'")
     if "messages" in obj:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from corral import jsonl
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
 from corral.train.data import IGNORE, Example, Packed, load_examples, pack, split_val
@@ -685,7 +686,7 @@ def plot_metrics(metrics: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    recs = jsonl.records(metrics)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], label="train loss")
     val = [r for r in recs if "val_loss" in r]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral import jsonl
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
 
@@ -59,7 +60,7 @@ def prepare(cfg: FinetuneConfig, dist: Any, progress: bool = True) -> Prepared:
         make_training_data(cfg, aug, progress, chunks)
     dist.barrier()
     summary = json.loads(done.read_text())
-    select = [json.loads(x) for x in (aug / "select.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    select = jsonl.records(aug / "select.jsonl")
     loop_cfg = dataclasses.replace(cfg, data=str(aug / "train.jsonl"), docs=[])
     anchor = aug / "replay.jsonl"
     return Prepared(loop_cfg, select if cfg.select_every != 0 else [], summary,
@@ -109,8 +110,7 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
     if cfg.data:  # every line checked first (bad lines are reported by number, or skipped with skip_bad_lines)
         examples, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
         good = {e.line for e in examples}
-        with open(cfg.data, encoding="utf-8") as f:
-            rows = [json.loads(raw) for n, raw in enumerate(f, 1) if n in good]
+        rows = [obj for n, obj in jsonl.objects(cfg.data) if n in good]
     chat = [r for r in rows if "messages" in r]
     facts = group_facts(qa_pairs(chat, cfg.data))
     dfacts = doc_facts(chunks, start=len(facts))
@@ -179,10 +179,7 @@ def replay_rows(cfg: FinetuneConfig, n: int, loaded: Any = None, progress: bool 
         synth(lm.model, load_tokenizer(lm.path), prompts, cache, n=1, keep_truncated=True,
               params=SamplingParams(temperature=0.0, max_tokens=REPLAY_MAX_TOKENS), progress=progress)
     rows = []
-    for x in cache.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(x) if x.strip() else None
-        if rec is None:
-            continue
+    for rec in jsonl.records(cache):
         reply = rec["messages"][-1]["content"]
         if rec["synth"]["finish_reason"] == "length":  # a long answer ends at its last full sentence, or not at all
             cut = max(reply.rfind(c) for c in ".!?\n")
@@ -217,10 +214,8 @@ def _reasons(out: Path) -> dict[str, int]:
     from corral.distill.synth import rejected_path
 
     c: Counter[str] = Counter()
-    rej = rejected_path(out)
-    for x in rej.read_text(encoding="utf-8").splitlines() if rej.exists() else []:
-        if x.strip():
-            c.update(json.loads(x)["rejected"])
+    for r in jsonl.records(rejected_path(out)):
+        c.update(r["rejected"])
     return dict(c)
 
 
@@ -272,7 +267,7 @@ def report(cfg: FinetuneConfig, prep: Prepared, run: Path, progress: bool = True
         rep["tasks"] = before["tasks"]
         rep["before"] = next(iter(before["results"].values()))
         rep["after"] = next(iter(after["results"].values()))
-    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    recs = jsonl.records(run / "metrics.jsonl")
     rep["selection"] = [{"step": r["step"], "acc": r["select_acc"]} for r in recs if "select_acc" in r]
     best = run / "best" / "best.json"
     rep["best"] = json.loads(best.read_text()) if best.exists() else None
