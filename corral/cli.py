@@ -382,21 +382,9 @@ def _tokenizer_for(lm: Any) -> Any:
 def _load_model(args: argparse.Namespace) -> Any:
     """`load_model`, with `--adapter` merged in (into fp32 weights unless --dtype says otherwise: LoRA needs the
     unfused layers, not the packed 4-bit ones)."""
-    from corral.errors import InvalidArgumentError
     from corral.model.loader import load_model
 
-    adapter = getattr(args, "adapter", None)
-    if not adapter:
-        return load_model(args.model, device=args.device, dtype=args.dtype)
-    if args.dtype == "int4":
-        raise InvalidArgumentError("--adapter merges into unquantized weights; use --dtype auto, float32, bfloat16 "
-                                   "or float16")
-    from corral.model.lora import load_adapter, merge_lora
-
-    lm = load_model(args.model, device=args.device, dtype="float32" if args.dtype == "auto" else args.dtype)
-    load_adapter(lm.model, adapter)
-    merge_lora(lm.model)
-    return lm
+    return load_model(args.model, device=args.device, dtype=args.dtype, adapter=getattr(args, "adapter", None))
 
 
 def _params(args: argparse.Namespace, default_temperature: float) -> Any:
@@ -1207,7 +1195,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
     from corral.errors import InvalidArgumentError
     from corral.formats.hf import save_hf_folder
     from corral.model.loader import load_model
-    from corral.model.lora import load_adapter, merge_lora
     from corral.tokenizer import load_tokenizer
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -1216,10 +1203,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InvalidArgumentError(f"--out {out} exists and is not empty; choose a new folder")
-    lm = load_model(args.model, device="cpu", dtype="float32")
+    lm = load_model(args.model, device="cpu", dtype="float32", adapter=args.adapter)
     tok = load_tokenizer(lm.path)
-    load_adapter(lm.model, args.adapter)
-    n = merge_lora(lm.model)
+    n = lm.merged
     save_hf_folder(lm.model, lm.config, tok, lm.path, out, dtypes[args.dtype])
     print(f"merged {n} LoRA layers into {lm.path.name}; wrote {out} (config.json, model.safetensors, tokenizer)")
     return 0

@@ -89,6 +89,28 @@ def test_merge_folds_the_adapter_into_the_weights(tiny, tmp_path):
     assert (logits(model) - with_lora).abs().max() < 1e-4
 
 
+def test_load_model_merges_an_adapter_given_or_named_as_the_model(tiny, tmp_path):
+    """One loader for every command: `adapter=` merges it in fp32; an adapter folder as the model loads its base."""
+    _, folder = tiny
+    model = load_model(str(folder), device="cpu", dtype="float32").model
+    apply_lora(model, r=4, alpha=8)
+    randomize_lora(model)
+    want = logits(model)
+    save_adapter(model, tmp_path / "adapter", base_model=str(folder))
+    given = load_model(str(folder), device="cpu", adapter=tmp_path / "adapter")
+    named = load_model(str(tmp_path / "adapter"), device="cpu")
+    for lm in (given, named):
+        assert lm.merged == 7 * lm.config.num_hidden_layers and lm.path == folder
+        assert next(lm.model.parameters()).dtype == torch.float32  # auto: fp32, where LoRA merges exactly
+        assert (logits(lm.model) - want).abs().max() < 1e-4
+    with pytest.raises(InvalidArgumentError, match="adapter merges into unquantized weights"):
+        load_model(str(folder), device="cpu", dtype="int4", adapter=tmp_path / "adapter")
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": None}))
+    with pytest.raises(ModelFormatError, match="no base_model_name_or_path"):
+        load_model(str(tmp_path / "adapter"), device="cpu")
+
+
 def test_bad_requests_are_clear_errors(tiny, tmp_path):
     _, folder = tiny
     model = load_model(str(folder), device="cpu", dtype="float32").model

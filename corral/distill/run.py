@@ -143,12 +143,7 @@ def _trained(run: Path, cfg: DistillConfig, init: str) -> torch.nn.Module:
 
     if cfg.method == "full":
         return load_model(str(run / "model"), device=cfg.device, dtype="float32").model
-    from corral.model.lora import load_adapter, merge_lora
-
-    lm = load_model(init, device=cfg.device, dtype="float32")
-    load_adapter(lm.model, run / "adapter")
-    merge_lora(lm.model)
-    return lm.model
+    return load_model(init, device=cfg.device, dtype="float32", adapter=run / "adapter").model
 
 
 def _report_rows(cfg: DistillConfig, tok: Any) -> list[Any]:
@@ -224,12 +219,7 @@ def load_teacher(model: str, adapter: str | None, device: str) -> Any:
     """The teacher in fp32 plain layers (the loop's own loading), with a LoRA adapter merged if given."""
     from corral.model.loader import load_model
 
-    lm = load_model(model, device=device, dtype="float32")
-    if adapter:
-        from corral.model.lora import load_adapter, merge_lora
-
-        load_adapter(lm.model, adapter)
-        merge_lora(lm.model)
+    lm = load_model(model, device=device, dtype="float32", adapter=adapter)
     lm.model.eval().requires_grad_(False)
     return lm
 

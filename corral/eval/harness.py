@@ -15,7 +15,6 @@ The whole run is deterministic: the same model and task give the same numbers.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -54,22 +53,7 @@ def load_eval_model(spec: str | Path | None, device: str = "auto", dtype: str = 
     from corral.tokenizer import load_tokenizer
 
     shown = name or str(spec or "default")
-    p = Path(str(spec)).expanduser() if spec is not None else None
-    if p is not None and (p / "adapter_config.json").is_file():
-        from corral.model.lora import load_adapter, merge_lora
-
-        try:
-            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        except ValueError:
-            base = None
-        if not base:
-            raise ModelFormatError(f"{p}/adapter_config.json: no base_model_name_or_path, so the base model is "
-                                   "unknown; merge it first with corral merge BASE --adapter ...")
-        lm = load_model(base, device=device, dtype="float32" if dtype in ("auto", "int4") else dtype)
-        load_adapter(lm.model, p)
-        merge_lora(lm.model)
-    else:
-        lm = load_model(spec, device=device, dtype=dtype)
+    lm = load_model(spec, device=device, dtype=dtype)
     tok = load_tokenizer(lm.path)
     if tok.vocab_size > lm.config.vocab_size:
         raise ModelFormatError(f"{lm.path}: the tokenizer has {tok.vocab_size} tokens but the model only "

@@ -57,14 +57,10 @@ def export_gguf(model: str | Path | None, out: str | Path, quant: str = "f16", a
                 force: bool = False) -> ExportResult:
     """Write `model` (a path or registry name; None = the default model), with `adapter` merged in, to `out` as a
     GGUF with its tokenizer and chat template. `quant`: f16, q8_0, q4_0 or f32 (see `formats.gguf.export_type`)."""
-    from corral.model.lora import load_adapter, merge_lora
     from corral.tokenizer import gguf_vocab
 
     out = check_export_args(out, quant, force)
-    lm = load_model(model, device="cpu", dtype="float32")
-    if adapter:
-        load_adapter(lm.model, adapter)
-        merge_lora(lm.model)
+    lm = load_model(model, device="cpu", dtype="float32", adapter=adapter)
     tensors = {k: v.detach().float().cpu().numpy() for k, v in lm.model.state_dict().items()}
     n_vocab = tensors["model.embed_tokens.weight"].shape[0]
     if lm.source == "gguf":

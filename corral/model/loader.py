@@ -1,4 +1,6 @@
-"""`load_model(path_or_name)`: one entry point for HF folders and GGUF files, by path or registry name.
+"""`load_model(path_or_name, adapter=...)`: the one entry point for HF folders and GGUF files, by path or registry
+name, with a PEFT LoRA adapter merged in where one is given (or where the path is an adapter folder: its base model,
+from adapter_config.json). Every command that loads a model goes through it.
 
 The model is built on the meta device and the weights are assigned (`load_state_dict(assign=True)`), so an HF
 safetensors file of the target dtype is used in place, memory-mapped, without a copy.
@@ -29,6 +31,7 @@ class LoadedModel:
     path: Path
     source: str  # "gguf" or "hf"
     quantized: bool  # 4-bit weights kept packed (Int4Linear)
+    merged: int = 0  # LoRA layers of an adapter folded into the weights
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -59,15 +62,50 @@ def resolve_dtype(dtype: str, device: torch.device, source_is_q4: bool = False) 
     return DTYPES[dtype], False
 
 
-def load_model(path_or_name: str | Path | None = None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a Llama-family model from an HF folder, a GGUF file or a registry name (None = the default model)."""
+def load_model(path_or_name: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+               adapter: str | Path | None = None) -> LoadedModel:
+    """Load a Llama-family model from an HF folder, a GGUF file or a registry name (None = the default model).
+    `adapter`: a PEFT LoRA folder merged into the weights, fp32 unless `dtype` names another float (LoRA needs the
+    plain layers, not packed 4-bit ones). An adapter folder given as the model loads the base model its
+    adapter_config.json names, with that adapter."""
     from corral.registry import resolve_model_path
 
+    if adapter is None and path_or_name is not None and _is_adapter(Path(path_or_name).expanduser()):
+        adapter = Path(path_or_name).expanduser()
+        path_or_name = adapter_base(adapter)
+    if adapter is not None:
+        if dtype == "int4":
+            raise InvalidArgumentError("an adapter merges into unquantized weights; use --dtype auto, float32, "
+                                       "bfloat16 or float16")
+        dtype = "float32" if dtype == "auto" else dtype
     path = resolve_model_path(path_or_name)
     dev = resolve_device(device)
-    if path.is_dir():
-        return _load_hf(path, dev, dtype)
-    return _load_gguf(path, dev, dtype)
+    lm = _load_hf(path, dev, dtype) if path.is_dir() else _load_gguf(path, dev, dtype)
+    if adapter is not None:
+        from corral.model.lora import load_adapter, merge_lora
+
+        load_adapter(lm.model, adapter)
+        lm.merged = merge_lora(lm.model)
+    return lm
+
+
+def _is_adapter(p: Path) -> bool:
+    return p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
+
+
+def adapter_base(folder: str | Path) -> str:
+    """The base model a PEFT adapter folder names (`base_model_name_or_path`)."""
+    import json
+
+    cfg = Path(folder) / "adapter_config.json"
+    try:
+        base = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    except (ValueError, AttributeError):
+        base = None
+    if not base:
+        raise ModelFormatError(f"{cfg}: no base_model_name_or_path, so the base model is unknown; pass the base "
+                               "model with --adapter, or merge it first with corral merge BASE --adapter ...")
+    return str(base)
 
 
 def _build(cfg: ModelConfig) -> LlamaForCausalLM:
