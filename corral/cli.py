@@ -1163,12 +1163,22 @@ def _config(args: argparse.Namespace, cls: type) -> Any:
         raise InvalidArgumentError(f"bad {args.verb} settings: {e}") from None
 
 
+def _task(cfg: Any) -> Any:
+    """The training loop's data side for `--task` (None: the default, chat and prompt/completion lines)."""
+    if cfg.task != "guard":
+        return None
+    from corral.guard.train import GuardTask
+
+    cfg.check()  # bad options first, then the policy file, before any model loads
+    return GuardTask(cfg)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from corral.train.config import FinetuneConfig
     from corral.train.loop import finetune
 
     cfg = _config(args, FinetuneConfig)
-    run = finetune(cfg)
+    run = finetune(cfg, task=_task(cfg))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
         out = "model/" if cfg.method == "full" else "adapter/"
         print(f"done: {run} (metrics.jsonl, loss.png, {out}{' with guard_policy.yaml' if cfg.task == 'guard' else ''})")
@@ -1180,7 +1190,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from corral.distill.run import distill
 
     cfg = _config(args, DistillConfig)
-    run = distill(cfg)
+    run = distill(cfg, task=_task(cfg))
     if os.environ.get("RANK", "0") == "0":
         print(f"done: {run} (prune.json, metrics.jsonl, loss.png, report.json, "
               f"{'model/' if cfg.method == 'full' else 'adapter/'})")

@@ -13,6 +13,7 @@ import pytest
 from helpers import assert_clean_error
 
 from corral.chat import encode_chat
+from corral.errors import InvalidArgumentError
 from corral.guard import Guard, parse_verdict, render_prompt, target_text
 from corral.guard.dataset import (
     BUNDLED,
@@ -29,7 +30,8 @@ from corral.guard.dataset import (
 )
 from corral.guard.llama_guard import end_of_turn_id
 from corral.guard.taxonomy import default_taxonomy, load_taxonomy
-from corral.train.data import IGNORE, load_examples
+from corral.guard.train import GuardTask
+from corral.train.data import IGNORE
 
 POLICY = """\
 categories:
@@ -124,7 +126,7 @@ def test_a_custom_policy_flows_into_the_prompt_and_the_saved_policy(tok, tmp_pat
              "categories": [], "assess": "user"}]
     data = write_rows(tmp_path / "d.jsonl", rows)
     cfg = SimpleNamespace(task="guard", guard_policy=str(policy), max_seq_len=512, skip_bad_lines=False)
-    examples, problems = load_examples(cfg, data, tok)
+    examples, problems = GuardTask(cfg).load(cfg, data, tok, None)
     assert problems == [] and len(examples) == 2
     guard = fake_guard(tok, taxonomy)
     for ex, r in zip(examples, rows, strict=True):
@@ -137,7 +139,7 @@ def test_a_custom_policy_flows_into_the_prompt_and_the_saved_policy(tok, tmp_pat
     # the default policy's codes are not this policy's
     bad = write_rows(tmp_path / "bad.jsonl", [{**rows[0], "categories": ["S7"]}])
     with pytest.raises(GuardDataError, match="category 'S7' is not in the policy"):
-        load_examples(cfg, bad, tok)
+        GuardTask(cfg).load(cfg, bad, tok, None)
     # saved beside the weights and read back; a saved copy of the default is the default (aliases included)
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -308,10 +310,12 @@ def test_distill_a_guard(tiny_guard_dir, tmp_path):
              "categories": ["VIO"]} for i in range(4)]
     rows += [{"conversation": [{"role": "user", "content": f"Bake cake {i}?"}], "label": "safe"} for i in range(4)]
     data = write_rows(tmp_path / "guard.jsonl", rows)
-    run = distill(DistillConfig(model=str(tiny_guard_dir), data=str(data), out=str(tmp_path / "d"), task="guard",
-                                guard_policy=str(policy), student_layers=1, batch_size=4, max_steps=3,
-                                warmup_steps=1, max_seq_len=512, precision="fp32", calib_examples=4,
-                                report_rows=4), progress=False)
+    cfg = DistillConfig(model=str(tiny_guard_dir), data=str(data), out=str(tmp_path / "d"), task="guard",
+                        guard_policy=str(policy), student_layers=1, batch_size=4, max_steps=3, warmup_steps=1,
+                        max_seq_len=512, precision="fp32", calib_examples=4, report_rows=4)
+    with pytest.raises(InvalidArgumentError, match=r"task 'guard' trains through its own Task.*GuardTask\(cfg\)"):
+        distill(cfg, progress=False)  # the loops know nothing of guards: the caller brings the guard's data side
+    run = distill(cfg, progress=False, task=GuardTask(cfg))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
     assert saved_policy(run / "model")[0].codes == ["VIO", "PRIV"]
     assert json.loads((run / "report.json").read_text())["agreement_rows"] == 4

@@ -165,8 +165,8 @@ def test_the_best_step_is_kept_not_the_last(tiny_chat, inputs, tmp_path, monkeyp
     monkeypatch.setattr(loop.Selector, "score", score)
     c = cfg(tiny_chat, tmp_path / "sel", data=str(data), augment=0, replay=0.0, max_steps=8, select_every=2)
     c.check()  # fills in the task's defaults, as finetune() does
-    dist = loop._Dist("cpu")
-    run = loop._finetune(c, dist, None, False, select=rows)
+    dist = loop.Dist("cpu")
+    run = loop.run_loop(c, dist, None, False, select=rows)
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["select_acc"] for r in recs if "select_acc" in r] == [0.25, 1.0, 0.5, 0.75]
     assert json.loads((run / "best" / "best.json").read_text()) == {"step": 4, "acc": 1.0}
@@ -200,9 +200,9 @@ def test_an_augmentation_killed_half_way_resumes_its_samples(tiny_chat, inputs, 
 
     data, _, _ = inputs
     c = cfg(tiny_chat, tmp_path / "k", data=str(data), replay=0.0)
-    from corral.train.loop import _Dist
+    from corral.train.loop import Dist
 
-    prepare(c, _Dist("cpu"), progress=False)
+    prepare(c, Dist("cpu"), progress=False)
     aug = Path(c.out) / "augment"
     teacher = aug / "teacher.jsonl"
     done = teacher.read_text().splitlines() + (aug / "teacher.rejected.jsonl").read_text().splitlines()
@@ -211,7 +211,7 @@ def test_an_augmentation_killed_half_way_resumes_its_samples(tiny_chat, inputs, 
         part = f.read_text().splitlines()
         f.write_text("".join(x + "\n" for x in part[: len(part) // 2]) + (part[-1][:20] if part else ""))
     c.resume = True
-    prepare(c, _Dist("cpu"), progress=False)
+    prepare(c, Dist("cpu"), progress=False)
     again = teacher.read_text().splitlines() + (aug / "teacher.rejected.jsonl").read_text().splitlines()
     key = (lambda x: (json.loads(x)["synth"]["id"], json.loads(x)["synth"]["sample"]))
     assert sorted(map(key, again)) == sorted(map(key, done))
@@ -219,10 +219,9 @@ def test_an_augmentation_killed_half_way_resumes_its_samples(tiny_chat, inputs, 
 
 def _kl_to_base(base, model, rows, tok) -> float:
     """Mean KL(base || model) per token over `rows`' labelled positions, full vocabulary."""
-    from corral.train.data import encode_example
-    from corral.train.loop import _collate, loss_targets
+    from corral.train.data import collate, encode_example, loss_targets
 
-    batch = _collate([encode_example(r, tok) for r in rows], torch.device("cpu"))
+    batch = collate([encode_example(r, tok) for r in rows], torch.device("cpu"))
     _, keep = loss_targets(batch)
     with torch.no_grad():
         p = torch.log_softmax(base(batch["ids"], keep=keep).float(), -1)
@@ -236,8 +235,8 @@ def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.tokenizer import load_tokenizer
-    from corral.train.data import encode_example, pack
-    from corral.train.loop import AnchoredObjective, Objective, _collate, _Dist
+    from corral.train.data import collate, encode_example, pack
+    from corral.train.loop import AnchoredObjective, Dist, Objective
 
     lm = load_model(str(tiny_chat), dtype="float32")
     tok = load_tokenizer(lm.path)
@@ -250,11 +249,11 @@ def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would
     rows = pack(facts, 64) + pack(anchors, 64, anchor=True)
     assert [r.anchor for r in rows] == [False, True]
     obj = AnchoredObjective(tmp_path)
-    obj.setup(rows, _Dist("cpu"), None, lm.model)
+    obj.setup(rows, Dist("cpu"), None, lm.model)
     assert (tmp_path / "anchor_topk.safetensors").is_file()
     lm.model.train()
     params = [p for p in lm.model.parameters() if p.requires_grad]
-    batch = _collate([rows[1]], torch.device("cpu"))
+    batch = collate([rows[1]], torch.device("cpu"))
     kl = obj.loss(lm.model, batch)
     kl.backward()
     assert abs(float(kl.detach())) < 1e-2 * int((batch["labels"] != -100).sum())  # fp16-stored top-64: not exactly 0
@@ -266,8 +265,8 @@ def test_replay_rows_start_at_zero_kl_and_pull_nothing_where_cross_entropy_would
     assert float(ce.detach()) > 1.0 and pulled_kl < 0.05 * pulled_ce
     lm.model.zero_grad()
     # a mixed batch: the ordinary row's part is its cross-entropy
-    mixed = obj.loss(lm.model, _collate(rows, torch.device("cpu")))
-    alone = Objective().loss(lm.model, _collate([rows[0]], torch.device("cpu")))
+    mixed = obj.loss(lm.model, collate(rows, torch.device("cpu")))
+    alone = Objective().loss(lm.model, collate([rows[0]], torch.device("cpu")))
     assert abs(float(mixed.detach()) - float(alone.detach()) - float(kl.detach())) < 1e-3 * float(alone.detach())
 
 

@@ -152,14 +152,13 @@ def test_cli_takes_a_yaml_config_and_options_override_it(tiny_chat, data, tmp_pa
 def test_packed_rows_attend_within_their_own_example(tiny_chat, tok):
     """A packed row's logits equal each example's own forward: positions restart, attention is block-diagonal."""
     from corral.model.loader import load_model
-    from corral.train.data import encode_example, pack
-    from corral.train.loop import _collate
+    from corral.train.data import collate, encode_example, pack
 
     model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
     exs = [encode_example(json.loads(x), tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
     rows = pack(exs, seq_len=sum(len(e.input_ids) for e in exs) + 5)
     assert len(rows) == 1
-    b = _collate(rows, torch.device("cpu"))
+    b = collate(rows, torch.device("cpu"))
     with torch.no_grad():
         packed = model(b["ids"], positions=b["positions"], doc_ids=b["doc_ids"])[0]
         start = 0
@@ -286,12 +285,12 @@ def test_loss_on_kept_positions_equals_the_full_head(tiny_chat, tok):
     import torch.nn.functional as F
 
     from corral.model.loader import load_model
-    from corral.train.data import IGNORE, encode_example
-    from corral.train.loop import _collate, _loss
+    from corral.train.data import IGNORE, collate, encode_example
+    from corral.train.loop import _loss
 
     model = load_model(str(tiny_chat), device="cpu", dtype="float32").model
     exs = [encode_example(json.loads(x), tok, line=i) for i, x in enumerate(ACME.read_text().splitlines()[:3])]
-    b = _collate(exs, torch.device("cpu"))
+    b = collate(exs, torch.device("cpu"))
     with torch.no_grad():
         logits = model(b["ids"])
         want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
@@ -375,6 +374,6 @@ def test_selection_answers_eager_beside_compiled_layers(tiny_chat, data, tmp_pat
     counters.clear()
     c = cfg(tiny_chat, data, tmp_path / "sel", max_steps=4, select_every=2, val_split=0.0, compile=True)
     c.check()
-    run = loop._finetune(c, loop._Dist("cpu"), None, False, select=rows)
+    run = loop.run_loop(c, loop.Dist("cpu"), None, False, select=rows)
     assert graphs == [0, 0]
     assert json.loads((run / "best" / "best.json").read_text())["step"] in (2, 4)

@@ -23,7 +23,8 @@ from corral.distill.config import DistillConfig
 from corral.distill.losses import distill_loss
 from corral.distill.teacher import CACHE_FILE, CachedTeacher, OnlineTeacher, write_cache
 from corral.errors import InvalidArgumentError
-from corral.train.loop import Objective, _collate, _Dist, _finetune, loss_targets
+from corral.train.data import collate, loss_targets
+from corral.train.loop import Dist, Objective, Task, check_task, run_loop
 
 STUDENT_INIT = "student_init"
 SPEED_PROMPT = "Describe a quiet morning in a fishing village."
@@ -36,7 +37,7 @@ class KDObjective(Objective):
         self.cfg, self.teacher_model, self.run = cfg, teacher, run
         self.teacher: OnlineTeacher | CachedTeacher | None = None
 
-    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
+    def setup(self, rows: list, dist: Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
         cfg = self.cfg
         if cfg.kd_alpha == 0.0:  # plain SFT of the student: no teacher at all
             self.teacher_model = None
@@ -49,7 +50,7 @@ class KDObjective(Objective):
             from tqdm import tqdm
 
             with tqdm(total=len(rows), desc=f"teacher top-{cfg.teacher_topk}", unit="row", leave=False) as bar:
-                write_cache(self.teacher_model, rows, path, cfg.teacher_topk, _collate, dist.device,
+                write_cache(self.teacher_model, rows, path, cfg.teacher_topk, collate, dist.device,
                             cfg.batch_size, autocast, bar.update)
         dist.barrier()
         self.teacher = CachedTeacher(path, dist.device)
@@ -63,20 +64,22 @@ class KDObjective(Objective):
         return distill_loss(logits, target[keep], t, c.kd_alpha, c.kd_loss, c.kd_temperature, c.jsd_beta)
 
 
-def distill(cfg: DistillConfig, stop_after: int | None = None, progress: bool = True) -> Path:
-    """Make (or take) the student, train it against the teacher; returns the run folder."""
+def distill(cfg: DistillConfig, stop_after: int | None = None, progress: bool = True, task: Task | None = None
+            ) -> Path:
+    """Make (or take) the student, train it against the teacher; returns the run folder. `task`: the data side,
+    as `corral.train.loop.finetune` takes it (needed for `cfg.task` guard: `corral.guard.train.GuardTask(cfg)`)."""
     cfg.check()
-    dist = _Dist(cfg.device)
+    task = check_task(cfg, task)
+    dist = Dist(cfg.device)
     try:
-        return _distill(cfg, dist, stop_after, progress)
+        return _distill(cfg, dist, stop_after, progress, task)
     finally:
         dist.close()
 
 
-def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: bool) -> Path:
+def _distill(cfg: DistillConfig, dist: Dist, stop_after: int | None, progress: bool, task: Task) -> Path:
     from corral.formats.hf import save_hf_folder
     from corral.tokenizer import load_tokenizer
-    from corral.train.data import load_examples
 
     run = Path(cfg.out)
     if run.exists() and not cfg.resume and any(run.iterdir()):
@@ -94,7 +97,7 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
         if dist.main and not (init / "config.json").is_file():
             run.mkdir(parents=True, exist_ok=True)
             template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
-            examples, _ = load_examples(cfg, cfg.data, tok, template)
+            examples, _ = task.load(cfg, cfg.data, tok, template)
             batches = calibration_batches([e.input_ids for e in examples[: cfg.calib_examples]],
                                           min(cfg.max_seq_len, 256), dist.device)
             student, info = prune(teacher.model, batches, cfg.student_layers, cfg.student_mlp, cfg.student_heads,
@@ -107,16 +110,17 @@ def _distill(cfg: DistillConfig, dist: _Dist, stop_after: int | None, progress: 
     teacher_path = teacher.path
     del teacher  # the objective holds the model while it needs it (an online teacher, or until its cache is written)
     loop_cfg = dataclasses.replace(cfg, model=student_path)
-    out = _finetune(loop_cfg, dist, stop_after, progress, objective, prepared=True)
+    out = run_loop(loop_cfg, dist, stop_after, progress, objective, prepared=True, task=task)
     if stop_after is not None:
         return out
     students = {"student": out}
     if cfg.sft_baseline:  # the same initial student, cross-entropy only
         sft_cfg = dataclasses.replace(loop_cfg, out=str(run / "sft"), kd_alpha=0.0,
                                       resume=cfg.resume and (run / "sft").exists())
-        students["sft student"] = _finetune(sft_cfg, dist, None, progress, KDObjective(sft_cfg, None, run))
+        students["sft student"] = run_loop(sft_cfg, dist, None, progress, KDObjective(sft_cfg, None, run),
+                                           task=task)
     if dist.main:
-        rows = _report_rows(cfg, tok)
+        rows = _report_rows(cfg, tok, task)
         # an online teacher is still in memory; a cached one was freed before training and is loaded again
         online = objective.teacher.model if isinstance(objective.teacher, OnlineTeacher) else None
         teacher_model = online or load_teacher(str(teacher_path), cfg.teacher_adapter, str(dist.device)).model
@@ -146,15 +150,15 @@ def _trained(run: Path, cfg: DistillConfig, init: str) -> torch.nn.Module:
     return load_model(init, device=cfg.device, dtype="float32", adapter=run / "adapter").model
 
 
-def _report_rows(cfg: DistillConfig, tok: Any) -> list[Any]:
+def _report_rows(cfg: DistillConfig, tok: Any, task: Task) -> list[Any]:
     """Held-out rows for agreement: the validation file or split (as the loop made it), else training rows."""
-    from corral.train.data import load_examples, split_val
+    from corral.train.data import split_val
 
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
     if cfg.val_file:
-        rows, _ = load_examples(cfg, cfg.val_file, tok, template)
+        rows, _ = task.load(cfg, cfg.val_file, tok, template)
     else:
-        rows, _ = load_examples(cfg, cfg.data, tok, template)
+        rows, _ = task.load(cfg, cfg.data, tok, template)
         if cfg.val_split > 0:
             rows = split_val(rows, cfg.val_split, cfg.seed)[1]
     return rows[: cfg.report_rows]
@@ -282,7 +286,7 @@ def agreement(teacher: torch.nn.Module, student: torch.nn.Module, rows: list[Any
     """Top-1 agreement: the share of loss positions where the student's most likely next token is the teacher's."""
     same = total = 0
     for i in range(0, len(rows), batch_size):
-        batch = _collate(rows[i: i + batch_size], device)
+        batch = collate(rows[i: i + batch_size], device)
         _, keep = loss_targets(batch)
         if not keep.any():
             continue

@@ -77,7 +77,7 @@ class CachedTeacher:
 def write_cache(teacher: torch.nn.Module, rows: list[Any], path: Path, k: int, collate: Any, device: torch.device,
                 batch_size: int = 4, autocast: Any = None, progress: Any = None) -> Path:
     """Run the teacher once over `rows` and write each row's top-k log-probabilities at its loss positions."""
-    from corral.train.loop import loss_targets
+    from corral.train.data import loss_targets
 
     teacher.eval()
     tensors: dict[str, torch.Tensor] = {}

@@ -5,8 +5,12 @@
     result = guard.check([{"role": "user", "content": "How do I pick a lock?"}])
     result.unsafe, result.categories, result.score
 
-Train one on labelled rows (`dataset.py`: `corral finetune --task guard --data train [--guard-policy policy.yaml]`)
-and measure it (`evaluate.py`: `corral guard --adapter RUN/adapter --eval heldout --report DIR`).
+Train one on labelled rows (`dataset.py`, and `train.py`: the training loop with the guard's `Task`; `corral
+finetune --task guard --data train [--guard-policy policy.yaml]`) and measure it (`evaluate.py`: `corral guard
+--adapter RUN/adapter --eval heldout --report DIR`).
+
+Must not import: corral.serve, corral.redteam, corral.cli; of corral.train, `dataset.py` uses the example type
+and `train.py` the loop.
 """
 
 from corral.guard.guard import Guard, GuardResult

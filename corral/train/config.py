@@ -110,7 +110,3 @@ class FinetuneConfig:
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
-        if self.task == "guard":  # a bad policy file is reported before the model loads
-            from corral.guard.taxonomy import load_taxonomy
-
-            load_taxonomy(self.guard_policy)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from corral import jsonl
 from corral.chat import encode_chat, validate_messages
 from corral.errors import DataError, InvalidArgumentError
@@ -66,20 +68,6 @@ def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | N
 
     return jsonl.read(path, parse, what="a JSONL file of chat or prompt/completion lines",
                       fix="fix them or pass --skip-bad-lines", skip_bad=skip_bad_lines)
-
-
-def load_examples(cfg: Any, path: str | Path, tok: Tokenizer, template: str | None = None
-                  ) -> tuple[list[Example], list[str]]:
-    """The examples of a run's data file, by `cfg.task` (a FinetuneConfig): `load_jsonl` for sft; for guard,
-    labelled guard rows in the prompt format of `corral.guard` (`corral.guard.dataset.load_guard_examples`; `path`
-    may name a bundled set: train, heldout)."""
-    if cfg.task == "guard":
-        from corral.guard.dataset import load_guard_examples
-        from corral.guard.taxonomy import load_taxonomy
-
-        return load_guard_examples(path, tok, cfg.max_seq_len, load_taxonomy(cfg.guard_policy), template,
-                                   cfg.skip_bad_lines)
-    return load_jsonl(path, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
 
 
 def encode_example(obj: Any, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
@@ -171,3 +159,35 @@ def _pad(row: Packed, seq_len: int, pad_id: int) -> Packed:
     k = seq_len - len(row.input_ids)
     return Packed(row.input_ids + [pad_id] * k, row.labels + [IGNORE] * k, row.position_ids + [0] * k,
                   row.doc_ids + [-1] * k, row.anchor)
+
+
+def collate(rows: list[Example] | list[Packed], device: torch.device) -> dict[str, Any]:
+    """Right-padded (B, T) ids and labels; padding is masked out of the loss (the causal mask keeps it out of the
+    real tokens' attention). Packed rows also carry their restarting positions and document ids."""
+    T = max(len(e.input_ids) for e in rows)
+    ids = torch.zeros(len(rows), T, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    packed = isinstance(rows[0], Packed)
+    positions = torch.zeros(len(rows), T, dtype=torch.long) if packed else None
+    doc_ids = torch.full((len(rows), T), -1, dtype=torch.long) if packed else None
+    tokens = 0
+    for i, e in enumerate(rows):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        if packed:
+            positions[i, :n] = torch.tensor(e.position_ids)
+            doc_ids[i, :n] = torch.tensor(e.doc_ids)
+            tokens += sum(d >= 0 for d in e.doc_ids)
+        else:
+            tokens += n
+    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+    return {"ids": move(ids), "labels": move(labels), "positions": move(positions), "doc_ids": move(doc_ids),
+            "tokens": tokens, "rows": rows}
+
+
+def loss_targets(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next-token targets (B, T), keep mask (B, T)): position t predicts label t + 1, where one applies."""
+    target = torch.roll(batch["labels"], -1, dims=1)
+    target[:, -1] = IGNORE
+    return target, target != IGNORE

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from corral import jsonl
 from corral.errors import InvalidArgumentError
 from corral.train.config import FinetuneConfig
-from corral.train.data import IGNORE, Example, Packed, load_examples, pack, split_val
+from corral.train.data import IGNORE, Example, Packed, collate, load_jsonl, loss_targets, pack, split_val
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def lr_at(step: int, cfg: FinetuneConfig, total: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-class _Dist:
+class Dist:
     """Rank, world size and device of this process; world 1 without torchrun."""
 
     def __init__(self, device: str):
@@ -99,7 +99,7 @@ class Objective:
     """What a training step minimises. This one: cross-entropy on the labelled tokens. Distillation
     (`corral.distill`) brings its own (a teacher beside the student) and runs this same loop."""
 
-    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
+    def setup(self, rows: list, dist: Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
         """Called once, before the first step and before a checkpoint is restored, with the training rows (after
         packing) and the model as loaded (LoRA, if any, still adds nothing)."""
 
@@ -124,7 +124,7 @@ class AnchoredObjective(Objective):
         self.run = run
         self.cache: Any = None
 
-    def setup(self, rows: list, dist: _Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
+    def setup(self, rows: list, dist: Dist, autocast: Any, model: torch.nn.Module | None = None) -> None:
         from corral.distill.teacher import CachedTeacher, write_cache
 
         anchors = [r for r in rows if r.anchor]
@@ -138,7 +138,7 @@ class AnchoredObjective(Objective):
 
             with tqdm(total=len(anchors), desc="base model top-64 on the replay rows", unit="row", leave=False,
                       disable=not dist.main) as bar:
-                write_cache(model, anchors, path, ANCHOR_TOPK, _collate, dist.device, 1, autocast, bar.update)
+                write_cache(model, anchors, path, ANCHOR_TOPK, collate, dist.device, 1, autocast, bar.update)
         self.cache = CachedTeacher(path, dist.device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -156,21 +156,49 @@ class AnchoredObjective(Objective):
         return loss + kd_loss(logits[at], base, "fkl")
 
 
-def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True) -> Path:
+class Task:
+    """What a run learns from, beside its loss (`Objective`): how its data files become examples, what is done to
+    the training split, and what is written beside the trained weights. This one: chat or prompt/completion lines
+    (`load_jsonl`). Guard training brings its own (`corral.guard.dataset.GuardTask`) and runs this same loop."""
+
+    def load(self, cfg: FinetuneConfig, path: str | Path, tok: Any, template: str | None
+             ) -> tuple[list[Example], list[str]]:
+        return load_jsonl(path, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
+
+    def training_split(self, cfg: FinetuneConfig, train: list[Example]) -> list[Example]:
+        """The training examples after the validation split, before packing."""
+        return train
+
+    def save(self, cfg: FinetuneConfig, folder: Path) -> None:
+        """Called on the main process after the weights are written to `folder` (adapter/ or model/)."""
+
+
+def check_task(cfg: FinetuneConfig, task: Task | None) -> Task:
+    """`task`, or the default one for `cfg.task` sft; another `cfg.task` must come with its own."""
+    if task is None and cfg.task != "sft":
+        raise InvalidArgumentError(f"task {cfg.task!r} trains through its own Task: pass task=..., for guard "
+                                   "corral.guard.train.GuardTask(cfg)")
+    return task or Task()
+
+
+def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool = True, task: Task | None = None
+             ) -> Path:
     """Train; returns the run folder. `stop_after` (tests) ends the run after that many steps, as a crash would.
 
     With task sft, the recipe around the loop (`corral.train.recipe`) runs as the config asks: augmentation by a
     teacher, documents as data, replay of the base model's answers, the held-out augmented questions scored during
-    training (the best checkpoint kept), and `eval_tasks` before and after, in `out/report`."""
+    training (the best checkpoint kept), and `eval_tasks` before and after, in `out/report`. Another `cfg.task`
+    needs its `task` (guard: `corral.guard.train.GuardTask(cfg)`)."""
     cfg.check()
-    dist = _Dist(cfg.device)
+    task = check_task(cfg, task)
+    dist = Dist(cfg.device)
     try:
         if cfg.task != "sft":
-            return _finetune(cfg, dist, stop_after, progress)
+            return run_loop(cfg, dist, stop_after, progress, task=task)
         from corral.train.recipe import prepare, report
 
         prep = prepare(cfg, dist, progress)
-        run = _finetune(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select, anchor=prep.anchor)
+        run = run_loop(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select, anchor=prep.anchor)
         if dist.main and ((run / "adapter").exists() or (run / "model").exists()):  # not after a stop half-way
             report(cfg, prep, run, progress)
         return run
@@ -178,14 +206,16 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
         dist.close()
 
 
-def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress: bool,
+def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: bool,
               objective: Objective | None = None, prepared: bool = False,
-              select: list[dict[str, Any]] | None = None, anchor: str | None = None) -> Path:
+              select: list[dict[str, Any]] | None = None, anchor: str | None = None, task: Task | None = None
+              ) -> Path:
     """The loop. `objective`: the loss (default: cross-entropy). `prepared`: the caller has already made the run
     folder and put its own files there (distillation: the student's initial weights), so it may be non-empty.
     `select`: chat prompts with the key strings of their answer (`{"messages", "answer"}`), answered greedily every
     `select_every` steps; the trainable weights of the best score are kept (`best/`) and are the ones saved.
-    `anchor`: a JSONL file of rows trained towards the base model's distributions (`AnchoredObjective`)."""
+    `anchor`: a JSONL file of rows trained towards the base model's distributions (`AnchoredObjective`). `task`:
+    the data side (default: chat or prompt/completion lines)."""
     from corral.model.loader import load_model
     from corral.model.lora import apply_lora
     from corral.model.quant import quantize_for_training, tensor_bytes
@@ -193,6 +223,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
 
     run = Path(cfg.out)
     objective = objective or (AnchoredObjective(run) if anchor else Objective())
+    task = task or Task()
     if run.exists() and not cfg.resume and not prepared and any(run.iterdir()):
         raise InvalidArgumentError(f"{run} exists and is not empty; pass --resume to continue it or choose --out")
     dist.barrier()  # every process has checked before rank 0 writes
@@ -203,19 +234,16 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
     tok = load_tokenizer(lm.path)
     model = lm.model
     template = Path(cfg.chat_template).read_text() if cfg.chat_template else None
-    examples, _ = load_examples(cfg, cfg.data, tok, template)
+    examples, _ = task.load(cfg, cfg.data, tok, template)
     if cfg.val_file:
-        val, _ = load_examples(cfg, cfg.val_file, tok, template)
+        val, _ = task.load(cfg, cfg.val_file, tok, template)
         train = examples
     elif cfg.val_split > 0:
         train, val = split_val(examples, cfg.val_split, cfg.seed)
     else:
         train, val = examples, []
-    if cfg.guard_repeat_unsafe > 1:  # after the split: a repeated row never lands on both sides
-        from corral.guard.dataset import repeat_unsafe
-
-        train = repeat_unsafe(train, cfg.guard_repeat_unsafe)
-    anchors = load_examples(cfg, anchor, tok, template)[0] if anchor else []
+    train = task.training_split(cfg, train)
+    anchors = Task().load(cfg, anchor, tok, template)[0] if anchor else []
     for e in anchors:
         e.anchor = True
     rows: list[Example] | list[Packed] = train + anchors
@@ -282,7 +310,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
                 picked, state["epoch"], state["cursor"] = _next_rows(rows, cfg, dist.world, state["epoch"],
                                                                      state["cursor"])
                 n_tok = sum(sum(t != IGNORE for t in r.labels[1:]) for r in picked)
-                batches.append((_collate(picked[dist.rank * cfg.batch_size: (dist.rank + 1) * cfg.batch_size],
+                batches.append((collate(picked[dist.rank * cfg.batch_size: (dist.rank + 1) * cfg.batch_size],
                                          dist.device), n_tok))
             n_tok = max(1, sum(n for _, n in batches))  # over all processes: each sees the global draw
             lr = lr_at(state["step"], cfg, total)
@@ -322,7 +350,7 @@ def _finetune(cfg: FinetuneConfig, dist: _Dist, stop_after: int | None, progress
         ema.copy_to(params)
     if selector:
         selector.restore_best(model, names)
-    _finish(run, model, lm, tok, cfg, dist)
+    _finish(run, model, lm, tok, cfg, dist, task)
     return run
 
 
@@ -474,13 +502,6 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[
     return loss_sum, float(grad_norm)
 
 
-def loss_targets(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(next-token targets (B, T), keep mask (B, T)): position t predicts label t + 1, where one applies."""
-    target = torch.roll(batch["labels"], -1, dims=1)
-    target[:, -1] = IGNORE
-    return target, target != IGNORE
-
-
 def _loss(model: torch.nn.Module, batch: dict[str, Any], reduction: str) -> torch.Tensor:
     """Cross-entropy of the next token where a label applies; the head runs at those positions only."""
     target, keep = loss_targets(batch)
@@ -508,7 +529,7 @@ def evaluate(model: torch.nn.Module, val: list[Example], cfg: FinetuneConfig,
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(val), cfg.batch_size):
-            batch = _collate(val[i: i + cfg.batch_size], torch.device(device))
+            batch = collate(val[i: i + cfg.batch_size], torch.device(device))
             total += float(_loss(model, batch, "sum"))
             count += int((batch["labels"][:, 1:] != IGNORE).sum())
     model.train(was)
@@ -532,31 +553,6 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     order = list(range(n))
     random.Random(seed * 1000003 + epoch).shuffle(order)
     return tuple(order)
-
-
-def _collate(rows: list[Example] | list[Packed], device: torch.device) -> dict[str, Any]:
-    """Right-padded (B, T) ids and labels; padding is masked out of the loss (the causal mask keeps it out of the
-    real tokens' attention). Packed rows also carry their restarting positions and document ids."""
-    T = max(len(e.input_ids) for e in rows)
-    ids = torch.zeros(len(rows), T, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    packed = isinstance(rows[0], Packed)
-    positions = torch.zeros(len(rows), T, dtype=torch.long) if packed else None
-    doc_ids = torch.full((len(rows), T), -1, dtype=torch.long) if packed else None
-    tokens = 0
-    for i, e in enumerate(rows):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        if packed:
-            positions[i, :n] = torch.tensor(e.position_ids)
-            doc_ids[i, :n] = torch.tensor(e.doc_ids)
-            tokens += sum(d >= 0 for d in e.doc_ids)
-        else:
-            tokens += n
-    move = (lambda t: None if t is None else t.to(device, non_blocking=True))
-    return {"ids": move(ids), "labels": move(labels), "positions": move(positions), "doc_ids": move(doc_ids),
-            "tokens": tokens, "rows": rows}
 
 
 def _rng_states(dist: Any) -> dict[str, torch.Tensor]:
@@ -646,7 +642,8 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
     return {k: int(meta[k]) for k in ("step", "epoch", "cursor")}
 
 
-def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any) -> None:
+def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any, task: Task
+            ) -> None:
     """The open artifact (a PEFT adapter or full safetensors weights) and the loss curve."""
     from safetensors.torch import save_file
 
@@ -670,11 +667,7 @@ def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneC
             (out / "config.json").write_text(json.dumps(lm.config.to_hf_dict(), indent=2) + "\n")
             write_tokenizer_files(tok, lm.path, out)  # a complete HF folder: transformers and corral load it alone
     if dist.main:
-        if cfg.task == "guard":  # `corral guard --adapter` reads the policy the prompts were trained with
-            from corral.guard.dataset import save_policy
-            from corral.guard.taxonomy import load_taxonomy
-
-            save_policy(load_taxonomy(cfg.guard_policy), run / ("model" if cfg.method == "full" else "adapter"))
+        task.save(cfg, run / ("model" if cfg.method == "full" else "adapter"))
         plot_metrics(run / "metrics.jsonl", run / "loss.png")
     dist.barrier()
 

@@ -33,6 +33,7 @@ import torch
 from corral.guard import Guard
 from corral.guard.dataset import BUNDLED, read_labelled, saved_policy
 from corral.guard.evaluate import evaluate_guard, plot_reports, write_report
+from corral.guard.train import GuardTask
 from corral.model.loader import load_model
 from corral.model.lora import load_adapter, merge_lora
 from corral.tokenizer import load_tokenizer
@@ -123,7 +124,7 @@ def main() -> int:
     timing = out / "train_time.json"
     if not (out / "adapter" / "adapter_model.safetensors").is_file():
         t0, cpu0 = time.perf_counter(), time.process_time()
-        finetune(cfg)
+        finetune(cfg, task=GuardTask(cfg))
         timing.write_text(json.dumps({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
                                       "resumed": cfg.resume}) + "\n")
     train = {**json.loads(timing.read_text()), **training_speed(out)} if timing.is_file() else training_speed(out)
