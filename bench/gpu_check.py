@@ -109,17 +109,17 @@ def int4_cuda(folder: Path, dev: torch.device, tmp: Path):
 
 
 def run_engine(model, tok, prompts, max_tokens, max_batch, compile=False):
-    from corral.engine.engine import Delta, Engine, Request
+    from corral.engine.engine import Engine, Request, Tokens
     from corral.engine.sampling import SamplingParams
 
-    eng = Engine(model, tok, max_batch=max_batch, max_seq_len=1024, compile=compile)
+    eng = Engine(model, stop_ids=tok.stop_ids, max_batch=max_batch, max_seq_len=1024, compile=compile)
     if compile:
         eng.warm_up()
     toks: list[list[int]] = [[] for _ in prompts]
 
     def cb(i):
         def f(ev):
-            if isinstance(ev, Delta):
+            if isinstance(ev, Tokens):
                 toks[i] += ev.token_ids
         return f
 

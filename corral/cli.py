@@ -636,7 +636,7 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
             raise InvalidArgumentError(f"--kv-cache-tokens {args.kv_cache_tokens} is less than one sequence of "
                                        f"--max-seq-len {seq}")
     draft = _load_draft(args, lm, tok) if args.draft_model else None
-    engine = Engine(lm.model, tok, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
+    engine = Engine(lm.model, stop_ids=tok.stop_ids, max_batch=batch, max_seq_len=seq, prefill_chunk=args.prefill_chunk,
                     max_queue=args.max_queue, compile=args.compile, draft=draft, draft_tokens=args.draft_tokens)
     if args.compile:
         print("compiling the decode step (a few minutes the first time)...", file=sys.stderr, flush=True)
@@ -644,7 +644,7 @@ def _build_service(args: argparse.Namespace, hooks: Any = None) -> tuple[Any, An
     model_id = args.served_model_name or lm.path.name.removesuffix(".gguf")
     aliases = tuple(a for a in (args.model, lm.path.name, "default" if args.model in (None, "default") else None) if a)
     shields, guard_id = _build_shields(args, engine)
-    service = Service(engine, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,
+    service = Service(engine, tok, model_id, aliases, hooks=hooks(engine, model_id) if hooks else None,
                       chat_template=template, shields=shields, guard_id=guard_id)
     return lm, engine, service
 

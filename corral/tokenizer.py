@@ -455,3 +455,53 @@ def gguf_vocab(folder: Path, n_vocab: int) -> dict[str, Any]:
     if tok.chat_template:
         kv["tokenizer.chat_template"] = tok.chat_template
     return kv
+
+
+# --- streaming text ---------------------------------------------------------------------------------------------
+
+
+class Detokenizer:
+    """Streaming ids → text that never emits half a UTF-8 character.
+
+    Each new id is decoded together with a few earlier ones (tokenizers strip or merge at piece boundaries); text
+    is released only once it no longer ends in U+FFFD, the mark of an incomplete byte sequence.
+    """
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.ids, self.prefix, self.read = tok, [], 0, 0
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tok.decode(self.ids[self.prefix:self.read])
+        after = self.tok.decode(self.ids[self.prefix:])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before):]
+        return ""
+
+
+class StopStrings:
+    """Cuts the text at the first stop string, holding back any tail that could still become one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.text, self.sent, self.hit = "", 0, False
+
+    def feed(self, delta: str) -> str:
+        """Add text; return what may be shown now."""
+        self.text += delta
+        start = max(0, self.sent - self.hold)
+        cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit, self.text = True, self.text[:cut]
+            end = len(self.text)
+        else:
+            end = len(self.text) - self.hold
+        out = self.text[self.sent:end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return out
+
+    def flush(self) -> str:
+        out, self.sent = self.text[self.sent:], len(self.text)
+        return out

@@ -33,9 +33,9 @@ TEMPLATE = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}as
 def service(make_tiny_hf):
     _, folder = make_tiny_hf(max_position_embeddings=512)
     model = load_model(str(folder), device="cpu", dtype="float32").model
-    engine = Engine(model, ByteAngleTokenizer(), max_batch=4, max_seq_len=256).start()
+    engine = Engine(model, stop_ids=ByteAngleTokenizer().stop_ids, max_batch=4, max_seq_len=256).start()
     try:
-        yield Service(engine, "tiny", chat_template=TEMPLATE)
+        yield Service(engine, ByteAngleTokenizer(), "tiny", chat_template=TEMPLATE)
     finally:
         engine.shutdown()
 

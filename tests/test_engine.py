@@ -8,9 +8,12 @@ import pytest
 import torch
 from test_generate import AngleTokenizer, naive_greedy
 
-from corral.engine.engine import ContextLengthError, Delta, Engine, Finished, QueueFullError, Request
+from corral.engine.engine import ContextLengthError, Engine, Finished, QueueFullError, Request
 from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
+from corral.text import Delta, text_events
+
+STOPS = AngleTokenizer().stop_ids
 
 
 @pytest.fixture
@@ -20,7 +23,7 @@ def tiny(make_tiny_hf):
 
 
 class Collector:
-    """Gathers one request's events; `wait()` until it finishes."""
+    """Gathers one request's events (through the text side, `text_events`); `wait()` until it finishes."""
 
     def __init__(self):
         self.ids: list[int] = []
@@ -49,10 +52,14 @@ def prompts(n: int) -> list[list[int]]:
             for _ in range(n)]
 
 
-def submit(eng: Engine, prompt: list[int], **kw) -> Collector:
+def submit(eng: Engine, prompt: list[int], tok=None, constraint=None, **kw) -> Collector:
+    """A request as the server makes one: the engine's token events through `text_events` (stop strings)."""
     c = Collector()
     top = kw.pop("top_logprobs", None)
-    eng.submit(Request(prompt, SamplingParams(**{"max_tokens": 24, **kw}), c, top_logprobs=top))
+    params = SamplingParams(**{"max_tokens": 24, **kw})
+    req = Request(prompt, params, c, top_logprobs=top, constraint=constraint)
+    req.emit = text_events(tok or AngleTokenizer(), params.stop, c, lambda: eng.cancel(req))
+    eng.submit(req)
     return c
 
 
@@ -60,7 +67,7 @@ def submit(eng: Engine, prompt: list[int], **kw) -> Collector:
 def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny, cpu_kernels):
     """With corral's decode-attention kernel and with the batched-matmul attention it falls back to."""
     ps = prompts(16)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=16, max_seq_len=256)
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=16, max_seq_len=256)
     if cpu_kernels and not tiny.cpu_kernels:
         pytest.skip("corral's CPU kernels did not build here (no C++ compiler?)")
     tiny.cpu_kernels = cpu_kernels
@@ -79,7 +86,7 @@ def test_compiled_decode_is_batch_invariant_too(tiny):
     """`--compile`: four graphs (1 or more sequences, 1 or more KV blocks), made by warm_up; outputs alone = in a
     batch, with prompts that cross the 64-key block boundary while decoding."""
     ps = prompts(8)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=8, max_seq_len=256, compile=True)
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=8, max_seq_len=256, compile=True)
     eng.warm_up()
     eng.start()
     try:
@@ -95,7 +102,7 @@ def test_a_prefill_moved_among_decoding_rows_is_packed_behind_them(tiny):
     the next decode packs B back to slot 0. Every output still equals plain greedy decoding."""
     g = torch.Generator().manual_seed(5)
     a, b, c = (torch.randint(3, 250, (n,), generator=g).tolist() for n in (6, 9, 100))
-    eng = Engine(tiny, AngleTokenizer(), max_batch=3, max_seq_len=256, prefill_chunk=16)  # stepped by hand
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=3, max_seq_len=256, prefill_chunk=16)  # stepped by hand
     ca, cb = submit(eng, a, max_tokens=5), submit(eng, b, max_tokens=30)
     for _ in range(2):  # both prefilled
         eng.step()
@@ -121,7 +128,7 @@ def test_a_prefill_moved_among_decoding_rows_is_packed_behind_them(tiny):
 
 def test_more_requests_than_slots_all_finish_in_order_of_arrival(tiny):
     ps = prompts(10)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=3, max_seq_len=128).start()
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=3, max_seq_len=128).start()
     try:
         cs = [submit(eng, p, max_tokens=8) for p in ps]
         for c, p in zip(cs, ps, strict=True):
@@ -131,7 +138,7 @@ def test_more_requests_than_slots_all_finish_in_order_of_arrival(tiny):
 
 
 def test_cancelled_request_frees_its_slot_at_the_next_step(tiny):
-    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128)  # stepped by hand
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=2, max_seq_len=128)  # stepped by hand
     c = submit(eng, prompts(1)[0], max_tokens=100)
     eng.step()
     eng.step()
@@ -143,7 +150,7 @@ def test_cancelled_request_frees_its_slot_at_the_next_step(tiny):
 
 
 def test_limits_answer_at_once(tiny):
-    eng = Engine(tiny, AngleTokenizer(), max_batch=1, max_seq_len=64, max_queue=2)
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=1, max_seq_len=64, max_queue=2)
     with pytest.raises(ContextLengthError, match="context"):
         submit(eng, [5] * 64)
     submit(eng, [5, 6])
@@ -155,14 +162,14 @@ def test_limits_answer_at_once(tiny):
 def test_prefix_reuse_skips_whole_chunks_and_changes_nothing(tiny):
     system = prompts(8)
     shared = sum(system, [])[:150]  # a long shared prefix: more than one 64-token chunk
-    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=256, prefill_chunk=64).start()
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=2, max_seq_len=256, prefill_chunk=64).start()
     try:
         first = submit(eng, shared + [7, 8, 9]).wait()
         second = submit(eng, shared + [10, 11]).wait()
     finally:
         eng.shutdown()
     assert first.finished.cached_tokens == 0 and second.finished.cached_tokens == 128
-    fresh = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=256, prefill_chunk=64).start()
+    fresh = Engine(tiny, stop_ids=STOPS, max_batch=2, max_seq_len=256, prefill_chunk=64).start()
     try:
         assert submit(fresh, shared + [10, 11]).wait().ids == second.ids
     finally:
@@ -172,12 +179,17 @@ def test_prefix_reuse_skips_whole_chunks_and_changes_nothing(tiny):
 def test_stop_strings_max_tokens_and_logprobs(tiny):
     p = prompts(1)[0]
     free = naive_greedy(tiny, p, 12)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128).start()
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=2, max_seq_len=128).start()
     try:
         stop = f"<{free[3]}>"
         c = submit(eng, p, max_tokens=12, stop=[stop]).wait()
         assert c.finished.finish_reason == "stop" and stop not in c.text
         assert c.text == "".join(f"<{i}>" for i in free[: free.index(free[3])])
+        # the text side cancelled the request in the engine at the hit: its tokens are counted up to the hit,
+        # none after it reached the caller, and its slot is free
+        hit = free.index(free[3]) + 1
+        assert c.finished.completion_tokens == hit and c.ids == free[:hit]
+        assert not eng.running and not eng.waiting
         lp = submit(eng, p, max_tokens=4, top_logprobs=3).wait()
     finally:
         eng.shutdown()
@@ -190,7 +202,7 @@ def test_stop_strings_max_tokens_and_logprobs(tiny):
 
 def test_run_until_idle_finishes_everything_on_the_calling_thread(tiny):
     ps = prompts(5)
-    eng = Engine(tiny, AngleTokenizer(), max_batch=2, max_seq_len=128)  # no thread of its own
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=2, max_seq_len=128)  # no thread of its own
     cs = [submit(eng, p, max_tokens=6) for p in ps]
     eng.run_until_idle()
     assert eng.running == [] and not eng.waiting

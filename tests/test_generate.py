@@ -8,12 +8,12 @@ import random
 import pytest
 import torch
 
-from corral.engine.generate import Detokenizer, GenerationResult, Generator, StopStrings
+from corral.engine.generate import GenerationResult, Generator
 from corral.engine.sampling import SamplingParams
 from corral.errors import InvalidArgumentError
 from corral.model.loader import load_model
 from corral.registry import default_model_path
-from corral.tokenizer import Tokenizer, load_tokenizer
+from corral.tokenizer import Detokenizer, StopStrings, Tokenizer, load_tokenizer
 
 # --- Detokenizer --------------------------------------------------------------------------------------------------
 

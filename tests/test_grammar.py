@@ -3,20 +3,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
 import torch
 from conftest import TIKTOKEN_CORPUS
 from test_engine import Collector
+from test_engine import submit as engine_submit
 from test_tokenizer_spm import write_spm_gguf
 
 from corral.config import ModelConfig
-from corral.engine.engine import Engine, Request
-from corral.engine.grammar import GrammarCompiler
-from corral.engine.sampling import SamplingParams
+from corral.engine.engine import Engine
 from corral.errors import InvalidArgumentError
 from corral.model.llama import LlamaForCausalLM
+from corral.serve.grammar import GrammarCompiler
 from corral.tokenizer import load_tokenizer
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -207,15 +208,21 @@ def tiny_on_tok(tok):
 
 @pytest.fixture
 def engine(tiny_on_tok, tok):
-    eng = Engine(tiny_on_tok, tok, max_batch=8, max_seq_len=256).start()
+    eng = Engine(tiny_on_tok, stop_ids=tok.stop_ids, max_batch=8, max_seq_len=256).start()
     yield eng
     eng.shutdown()
 
 
+@functools.cache
+def default_tok():
+    from corral.registry import default_model_path
+    from corral.tokenizer import load_tokenizer
+
+    return load_tokenizer(default_model_path())
+
+
 def submit(eng, prompt, constraint=None, **kw) -> Collector:
-    c = Collector()
-    eng.submit(Request(prompt, SamplingParams(**{"max_tokens": 120, **kw}), c, constraint=constraint))
-    return c
+    return engine_submit(eng, prompt, default_tok(), constraint, **{"max_tokens": 120, **kw})
 
 
 def test_random_model_emits_schema_valid_json(engine, tok, compiler):
@@ -282,7 +289,7 @@ def test_default_model_answers_in_json(tok, compiler):
     from corral.model.loader import load_model
 
     model = load_model("default", device="cpu").model
-    eng = Engine(model, tok, max_batch=2, max_seq_len=512).start()
+    eng = Engine(model, stop_ids=tok.stop_ids, max_batch=2, max_seq_len=512).start()
     try:
         ask = [{"role": "user", "content": "Describe a person named Ann, 31, who likes red, and her dog, as JSON."}]
         c = submit(eng, encode_chat(tok, ask), compiler.compile(RF_SCHEMA)()).wait()

@@ -140,9 +140,9 @@ def test_replay_answers_are_cached_per_model(tiny_chat, inputs, tmp_path, monkey
 def test_the_best_step_is_kept_not_the_last(tiny_chat, inputs, tmp_path, monkeypatch):
     """Selection scores the held-out questions every 2 steps; the answers are faked so that step 4 of 8 is the
     best, and the saved adapter must then hold step 4's weights, not step 8's."""
-    from corral.eval import harness
-    from corral.eval.harness import Generation
+    from corral import text
     from corral.model.lora import lora_state_dict
+    from corral.text import Generation
     from corral.train import loop
 
     data, _, _ = inputs
@@ -154,7 +154,7 @@ def test_the_best_step_is_kept_not_the_last(tiny_chat, inputs, tmp_path, monkeyp
         right = {1: 1, 2: 4, 3: 2, 4: 3}[len(calls)]  # steps 2, 4, 6, 8: 25%, 100%, 50%, 75%
         return [Generation("At 16:40." if i < right else "No idea.", "stop", 3) for i in range(len(prompts))]
 
-    monkeypatch.setattr(harness, "generate", fake_generate)
+    monkeypatch.setattr(text, "generate_many", fake_generate)
     snapshots = {}
     real_score = loop.Selector.score
 

@@ -103,9 +103,10 @@ class InProcessServer:
                  max_queue: int = 64, api_keys: list[str] | None = None, max_body_bytes: int = 8 << 20,
                  shields=None):
         """`shields(engine)`: the server's `Shields` (built on its engine, whose thread runs the guard)."""
-        self.engine = Engine(model, tok, max_batch=max_batch, max_seq_len=max_seq_len, max_queue=max_queue).start()
+        self.engine = Engine(model, stop_ids=tok.stop_ids, max_batch=max_batch, max_seq_len=max_seq_len,
+                             max_queue=max_queue).start()
         metrics = Metrics(self.engine, "tiny")
-        self.service = Service(self.engine, "tiny", ("default",), hooks=metrics,
+        self.service = Service(self.engine, tok, "tiny", ("default",), hooks=metrics,
                                shields=shields(self.engine) if shields else None, guard_id="tiny-guard")
         self.app = create_app(self.service, metrics, api_keys, max_body_bytes)
         port = free_port()

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 import torch
-from test_engine import prompts, submit
+from test_engine import STOPS, prompts, submit
 from test_generate import PROMPT, AngleTokenizer, naive_greedy
 
 from corral.config import ModelConfig
@@ -213,7 +213,7 @@ def test_the_distribution_check_catches_a_broken_residual(small, monkeypatch, on
 def test_engine_sampled_tokens_follow_the_target_distribution(small, one_thread):
     t, d = small
     params = SAMPLERS["transforms"]
-    eng = Engine(t, AngleTokenizer(V), max_batch=16, max_seq_len=64, draft=d, draft_tokens=3)
+    eng = Engine(t, stop_ids=AngleTokenizer(V).stop_ids, max_batch=16, max_seq_len=64, draft=d, draft_tokens=3)
     outs = []
     for start in range(0, RUNS, 250):  # the engine's queue holds 256
         batch = [submit(eng, SAMPLED_PROMPT, max_tokens=4, temperature=params.temperature, top_k=params.top_k,
@@ -271,7 +271,7 @@ def test_a_draft_with_another_tokenizer_is_refused():
 @pytest.mark.parametrize("name,k", [("self", 4), ("pruned", 1), ("stranger", 7)])
 def test_engine_greedy_equals_target_alone_and_in_a_batch(target, drafts, name, k, one_thread):
     ps = prompts(8)
-    eng = Engine(target, AngleTokenizer(), max_batch=8, max_seq_len=128, draft=drafts[name], draft_tokens=k)
+    eng = Engine(target, stop_ids=STOPS, max_batch=8, max_seq_len=128, draft=drafts[name], draft_tokens=k)
     alone = []
     for p in ps:
         c = submit(eng, p)
@@ -289,7 +289,7 @@ def test_engine_mixes_speculative_and_per_token_rows(target, drafts, one_thread)
     """Sampled rows, a logprobs row, a row that runs into the context end, and a row finishing mid-round
     (max_tokens not a multiple of k + 1) share the batch; every greedy row still equals plain decoding."""
     ps = prompts(5)
-    eng = Engine(target, AngleTokenizer(), max_batch=8, max_seq_len=64, draft=drafts["pruned"], draft_tokens=3)
+    eng = Engine(target, stop_ids=STOPS, max_batch=8, max_seq_len=64, draft=drafts["pruned"], draft_tokens=3)
     eng.warm_up()  # the speculative shapes too; its scratch KV must not leak into the requests below
     sampled = [submit(eng, ps[i], temperature=1.0, seed=i, repetition_penalty=1.2) for i in range(2)]
     lp = submit(eng, ps[2], top_logprobs=2, max_tokens=10)
@@ -298,7 +298,7 @@ def test_engine_mixes_speculative_and_per_token_rows(target, drafts, one_thread)
     eng.run_until_idle()
     assert all(len(c.ids) == 24 and c.finished.finish_reason == "length" for c in sampled)
     assert lp.ids == naive_greedy(target, ps[2], 10) and len(lp.logprobs) == 10
-    plain = Engine(target, AngleTokenizer(), max_batch=1, max_seq_len=64)
+    plain = Engine(target, stop_ids=STOPS, max_batch=1, max_seq_len=64)
     alone = submit(plain, ps[3], max_tokens=500)
     plain.run_until_idle()
     assert long.ids == alone.ids and long.finished.finish_reason == alone.finished.finish_reason == "length"
@@ -308,7 +308,7 @@ def test_engine_mixes_speculative_and_per_token_rows(target, drafts, one_thread)
 
 def test_engine_refuses_too_many_draft_tokens(target):
     with pytest.raises(InvalidArgumentError, match="1 to 7"):
-        Engine(target, AngleTokenizer(), max_batch=2, max_seq_len=64, draft=target, draft_tokens=8)
+        Engine(target, stop_ids=STOPS, max_batch=2, max_seq_len=64, draft=target, draft_tokens=8)
 
 
 # --- the command line -------------------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def test_engine_on_the_default_4bit_model_keeps_plain_greedy_output():
                  "Explain what a compass does.", "Plan a picnic for four people."]
 
     def run(draft):
-        eng = Engine(lm.model, tok, max_batch=8, max_seq_len=256, draft=draft, draft_tokens=4)
+        eng = Engine(lm.model, stop_ids=tok.stop_ids, max_batch=8, max_seq_len=256, draft=draft, draft_tokens=4)
         reqs = [eng.submit(Request(encode_chat(tok, [{"role": "user", "content": q}]), SamplingParams(max_tokens=96),
                                    lambda e: None)) for q in questions]
         eng.run_until_idle()

@@ -157,7 +157,7 @@ def synth(model: Any, tok: Any, prompts: list[Prompt] | str | Path, out: str | P
     docstring). `params` are the sampling options (default temperature 0.8, 256 tokens); its seed (default 0) is the
     base of every sample's own seed. Resumes an existing `out`."""
     from corral.chat import encode_chat
-    from corral.eval.harness import generate
+    from corral.text import generate_many as generate
 
     params = params or SamplingParams(temperature=0.8, max_tokens=256)
     check_n(n, params)

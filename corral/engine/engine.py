@@ -12,7 +12,10 @@ them (a system prompt) is placed there and skips that part of its prefill, in wh
 
 One `step()`: admit waiting requests into free slots, run one prefill chunk (at most `prefill_chunk` tokens of
 one request, so a long prompt cannot stall the others), then one decode forward for every sequence that has a
-token to feed. Sampled ids are read on the host once per step (detokenization and stop checks need them).
+token to feed. Sampled ids are read on the host once per step (stop ids and the callers' events need them).
+
+Text is the caller's: a request's events are `Tokens` (its new ids, with logprobs if asked) and one `Finished`;
+`corral.text.text_events` turns them into text and applies stop strings (a hit cancels the request here).
 
 Speculative decoding (`draft=`, `corral serve --draft-model`): the decode forward becomes a round of k draft
 forwards for every decoding row (one draft KV slot beside each slot, `BatchDrafter`) and one target forward of
@@ -30,19 +33,17 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from corral.engine.generate import Detokenizer, StopStrings
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
 from corral.model import kernels
 from corral.model.llama import KV_BLOCK, SMALL_T, KVCache, LlamaForCausalLM
-from corral.tokenizer import Tokenizer
 
 
 class QueueFullError(CorralError):
@@ -61,10 +62,9 @@ class TokenLogprob:
 
 
 @dataclass
-class Delta:
-    """New text of a request (possibly empty while a UTF-8 character or a stop string is pending)."""
+class Tokens:
+    """A request's new token ids (one per step, more after a speculative round), with their logprobs if asked."""
 
-    text: str
     token_ids: list[int]
     logprobs: list[TokenLogprob] | None = None
 
@@ -78,7 +78,7 @@ class Finished:
     error: str | None = None
 
 
-Event = Delta | Finished
+Event = Tokens | Finished
 
 
 @dataclass
@@ -88,7 +88,7 @@ class Request:
     emit: Callable[[Event], None]  # called from the engine thread
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
     id: str = ""
-    constraint: Any = None  # corral.engine.grammar.Constraint | None: structured output (JSON schema)
+    constraint: Any = None  # corral.serve.grammar.Constraint | None: structured output (JSON schema)
     # engine state
     slot: int = -1
     fed: int = 0  # tokens of prompt + output whose KV is in the slot
@@ -98,19 +98,17 @@ class Request:
     cancelled: bool = False
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
-    detok: Detokenizer | None = None
-    stops: StopStrings | None = None
     generator: torch.Generator | None = None
 
 
 class Engine:
     """Owns the model, the cache and the scheduler; `start()` runs `step()` in a background thread."""
 
-    def __init__(self, model: LlamaForCausalLM, tokenizer: Tokenizer, max_batch: int = 16, max_seq_len: int = 2048,
-                 prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False,
+    def __init__(self, model: LlamaForCausalLM, *, stop_ids: Iterable[int] = (), max_batch: int = 16,
+                 max_seq_len: int = 2048, prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False,
                  draft: LlamaForCausalLM | None = None, draft_tokens: int = 4, kv_dtype: torch.dtype | None = None):
         ctx = model.config.max_position_embeddings
-        self.model, self.tok = model, tokenizer
+        self.model, self.stop_ids = model, frozenset(stop_ids)  # a sampled stop id ends a request (not ignore_eos)
         kernels.use_for(model)
         # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
         # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager.
@@ -344,7 +342,6 @@ class Engine:
             self.drafter.slot_ids[n] = list(r.prompt_ids[:reuse])
         r.slot, r.fed = n, reuse
         r.cached = r.fed
-        r.detok, r.stops = Detokenizer(self.tok), StopStrings(r.params.stop)
         if r.params.temperature > 0:
             r.generator = torch.Generator(device=self.model.device)
             # any integer is a valid seed: fold it into the generator's 64-bit range
@@ -490,20 +487,16 @@ class Engine:
         if c is not None and c.error:  # the mask could not be computed
             self._finish(r, "error", error=f"structured output: {c.error}")
             return
-        if not p.ignore_eos and tid in self.tok.stop_ids:
+        if not p.ignore_eos and tid in self.stop_ids:
             self._finish(r, "stop")
             return
         r.out_ids.append(tid)
         if c is not None:
             c.accept(tid)
-        stops = r.stops
-        text = stops.feed(r.detok.add(tid))
         if lp is not None:
             lp.token_id = tid
-        r.emit(Delta(text, [tid], [lp] if lp is not None else None))
-        if stops.hit:
-            self._finish(r, "stop")
-        elif c is not None and c.error:
+        r.emit(Tokens([tid], [lp] if lp is not None else None))
+        if c is not None and c.error:
             self._finish(r, "error", error=f"structured output: {c.error}")
         elif c is not None and c.done:  # the JSON is complete; only EOS could follow
             self._finish(r, "stop")
@@ -522,10 +515,6 @@ class Engine:
                 self.running[s] = moved
             self.running.pop()
             r.slot = -1
-        if reason in ("stop", "length") and r.stops is not None and not r.stops.hit:
-            rest = r.stops.flush()  # text held back in case it began a stop string
-            if rest:
-                r.emit(Delta(rest, []))
         r.emit(Finished(reason, len(r.prompt_ids), len(r.out_ids), r.cached, error))
 
     def _swap_slots(self, a: int, b: int, length: int) -> None:

@@ -29,6 +29,7 @@ from corral.errors import CorralError, InvalidArgumentError, ModelFormatError
 from corral.eval.scoring import extract, mc_predictions, perplexity_metrics
 from corral.eval.task import Example, Task, gold_index, load_task
 from corral.model.llama import LlamaForCausalLM
+from corral.text import generate_many
 from corral.tokenizer import Tokenizer
 
 
@@ -143,51 +144,6 @@ def _chat_ids(tok: Tokenizer, messages: list[dict[str, str]], template: str | No
 # --- generation ---------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Generation:
-    text: str
-    finish_reason: str  # stop | length | error
-    completion_tokens: int
-    error: str | None = None
-
-
-def generate(model: LlamaForCausalLM, tok: Tokenizer, prompts: Sequence[list[int]],
-             params: SamplingParams | Sequence[SamplingParams], max_batch: int = 16, max_seq_len: int = 2048,
-             on_finish: Callable[[int, Generation], None] | None = None, compile: bool = False) -> list[Generation]:
-    """Answer every prompt (token ids) through one `Engine` stepped on this thread. `params` is one for all or one
-    per prompt. A prompt that leaves less than its max_tokens of room loses its oldest tokens. `on_finish(i, gen)`
-    is called as each one completes (in completion order). `compile`: the engine's compiled decode step."""
-    from corral.engine.engine import Delta, Engine, Finished, Request
-
-    if not prompts:
-        return []
-    plist = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
-    ctx = model.config.max_position_embeddings
-    need = max(len(p) + sp.max_tokens + 1 for p, sp in zip(prompts, plist, strict=True))
-    seq = max(16, min(ctx, max_seq_len, need))
-    engine = Engine(model, tok, max_batch=max(1, min(max_batch, len(prompts))), max_seq_len=seq,
-                    max_queue=len(prompts) + 1, compile=compile)
-    if compile:
-        engine.warm_up()
-    texts = [""] * len(prompts)
-    results: list[Generation | None] = [None] * len(prompts)
-
-    def emit(i: int) -> Callable[[Any], None]:
-        def f(ev: Any) -> None:
-            if isinstance(ev, Delta):
-                texts[i] += ev.text
-            elif isinstance(ev, Finished):
-                results[i] = Generation(texts[i], ev.finish_reason, ev.completion_tokens, ev.error)
-                if on_finish:
-                    on_finish(i, results[i])
-        return f
-
-    for i, (ids, sp) in enumerate(zip(prompts, plist, strict=True)):
-        room = max(engine.max_seq_len // 2, engine.max_seq_len - sp.max_tokens - 1)
-        engine.submit(Request(list(ids)[-room:], sp, emit(i)))
-    engine.run_until_idle()
-    return [r if r is not None else Generation(texts[i], "error", 0, "not finished")
-            for i, r in enumerate(results)]
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
@@ -278,7 +234,7 @@ def _generate(em, task, examples, *, max_batch, template, bar, **_):
                else tok.encode(ex.text, add_bos=tok.add_bos) for ex in examples]
     params = SamplingParams(temperature=0.0, max_tokens=task.max_tokens, stop=list(task.stop))
     bar.total(len(prompts))
-    gens = generate(em.model, tok, prompts, params, max_batch=max_batch,
+    gens = generate_many(em.model, tok, prompts, params, max_batch=max_batch,
                     on_finish=lambda i, g: bar.advance(1))
     records, passed, checks_total, checks_passed = [], 0, 0, 0
     for ex, g in zip(examples, gens, strict=True):

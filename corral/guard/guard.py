@@ -283,33 +283,14 @@ class Guard:
     def _generate(self, prompts: list[list[int]]) -> list[tuple[str, float]]:
         """Greedy replies (at most `max_tokens` tokens) through one `Engine` stepped on this thread: (text,
         seconds from the start until it finished) per prompt."""
-        from corral.engine.engine import Delta, Engine, Finished, Request
+        from corral.text import generate_many
 
-        need = max(len(p) for p in prompts) + self.max_tokens + 1
-        engine = Engine(self.model, self.tok, max_batch=max(1, min(self.max_batch, len(prompts))),
-                        max_seq_len=max(16, min(self.max_seq_len, need)), max_queue=len(prompts) + 1)
-        params = SamplingParams(temperature=0.0, max_tokens=self.max_tokens)
-        texts = [""] * len(prompts)
-        done: list[float | None] = [None] * len(prompts)
-        errors: list[str] = []
-        t0 = time.perf_counter()
-
-        def emit(i: int) -> Any:
-            def f(ev: Any) -> None:
-                if isinstance(ev, Delta):
-                    texts[i] += ev.text
-                elif isinstance(ev, Finished):
-                    done[i] = time.perf_counter() - t0
-                    if ev.finish_reason == "error":
-                        errors.append(f"conversation {i}: {ev.error}")
-            return f
-
-        for i, ids in enumerate(prompts):
-            engine.submit(Request(list(ids), params, emit(i)))
-        engine.run_until_idle()
+        gens = generate_many(self.model, self.tok, prompts, SamplingParams(temperature=0.0, max_tokens=self.max_tokens),
+                             max_batch=self.max_batch, max_seq_len=self.max_seq_len)
+        errors = [f"conversation {i}: {g.error}" for i, g in enumerate(gens) if g.finish_reason == "error"]
         if errors:
             raise RuntimeError(f"the guard model failed: {errors[0]}")
-        return [(t, d if d is not None else time.perf_counter() - t0) for t, d in zip(texts, done, strict=True)]
+        return [(g.text, g.seconds) for g in gens]
 
 
 # --- conversation files (corral guard --conversation / --file) ----------------------------------------------------

@@ -22,10 +22,12 @@ from typing import Any
 import torch
 
 from corral.chat import encode_chat
-from corral.engine.engine import ContextLengthError, Delta, Engine, Finished, Request, TokenLogprob
+from corral.engine.engine import ContextLengthError, Engine, Finished, Request, TokenLogprob
 from corral.engine.sampling import SamplingParams
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
+from corral.text import Delta, text_events
+from corral.tokenizer import Tokenizer
 
 
 class ModelNotServedError(CorralError):
@@ -76,9 +78,10 @@ class Hooks:
 class Service:
     """The served model behind the OpenAI API: one engine, one tokenizer, one name (plus aliases)."""
 
-    def __init__(self, engine: Engine, model_id: str, aliases: tuple[str, ...] = (), hooks: Hooks | None = None,
+    def __init__(self, engine: Engine, tok: Tokenizer, model_id: str, aliases: tuple[str, ...] = (),
+                 hooks: Hooks | None = None,
                  chat_template: str | None = None, shields: Any = None, guard_id: str | None = None):
-        self.engine, self.tok = engine, engine.tok
+        self.engine, self.tok = engine, tok  # the engine knows token ids; text is this side's
         self.model_id, self.aliases = model_id, {model_id, *aliases}
         self.hooks = hooks or Hooks()
         self.chat_template = chat_template
@@ -188,7 +191,7 @@ class Service:
         if fmt is None or fmt.type == "text":
             return None
         if self._grammar is None:
-            from corral.engine.grammar import GrammarCompiler
+            from corral.serve.grammar import GrammarCompiler
 
             self._grammar = GrammarCompiler(self.tok)
         spec: dict[str, Any] = {"type": fmt.type}
@@ -230,6 +233,7 @@ class Service:
 
                 req = Request(job.prompt_ids, job.params, emit, top_logprobs=job.top_logprobs)
                 req.constraint = job.constraint
+                req.emit = text_events(self.tok, job.params.stop, emit, lambda req=req: self.engine.cancel(req))
                 reqs.append(self.engine.submit(req))
         except ContextLengthError as e:
             self.cancel(reqs)

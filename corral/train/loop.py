@@ -416,7 +416,7 @@ class Selector:
 
         from corral.distill.keys import carries
         from corral.engine.sampling import SamplingParams
-        from corral.eval.harness import generate
+        from corral.text import generate_many as generate
 
         was = model.training
         model.eval()

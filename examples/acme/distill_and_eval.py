@@ -34,7 +34,6 @@ from corral.distill.config import DistillConfig  # noqa: E402
 from corral.distill.run import STUDENT_INIT, compare, distill  # noqa: E402
 from corral.formats.hf import save_hf_folder  # noqa: E402
 from corral.model.loader import load_model  # noqa: E402
-from corral.model.lora import load_adapter, merge_lora  # noqa: E402
 from corral.tokenizer import load_tokenizer  # noqa: E402
 from corral.train.data import encode_chat_example  # noqa: E402
 
@@ -42,9 +41,7 @@ from corral.train.data import encode_chat_example  # noqa: E402
 def make_teacher(run: Path, out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
-    lm = load_model("default", device="cpu", dtype="float32")
-    load_adapter(lm.model, run / "adapter")
-    merge_lora(lm.model)
+    lm = load_model("default", device="cpu", dtype="float32", adapter=run / "adapter")
     return save_hf_folder(lm.model, lm.config, load_tokenizer(lm.path), lm.path, out)
 
 

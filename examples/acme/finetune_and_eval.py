@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 
 from corral.chat import encode_chat
-from corral.engine.engine import Delta, Engine, Request
 from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
-from corral.model.lora import load_adapter, merge_lora
+from corral.text import generate_many
 from corral.tokenizer import load_tokenizer
 from corral.train.config import FinetuneConfig
 from corral.train.loop import finetune
@@ -37,20 +36,9 @@ QUICK_SECTIONS = ("Expenses and pay", "Time off and on-call")
 
 
 def answers(model, tok, questions: list[str], max_tokens: int = 48) -> list[str]:
-    eng = Engine(model, tok, max_batch=16, max_seq_len=512)
-    texts = [""] * len(questions)
-
-    def emit(i):
-        def f(ev):
-            if isinstance(ev, Delta):
-                texts[i] += ev.text
-        return f
-
-    for i, q in enumerate(questions):
-        ids = encode_chat(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
-        eng.submit(Request(ids, SamplingParams(max_tokens=max_tokens), emit(i)))
-    eng.run_until_idle()  # stepped here: the engine owns this (main) thread
-    return texts
+    prompts = [encode_chat(tok, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+               for q in questions]
+    return [g.text for g in generate_many(model, tok, prompts, SamplingParams(max_tokens=max_tokens), max_seq_len=512)]
 
 
 def accuracy(model, tok, items: list[dict]) -> tuple[float, list[str]]:
@@ -120,9 +108,7 @@ def main() -> int:
                                   # acme's own hand-written paraphrases, trained as they are (the loop alone)
                                   augment=0, replay=0.0, eval_tasks=[], packing=False, ema=0.0))
     train_s = time.perf_counter() - t0
-    tuned = load_model(args.model, dtype="float32").model
-    load_adapter(tuned, run / "adapter")
-    merge_lora(tuned)
+    tuned = load_model(args.model, adapter=run / "adapter").model
     after, got = accuracy(tuned, tok, items)
     print(f"after:  {after:.1%} (LoRA, {args.epochs:g} epochs, {train_s:.0f} s of training)")
     results = [{**it, "reply": g.strip(), "ok": it["answer"].lower() in g.lower()}

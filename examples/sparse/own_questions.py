@@ -27,7 +27,8 @@ def main() -> int:
 
     from corral.chat import encode_chat
     from corral.engine.sampling import SamplingParams
-    from corral.eval.harness import generate, load_eval_model
+    from corral.eval.harness import load_eval_model
+    from corral.text import generate_many as generate
 
     torch.set_num_threads(args.threads)
     folder = HERE / args.set

@@ -31,7 +31,8 @@ def accuracy(model_dir: Path, items: list[dict], system: str | None, threads: in
 
     from corral.chat import encode_chat
     from corral.engine.sampling import SamplingParams
-    from corral.eval.harness import generate, load_eval_model
+    from corral.eval.harness import load_eval_model
+    from corral.text import generate_many as generate
 
     torch.set_num_threads(threads)
     em = load_eval_model(str(model_dir) if model_dir else "default", dtype="float32")
