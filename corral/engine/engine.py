@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from corral.engine.kv_cache import swap_slots
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
 from corral.model import kernels
@@ -519,7 +520,7 @@ class Engine:
 
     def _swap_slots(self, a: int, b: int, length: int) -> None:
         """Exchange the first `length` cached positions (and token records) of slots a and b."""
-        self.cache.swap_slots(a, b, length)
+        swap_slots(self.cache, a, b, length)
         self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
         if self.drafter is not None:
             self.drafter.swap(a, b)
@@ -541,3 +542,32 @@ def _seen(r: Request, vocab: int, device: torch.device) -> torch.Tensor | None:
     seen = torch.zeros(1, vocab, dtype=torch.bool, device=device)
     seen[0, torch.tensor(r.prompt_ids + r.out_ids, device=device)] = True
     return seen
+
+
+# --- model work outside generation (run on the engine thread through `Engine.call`) --------------------------------
+
+
+def embed(model: LlamaForCausalLM, ids: list[int], dims: int | None = None) -> torch.Tensor:
+    """The mean-pooled, L2-normalised final hidden state of `ids` (one sequence, no padding, so a vector never
+    depends on its neighbours), cut to its first `dims` values if given; on the CPU."""
+    h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0].float()  # (T, H)
+    v = h.mean(0)
+    if dims is not None:
+        v = v[:dims]
+    return torch.nn.functional.normalize(v, dim=0).cpu()
+
+
+def prompt_logprobs(model: LlamaForCausalLM, ids: list[int], k: int) -> list[TokenLogprob | None]:
+    """Each token's logprob given the tokens before it (None for the first) with its `k` most likely
+    alternatives. The head is applied 256 positions at a time, so a long prompt never holds a (T, vocab) matrix."""
+    h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0]  # (T, H)
+    out: list[TokenLogprob | None] = [None]
+    for s in range(0, len(ids) - 1, 256):
+        tgt = ids[s + 1: s + 257]
+        lp = torch.log_softmax(model.head(h[s: s + len(tgt)]), -1)  # (n, V)
+        chosen = lp.gather(1, torch.tensor(tgt, device=lp.device).view(-1, 1))[:, 0].tolist()
+        top_v, top_i = lp.topk(max(k, 1), dim=-1)
+        for j, t in enumerate(tgt):
+            out.append(TokenLogprob(t, chosen[j], list(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(),
+                                                           strict=True))))
+    return out

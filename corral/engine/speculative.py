@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from corral.engine.kv_cache import swap_slots
 from corral.engine.sampling import SamplingParams, draw, sample, sampling_weights
 from corral.errors import InvalidArgumentError
 from corral.model import kernels
@@ -269,7 +270,7 @@ class BatchDrafter:
 
     def swap(self, a: int, b: int) -> None:
         """Exchange draft slots a and b (the used prefixes), as the engine does with its own."""
-        self.cache.swap_slots(a, b, max(len(self.slot_ids[a]), len(self.slot_ids[b])))
+        swap_slots(self.cache, a, b, max(len(self.slot_ids[a]), len(self.slot_ids[b])))
         self.slot_ids[a], self.slot_ids[b] = self.slot_ids[b], self.slot_ids[a]
 
     def draft(self, prev: torch.Tensor, pending: torch.Tensor, fed: torch.Tensor, vocab: int,

@@ -103,14 +103,6 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
 
-    def swap_slots(self, a: int, b: int, length: int) -> None:
-        """Exchange the first `length` positions of slots a and b, in every layer."""
-        if length > 0:
-            for buf in self.k + self.v:
-                tmp = buf[a, :, :length].clone()
-                buf[a, :, :length] = buf[b, :, :length]
-                buf[b, :, :length] = tmp
-
 
 @dataclass
 class Batch:

@@ -19,10 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from corral.chat import encode_chat
-from corral.engine.engine import ContextLengthError, Engine, Finished, Request, TokenLogprob
+from corral.engine.engine import ContextLengthError, Engine, Finished, Request, TokenLogprob, embed, prompt_logprobs
 from corral.engine.sampling import SamplingParams
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
@@ -402,7 +400,7 @@ class Service:
         if not (r.echo and r.logprobs is not None):
             return []
         k = r.logprobs
-        return [await asyncio.wrap_future(self.engine.call(lambda ids=ids: self._prompt_logprobs(ids, k)))
+        return [await asyncio.wrap_future(self.engine.call(lambda ids=ids: prompt_logprobs(self.engine.model, ids, k)))
                 for ids in prompts]
 
     def _prompt_convs(self, jobs: list[Job]) -> list[list[dict[str, str]]]:
@@ -574,7 +572,8 @@ class Service:
         hidden = self.engine.model.config.hidden_size
         if r.dimensions is not None and r.dimensions > hidden:
             raise ParamError(f"dimensions must be <= {hidden} for this model", "dimensions")
-        vecs = await asyncio.wrap_future(self.engine.call(lambda: self._pool(inputs, r.dimensions)))
+        model = self.engine.model
+        vecs = await asyncio.wrap_future(self.engine.call(lambda: [embed(model, ids, r.dimensions) for ids in inputs]))
         data = []
         for i, v in enumerate(vecs):
             emb: list[float] | str = (base64.b64encode(v.numpy().astype("<f4").tobytes()).decode()
@@ -582,16 +581,6 @@ class Service:
             data.append(P.Embedding(index=i, embedding=emb))
         n = sum(len(ids) for ids in inputs)
         return P.EmbeddingList(data=data, model=self.model_id, usage=P.EmbeddingUsage(prompt_tokens=n, total_tokens=n))
-
-    def _pool(self, inputs: list[list[int]], dims: int | None) -> list[torch.Tensor]:
-        model, out = self.engine.model, []
-        for ids in inputs:  # one at a time: no padding, so each vector is independent of its neighbours
-            h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0].float()  # (T, H)
-            v = h.mean(0)
-            if dims is not None:
-                v = v[:dims]
-            out.append(torch.nn.functional.normalize(v, dim=0).cpu())
-        return out
 
     def tokenize(self, r: P.TokenizeRequest) -> P.TokenizeResponse:
         self.check_model(r.model)
@@ -645,24 +634,6 @@ class Service:
                    ((*self._token(i), v) for i, v in lp.top)]
             content.append(P.TokenLogprobOut(token=tok, logprob=lp.logprob, bytes=b, top_logprobs=top))
         return P.ChoiceLogprobs(content=content)
-
-    def _prompt_logprobs(self, ids: list[int], k: int) -> list[TokenLogprob | None]:
-        """Each prompt token's logprob given the tokens before it (None for the first), for `echo` + `logprobs`.
-
-        Runs on the engine thread; the head is applied 256 positions at a time so a long prompt never holds a
-        (T, vocab) matrix."""
-        model = self.engine.model
-        h = model(torch.tensor([ids], device=model.device), return_hidden=True)[0]  # (T, H)
-        out: list[TokenLogprob | None] = [None]
-        for s in range(0, len(ids) - 1, 256):
-            tgt = ids[s + 1: s + 257]
-            lp = torch.log_softmax(model.head(h[s: s + len(tgt)]), -1)  # (n, V)
-            chosen = lp.gather(1, torch.tensor(tgt, device=lp.device).view(-1, 1))[:, 0].tolist()
-            top_v, top_i = lp.topk(max(k, 1), dim=-1)
-            for j, t in enumerate(tgt):
-                out.append(TokenLogprob(t, chosen[j], list(zip(top_i[j, :k].tolist(), top_v[j, :k].tolist(),
-                                                               strict=True))))
-        return out
 
     def _completion_logprobs(self, lps: list[TokenLogprob | None], offset: int,
                              prompt_ids: list[int] | None = None) -> P.CompletionLogprobs:
