@@ -377,3 +377,31 @@ def test_selection_answers_eager_beside_compiled_layers(tiny_chat, data, tmp_pat
     run = loop.run_loop(c, loop.Dist("cpu"), None, False, select=rows)
     assert graphs == [0, 0]
     assert json.loads((run / "best" / "best.json").read_text())["step"] in (2, 4)
+
+
+def test_a_task_given_to_finetune_is_the_data_side(tiny_chat, data, tmp_path):
+    """The loop's data side is the `Task` the caller passes (guard training's way in): its examples are the ones
+    trained on, its training split is used, and it is called to save beside the weights."""
+    from corral.errors import InvalidArgumentError
+    from corral.train.loop import Task
+
+    calls = []
+
+    class Doubling(Task):
+        def load(self, cfg, path, tok, template):
+            calls.append(("load", Path(path).name))
+            return super().load(cfg, path, tok, template)
+
+        def training_split(self, cfg, train):
+            calls.append(("split", len(train)))
+            return train + train
+
+        def save(self, cfg, folder):
+            calls.append(("save", folder.name))
+            (folder / "task.txt").write_text("mine")
+
+    run = finetune(cfg(tiny_chat, data, tmp_path / "t", max_steps=2, val_split=0.0), progress=False, task=Doubling())
+    assert [c[0] for c in calls] == ["load", "split", "save"] and calls[2][1] == "adapter"
+    assert (run / "adapter" / "task.txt").read_text() == "mine"
+    with pytest.raises(InvalidArgumentError, match="task 'guard' trains through its own Task"):
+        finetune(cfg(tiny_chat, data, tmp_path / "g", task="guard"), progress=False)

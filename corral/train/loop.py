@@ -159,7 +159,7 @@ class AnchoredObjective(Objective):
 class Task:
     """What a run learns from, beside its loss (`Objective`): how its data files become examples, what is done to
     the training split, and what is written beside the trained weights. This one: chat or prompt/completion lines
-    (`load_jsonl`). Guard training brings its own (`corral.guard.dataset.GuardTask`) and runs this same loop."""
+    (`load_jsonl`). Guard training brings its own (`corral.guard.train.GuardTask`) and runs this same loop."""
 
     def load(self, cfg: FinetuneConfig, path: str | Path, tok: Any, template: str | None
              ) -> tuple[list[Example], list[str]]:
@@ -198,7 +198,8 @@ def finetune(cfg: FinetuneConfig, stop_after: int | None = None, progress: bool 
         from corral.train.recipe import prepare, report
 
         prep = prepare(cfg, dist, progress)
-        run = run_loop(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select, anchor=prep.anchor)
+        run = run_loop(prep.cfg, dist, stop_after, progress, prepared=True, select=prep.select, anchor=prep.anchor,
+                       task=task)
         if dist.main and ((run / "adapter").exists() or (run / "model").exists()):  # not after a stop half-way
             report(cfg, prep, run, progress)
         return run
