@@ -50,7 +50,7 @@ class KDObjective(Objective):
             from tqdm import tqdm
 
             with tqdm(total=len(rows), desc=f"teacher top-{cfg.teacher_topk}", unit="row", leave=False) as bar:
-                write_cache(self.teacher_model, rows, path, cfg.teacher_topk, collate, dist.device,
+                write_cache(self.teacher_model, rows, path, cfg.teacher_topk, dist.device,
                             cfg.batch_size, autocast, bar.update)
         dist.barrier()
         self.teacher = CachedTeacher(path, dist.device)

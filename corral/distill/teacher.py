@@ -74,10 +74,10 @@ class CachedTeacher:
 
 
 @torch.no_grad()
-def write_cache(teacher: torch.nn.Module, rows: list[Any], path: Path, k: int, collate: Any, device: torch.device,
+def write_cache(teacher: torch.nn.Module, rows: list[Any], path: Path, k: int, device: torch.device,
                 batch_size: int = 4, autocast: Any = None, progress: Any = None) -> Path:
     """Run the teacher once over `rows` and write each row's top-k log-probabilities at its loss positions."""
-    from corral.train.data import loss_targets
+    from corral.train.data import collate, loss_targets
 
     teacher.eval()
     tensors: dict[str, torch.Tensor] = {}

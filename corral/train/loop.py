@@ -138,7 +138,7 @@ class AnchoredObjective(Objective):
 
             with tqdm(total=len(anchors), desc="base model top-64 on the replay rows", unit="row", leave=False,
                       disable=not dist.main) as bar:
-                write_cache(model, anchors, path, ANCHOR_TOPK, collate, dist.device, 1, autocast, bar.update)
+                write_cache(model, anchors, path, ANCHOR_TOPK, dist.device, 1, autocast, bar.update)
         self.cache = CachedTeacher(path, dist.device)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
