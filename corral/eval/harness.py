@@ -141,11 +141,6 @@ def _chat_ids(tok: Tokenizer, messages: list[dict[str, str]], template: str | No
     return encode_chat(tok, messages, template=template)
 
 
-# --- generation ---------------------------------------------------------------------------------------------------
-
-
-
-
 # --- tasks --------------------------------------------------------------------------------------------------------
 
 
@@ -234,8 +229,7 @@ def _generate(em, task, examples, *, max_batch, template, bar, **_):
                else tok.encode(ex.text, add_bos=tok.add_bos) for ex in examples]
     params = SamplingParams(temperature=0.0, max_tokens=task.max_tokens, stop=list(task.stop))
     bar.total(len(prompts))
-    gens = generate_many(em.model, tok, prompts, params, max_batch=max_batch,
-                    on_finish=lambda i, g: bar.advance(1))
+    gens = generate_many(em.model, tok, prompts, params, max_batch=max_batch, on_finish=lambda i, g: bar.advance(1))
     records, passed, checks_total, checks_passed = [], 0, 0, 0
     for ex, g in zip(examples, gens, strict=True):
         if g.finish_reason == "error":
