@@ -23,6 +23,14 @@ def randomize_lora(model, seed: int = 1) -> None:
             m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.05)
 
 
+def random_lora_model(folder):
+    """The model in `folder` (fp32) with a r=4 LoRA whose B is random, so the adapter changes the logits."""
+    model = load_model(str(folder), device="cpu", dtype="float32").model
+    apply_lora(model, r=4, alpha=8)
+    randomize_lora(model)
+    return model
+
+
 def logits(model) -> torch.Tensor:
     with torch.inference_mode():
         out = model(IDS)
@@ -80,9 +88,7 @@ def test_corral_loads_peft_adapter_with_equal_logits(tiny, tmp_path):
 
 def test_merge_folds_the_adapter_into_the_weights(tiny, tmp_path):
     _, folder = tiny
-    model = load_model(str(folder), device="cpu", dtype="float32").model
-    apply_lora(model, r=4, alpha=8)
-    randomize_lora(model)
+    model = random_lora_model(folder)
     with_lora = logits(model)
     assert merge_lora(model) == 7 * model.config.num_hidden_layers
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
@@ -92,9 +98,7 @@ def test_merge_folds_the_adapter_into_the_weights(tiny, tmp_path):
 def test_load_model_merges_an_adapter_given_or_named_as_the_model(tiny, tmp_path):
     """One loader for every command: `adapter=` merges it in fp32; an adapter folder as the model loads its base."""
     _, folder = tiny
-    model = load_model(str(folder), device="cpu", dtype="float32").model
-    apply_lora(model, r=4, alpha=8)
-    randomize_lora(model)
+    model = random_lora_model(folder)
     want = logits(model)
     save_adapter(model, tmp_path / "adapter", base_model=str(folder))
     given = load_model(str(folder), device="cpu", adapter=tmp_path / "adapter")
@@ -132,9 +136,7 @@ def test_merge_writes_an_hf_folder_transformers_loads_and_adapter_flag(make_tiny
     transformers = pytest.importorskip("transformers")
     _, folder = make_tiny_hf(name="tiny-vocab", vocab_size=tok.vocab_size)  # the default tokenizer's vocabulary
     (folder / "tokenizer.json").write_text(tok._tok.to_str())
-    model = load_model(str(folder), device="cpu", dtype="float32").model
-    apply_lora(model, r=4, alpha=8)
-    randomize_lora(model)
+    model = random_lora_model(folder)
     ours = logits(model)
     save_adapter(model, tmp_path / "adapter")
     out = tmp_path / "merged"
