@@ -5,14 +5,14 @@ says otherwise), the same thread count and the same prompt token ids:
 
 - prompt tokens/s: the whole prompt fed from an empty cache, plus the greedy pick of the first new token;
 - decode tokens/s: the remaining `--decode-tokens - 1` steps, each one forward of one token plus its greedy pick
-  (argmax), timed as one loop; corral's figure comes from its own `Generator`, so it also pays for streaming
-  detokenization, as `corral generate` does;
+  (argmax), timed as one loop; corral's figure comes from its own `Session` (a one-slot engine), so it also pays
+  for streaming detokenization, as `corral generate` does;
 - peak RSS: `ru_maxrss` of the program's own process (each side runs in a fresh subprocess);
 - load time: wall time from before the heavy imports (torch / llama_cpp) to a model ready to generate, and the model
   load alone.
 
 Each side first runs one short untimed warm-up generation, then `--repeats` timed ones from an empty cache (corral:
-`cached_ids` cleared, so no prefix reuse; llama.cpp: `reset()`). The figure reported is the best of the repeats for
+`reset()`, so no prefix reuse; llama.cpp: `reset()`). The figure reported is the best of the repeats for
 both sides: on a shared machine interference only slows a run down, so the best run is the steadiest estimate; every
 run's figures go to `--json`. Ratios are corral / llama.cpp (above 1 is better for corral on speed, worse on memory
 and load time). The children run one after the other, never at once.
@@ -72,15 +72,15 @@ def run_corral(spec: dict) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from corral.engine.generate import Generator
     from corral.engine.sampling import SamplingParams
     from corral.model.loader import load_model
+    from corral.text import Session
     from corral.tokenizer import load_tokenizer
 
     t1 = time.perf_counter()
     lm = load_model(spec["model_path"], device="cpu", dtype=spec["dtype"])
     tok = load_tokenizer(lm.path)
-    gen = Generator(lm.model, tok, compile=spec["compile"])
+    gen = Session(lm.model, tok, compile=spec["compile"])
     t2 = time.perf_counter()
 
     ids = spec["prompt_ids"]
@@ -89,10 +89,10 @@ def run_corral(spec: dict) -> dict:
     params = SamplingParams(max_tokens=spec["decode_tokens"], temperature=0.0, ignore_eos=True)
     runs, out_ids = [], []
     for _ in range(spec["repeats"]):
-        gen.cached_ids = []  # no prefix reuse: every run prefills the whole prompt
+        gen.reset()  # no prefix reuse: every run prefills the whole prompt
         r = gen.generate(ids, params)
         assert r.cached_tokens == 0 and r.completion_tokens == spec["decode_tokens"]
-        runs.append({"prefill_s": r.prefill_s, "decode_s": r.decode_s,
+        runs.append({"prefill_s": r.prefill_s, "decode_s": r.seconds - r.prefill_s,
                      "prompt_tps": r.prefill_tps, "decode_tps": r.decode_tps})
         out_ids = r.token_ids
     mode = f"dtype {spec['dtype']}"

@@ -1,7 +1,7 @@
 """Speculative decoding: decode tokens/s of the target alone against target + draft, on the same prompts, in one run.
 
-What it measures, for the target alone and for each (draft, k): the decode tokens/s of `Generator` (the loop behind
-`corral generate`, streaming detokenization included) summed over the prompts, the draft acceptance rate
+What it measures, for the target alone and for each (draft, k): the decode tokens/s of `Session` (the one-slot
+engine behind `corral generate`, streaming detokenization included) summed over the prompts, the draft acceptance rate
 (accepted / proposed draft tokens), the speedup over the target alone, and whether the greedy outputs equal the
 target's token for token.
 
@@ -114,10 +114,9 @@ def main() -> int:
     import torch
 
     from corral.chat import encode_chat
-    from corral.engine.generate import Generator
     from corral.engine.sampling import SamplingParams
-    from corral.engine.speculative import Drafter, check_draft
     from corral.model.loader import load_model
+    from corral.text import Session, check_draft
     from corral.tokenizer import load_tokenizer
 
     if args.threads:
@@ -142,21 +141,19 @@ def main() -> int:
         check_draft(tok, load_tokenizer(d.path), lm.path.name, args.draft)
         drafts[d.path.name] = d.model
     seq = max(len(p) for p in prompts) + args.max_tokens + 8
-    configs = {"target alone": Generator(lm.model, tok, max_seq_len=seq)}
+    configs = {"target alone": Session(lm.model, tok, max_seq_len=seq)}
     for name, model in drafts.items():
         for k in ks:
-            configs[f"{name}, k={k}"] = Generator(lm.model, tok, max_seq_len=seq, draft=Drafter(model, k))
+            configs[f"{name}, k={k}"] = Session(lm.model, tok, max_seq_len=seq, draft=model, draft_tokens=k)
 
-    def run(gen: Generator) -> tuple[float, int, int, int, list[list[int]]]:
+    def run(gen: Session) -> tuple[float, int, int, int, list[list[int]]]:
         decode_s, tokens, proposed, accepted, outs = 0.0, 0, 0, 0, []
         for i, ids in enumerate(prompts):
-            gen.cached_ids = []  # no prefix reuse between runs: each prompt from an empty cache
-            if gen.draft is not None:
-                gen.draft.gen.cached_ids = []
+            gen.reset()  # no prefix reuse between runs: each prompt from an empty cache
             p = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=i,
                                ignore_eos=not args.stop_at_eos)
             r = gen.generate(ids, p)
-            decode_s += r.decode_s
+            decode_s += r.seconds - r.prefill_s
             tokens += r.completion_tokens - 1  # the first token comes from the prefill
             proposed, accepted = proposed + r.draft_proposed, accepted + r.draft_accepted
             outs.append(r.token_ids)

@@ -337,8 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     import torch
 
-    from corral.engine.generate import Generator
     from corral.errors import InvalidArgumentError
+    from corral.text import Session
 
     if args.threads is not None:
         if args.threads < 1:
@@ -348,18 +348,15 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         raise InvalidArgumentError("--max-seq-len must be >= 16")
     lm = _load_model(args)
     tok = _tokenizer_for(lm)
-    drafter = None
-    if args.draft_model:
-        from corral.engine.speculative import Drafter
-
-        drafter = Drafter(_load_draft(args, lm, tok), args.draft_tokens, compile=args.compile)
-    return lm, tok, Generator(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile, draft=drafter)
+    draft = _load_draft(args, lm, tok) if args.draft_model else None
+    return lm, tok, Session(lm.model, tok, max_seq_len=args.max_seq_len, compile=args.compile, draft=draft,
+                            draft_tokens=args.draft_tokens)
 
 
 def _load_draft(args: argparse.Namespace, lm: Any, tok: Any) -> Any:
     """The `--draft-model`, on the target's device, checked to share the target's tokenizer."""
-    from corral.engine.speculative import check_draft
     from corral.model.loader import load_model
+    from corral.text import check_draft
 
     # --dtype int4 names a Q4 target's packed path; a draft takes auto (which packs a Q4 draft too).
     draft = load_model(args.draft_model, device=args.device, dtype="auto" if args.dtype == "int4" else args.dtype)
@@ -423,7 +420,7 @@ def _draft_stats(r: Any) -> str:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from corral.chat import encode_chat
-    from corral.engine.generate import GenerationResult
+    from corral.text import Generation
 
     params = _params(args, 0.0)
     template = _template(args)
@@ -437,7 +434,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ids = tok.encode(prompt, add_bos=tok.add_bos)
     result = None
     for ev in gen.stream(ids, params):
-        if isinstance(ev, GenerationResult):
+        if isinstance(ev, Generation):
             result = ev
         elif not args.no_stream:
             sys.stdout.write(ev)
@@ -452,7 +449,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from corral.chat import encode_chat
-    from corral.engine.generate import GenerationResult
+    from corral.text import Generation
 
     params = _params(args, 0.7)
     template = _template(args)
@@ -496,7 +493,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             sys.stdout.write("bot> ")
         result = None
         for ev in gen.stream(ids, params):
-            if isinstance(ev, GenerationResult):
+            if isinstance(ev, Generation):
                 result = ev
             else:
                 sys.stdout.write(ev)

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 from corral.chat import encode_chat
-from corral.engine.generate import GenerationResult, Generator
 from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
+from corral.text import Generation, Session
 from corral.tokenizer import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -45,7 +45,7 @@ def main() -> int:
     t0 = time.perf_counter()
     lm = load_model()  # the default model; device and dtype chosen automatically
     tok = load_tokenizer(lm.path)
-    gen = Generator(lm.model, tok)
+    gen = Session(lm.model, tok)
     print(f"loaded {lm.path.name} ({lm.config.num_parameters / 1e6:.0f}M parameters, "
           f"{'4-bit weights, ' if lm.quantized else ''}{lm.config.torch_dtype} on {lm.model.device}) "
           f"in {time.perf_counter() - t0:.1f} s\n")
@@ -53,7 +53,7 @@ def main() -> int:
         print(f"user> {prompt}\nassistant> ", end="", flush=True)
         ids = encode_chat(tok, [{"role": "user", "content": prompt}])
         for ev in gen.stream(ids, SamplingParams(max_tokens=120, temperature=0.0)):
-            if isinstance(ev, GenerationResult):
+            if isinstance(ev, Generation):
                 print(f"\n  [{ev.completion_tokens} tokens at {ev.decode_tps:.0f} tok/s, "
                       f"prompt {ev.prompt_tokens} tokens at {ev.prefill_tps:.0f} tok/s]\n")
             else:

@@ -110,10 +110,10 @@ def test_a_prefill_moved_among_decoding_rows_is_packed_behind_them(tiny):
     cc = submit(eng, c, max_tokens=10)
     forward, decode_slots = eng._forward, []
 
-    def spy(ids, positions, kv_len, slots):
-        if ids.shape[1] == 1:  # a decode (no prompt here splits into a 1-token chunk)
+    def spy(ids, positions, kv_len, slots, prefill=False):
+        if not prefill:
             decode_slots.append(slots)
-        return forward(ids, positions, kv_len, slots)
+        return forward(ids, positions, kv_len, slots, prefill)
 
     eng._forward = spy
     swapped = False

@@ -1,5 +1,5 @@
-"""The generate loop: streaming detokenization, stop strings, and `Generator` on a tiny random model (plus one
-slow check that the default model answers a question)."""
+"""One stream: streaming detokenization, stop strings, and `Session` (the one-slot engine behind `corral generate`
+and `corral chat`) on a tiny random model (plus one slow check that the default model answers a question)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from corral.engine.generate import GenerationResult, Generator
 from corral.engine.sampling import SamplingParams
 from corral.errors import InvalidArgumentError
 from corral.model.loader import load_model
 from corral.registry import default_model_path
+from corral.text import Generation, Session
 from corral.tokenizer import Detokenizer, StopStrings, Tokenizer, load_tokenizer
 
 # --- Detokenizer --------------------------------------------------------------------------------------------------
@@ -127,7 +127,7 @@ def test_stop_strings_random_splits():
         assert s.hit == bool(hits)
 
 
-# --- Generator on a tiny random model -----------------------------------------------------------------------------
+# --- Session on a tiny random model -------------------------------------------------------------------------------
 
 
 class AngleTokenizer(Tokenizer):
@@ -167,22 +167,22 @@ def naive_greedy(model, prompt: list[int], n: int) -> list[int]:
 
 
 def test_greedy_generation_equals_uncached_greedy(tiny):
-    res = Generator(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=40))
-    assert isinstance(res, GenerationResult)
+    res = Session(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=40))
+    assert isinstance(res, Generation)
     assert res.token_ids == naive_greedy(tiny, PROMPT, 40)
     assert res.finish_reason == "length" and res.completion_tokens == 40
     assert res.prompt_tokens == len(PROMPT) and res.cached_tokens == 0
     assert res.text == AngleTokenizer().decode(res.token_ids)
 
 
-def test_prefix_cached_call_equals_fresh_generator(tiny):
+def test_prefix_cached_call_equals_a_fresh_session(tiny):
     p = SamplingParams(max_tokens=20)
-    g = Generator(tiny, AngleTokenizer())
+    g = Session(tiny, AngleTokenizer())
     first = g.generate(PROMPT, p)
     # A chat's next turn: the previous prompt, the reply, then new text.
     follow = PROMPT + first.token_ids + [7, 8, 9]
     second = g.generate(follow, p)
-    fresh = Generator(tiny, AngleTokenizer()).generate(follow, p)
+    fresh = Session(tiny, AngleTokenizer()).generate(follow, p)
     assert second.cached_tokens >= len(PROMPT) + len(first.token_ids) - 1
     assert fresh.cached_tokens == 0
     assert second.token_ids == fresh.token_ids == naive_greedy(tiny, follow, 20)
@@ -194,39 +194,49 @@ def test_prefix_cached_call_equals_fresh_generator(tiny):
 
 
 def test_repeating_the_same_prompt_reuses_all_but_the_last_token(tiny):
-    g = Generator(tiny, AngleTokenizer())
+    g = Session(tiny, AngleTokenizer())
     a = g.generate(PROMPT, SamplingParams(max_tokens=5))
     b = g.generate(PROMPT, SamplingParams(max_tokens=5))
     assert b.cached_tokens == len(PROMPT) - 1 and a.token_ids == b.token_ids
 
 
+def test_a_stream_left_early_frees_the_slot(tiny):
+    """A caller that stops reading (Ctrl-C, a closed pipe) cancels the request; the session goes on."""
+    g = Session(tiny, AngleTokenizer())
+    events = g.stream(PROMPT, SamplingParams(max_tokens=30))
+    assert next(events)
+    events.close()
+    assert not g.engine.running and not g.engine.waiting
+    assert g.generate(PROMPT, SamplingParams(max_tokens=10)).token_ids == naive_greedy(tiny, PROMPT, 10)
+
+
 def test_max_tokens_and_length_finish(tiny):
     for n in (1, 2, 7):
-        res = Generator(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=n, temperature=1.0, seed=0))
+        res = Session(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=n, temperature=1.0, seed=0))
         assert res.completion_tokens == n and res.finish_reason == "length"
 
 
 def test_stop_token_ends_generation(tiny):
-    free = Generator(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
+    free = Session(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
     stop = free.token_ids[5]
     first = free.token_ids.index(stop)
-    res = Generator(tiny, AngleTokenizer(stop_ids={stop})).generate(PROMPT, SamplingParams(max_tokens=30))
+    res = Session(tiny, AngleTokenizer(stop_ids={stop})).generate(PROMPT, SamplingParams(max_tokens=30))
     assert res.finish_reason == "stop"
     assert res.token_ids == free.token_ids[:first] and stop not in res.token_ids
-    ignored = Generator(tiny, AngleTokenizer(stop_ids={stop})).generate(
+    ignored = Session(tiny, AngleTokenizer(stop_ids={stop})).generate(
         PROMPT, SamplingParams(max_tokens=30, ignore_eos=True))
     assert ignored.token_ids == free.token_ids and ignored.finish_reason == "length"
 
 
 def test_stop_string_ends_generation_and_stream_matches(tiny):
-    free = Generator(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
+    free = Session(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
     # A stop string that starts inside token 6 and ends inside token 7.
     t6, t7 = free.token_ids[6], free.token_ids[7]
     stop = f"{t6}><{t7}"
     expected = free.text[:free.text.find(stop)]
-    events = list(Generator(tiny, AngleTokenizer()).stream(PROMPT, SamplingParams(max_tokens=30, stop=[stop])))
+    events = list(Session(tiny, AngleTokenizer()).stream(PROMPT, SamplingParams(max_tokens=30, stop=[stop])))
     res = events[-1]
-    assert isinstance(res, GenerationResult) and all(isinstance(e, str) for e in events[:-1])
+    assert isinstance(res, Generation) and all(isinstance(e, str) for e in events[:-1])
     assert res.finish_reason == "stop" and res.text == expected
     assert "".join(events[:-1]) == expected
     assert len(res.token_ids) <= 8
@@ -234,23 +244,23 @@ def test_stop_string_ends_generation_and_stream_matches(tiny):
 
 def test_seeded_sampling_is_reproducible(tiny):
     p = SamplingParams(max_tokens=30, temperature=1.0, top_k=50, seed=42)
-    a = Generator(tiny, AngleTokenizer()).generate(PROMPT, p)
-    b = Generator(tiny, AngleTokenizer()).generate(PROMPT, p)
-    c = Generator(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30, temperature=1.0, top_k=50,
+    a = Session(tiny, AngleTokenizer()).generate(PROMPT, p)
+    b = Session(tiny, AngleTokenizer()).generate(PROMPT, p)
+    c = Session(tiny, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30, temperature=1.0, top_k=50,
                                                                           seed=43))
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
 
 
 def test_bad_prompts(tiny):
-    g = Generator(tiny, AngleTokenizer(), max_seq_len=32)
+    g = Session(tiny, AngleTokenizer(), max_seq_len=32)
     with pytest.raises(InvalidArgumentError):
         g.generate([], SamplingParams())
     with pytest.raises(InvalidArgumentError):
         g.generate(list(range(32)), SamplingParams())
-    # max_tokens is clipped to the context: 22 prompt tokens leave room for 10.
+    # max_tokens is clipped to the context: 22 prompt tokens leave room to feed 10 more, and the 11th (never fed)
     res = g.generate(list(range(22)), SamplingParams(max_tokens=100))
-    assert res.completion_tokens == 10 and res.finish_reason == "length"
+    assert res.completion_tokens == 11 and res.finish_reason == "length"
 
 
 # --- the default model ---------------------------------------------------------------------------------------------
@@ -262,7 +272,7 @@ def test_default_model_knows_the_capital_of_france(tok):
 
     lm = load_model(None, device="cpu", dtype="auto")
     ids = encode_chat(tok, [{"role": "user", "content": "What is the capital of France?"}])
-    res = Generator(lm.model, tok).generate(ids, SamplingParams(max_tokens=24))
+    res = Session(lm.model, tok).generate(ids, SamplingParams(max_tokens=24))
     assert "Paris" in res.text, res.text
     assert res.finish_reason in ("stop", "length") and res.completion_tokens <= 24
 
@@ -271,8 +281,8 @@ def test_default_model_knows_the_capital_of_france(tok):
 def test_compiled_decode_step_matches_eager(tiny):
     """`--compile`: the torch.compile'd decode step (symbolic cache length on CPU) gives the eager greedy tokens."""
     p = SamplingParams(max_tokens=24)
-    eager = Generator(tiny, AngleTokenizer()).generate(PROMPT, p)
-    compiled = Generator(tiny, AngleTokenizer(), compile=True)
+    eager = Session(tiny, AngleTokenizer()).generate(PROMPT, p)
+    compiled = Session(tiny, AngleTokenizer(), compile=True)
     assert compiled.generate(PROMPT, p).token_ids == eager.token_ids
     follow = PROMPT + [3, 1, 4]  # a second call at other lengths reuses the same compiled graph
     assert compiled.generate(follow, p).token_ids == naive_greedy(tiny, follow, 24)

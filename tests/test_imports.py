@@ -12,12 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "corral"
-# Known breaches, each to be removed by issue 15's engine redesign: the one-stream Generator and its Drafter still
-# detokenize and check tokenizers (the batched Engine knows token ids only); they give way to one decode loop.
-# The tests fail on any breach not listed here, and on a listed one that is gone (so the list only shrinks).
-KNOWN_CYCLES = [["corral.engine.generate", "corral.engine.speculative"]]
-KNOWN_ENGINE_TEXT = {"corral.tokenizer": {"corral.engine.generate", "corral.engine.speculative"},
-                     "corral.chat": set()}
 
 
 def _module(path: Path) -> str:
@@ -93,8 +87,8 @@ def test_no_import_cycles():
     edges = {m: sorted({t for t, _, _ in deps if t in GRAPH and t != m}) for m, deps in GRAPH.items()}
     assert _cycles({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == [["a", "b", "c"]]  # the finder finds
     found = _cycles(edges)
-    assert found == KNOWN_CYCLES, "modules that import each other (directly or through others):\n  " + "\n  ".join(
-        " <-> ".join(c) for c in found) + f"\n(known, to be removed: {KNOWN_CYCLES})"
+    assert not found, "modules that import each other (directly or through others):\n  " + "\n  ".join(
+        " <-> ".join(c) for c in found)
 
 
 def test_no_private_names_across_packages():
@@ -107,8 +101,7 @@ def test_no_private_names_across_packages():
 def test_the_engine_knows_token_ids_only(forbidden):
     bad = {m for m, deps in GRAPH.items() if m.startswith("corral.engine") for t, _, _ in deps
            if t == forbidden or t.startswith(forbidden + ".")}
-    assert bad == KNOWN_ENGINE_TEXT[forbidden], f"corral/engine modules importing {forbidden}: {sorted(bad)} " \
-        f"(known, to be removed: {sorted(KNOWN_ENGINE_TEXT[forbidden])})"
+    assert not bad, f"corral/engine modules importing {forbidden}: {sorted(bad)}"
 
 
 def test_the_graph_is_read():

@@ -16,11 +16,11 @@ from test_generate import PROMPT, AngleTokenizer, naive_greedy
 from corral.config import ModelConfig
 from corral.engine import speculative
 from corral.engine.engine import Engine
-from corral.engine.generate import Generator
 from corral.engine.sampling import SamplingParams, sampling_weights
-from corral.engine.speculative import Drafter, DraftModelError, check_draft, fit_vocab
+from corral.engine.speculative import fit_vocab
 from corral.errors import InvalidArgumentError
 from corral.model.llama import LlamaForCausalLM
+from corral.text import DraftModelError, Session, check_draft
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=256, rope_theta=10000.0)
@@ -74,8 +74,8 @@ GREEDY_PROMPTS = [PROMPT, [7, 3, 250, 250, 1], list(range(40, 70))]
 @pytest.mark.parametrize("k", [1, 3, 4, 7])
 @pytest.mark.parametrize("name", ["self", "pruned", "stranger", "wider-vocab"])
 def test_greedy_output_equals_the_target_alone(target, drafts, name, k, one_thread):
-    plain = Generator(target, AngleTokenizer())
-    spec = Generator(target, AngleTokenizer(), draft=Drafter(drafts[name], k))  # one generator: caches reused
+    plain = Session(target, AngleTokenizer())
+    spec = Session(target, AngleTokenizer(), draft=drafts[name], draft_tokens=k)  # one session: caches reused
     for prompt in GREEDY_PROMPTS:
         want = plain.generate(prompt, SamplingParams(max_tokens=30))
         got = spec.generate(prompt, SamplingParams(max_tokens=30))
@@ -93,32 +93,32 @@ def test_greedy_output_equals_the_target_alone(target, drafts, name, k, one_thre
 
 def test_greedy_with_repetition_penalty_and_logit_bias(target, drafts, one_thread):
     p = SamplingParams(max_tokens=30, repetition_penalty=1.5, logit_bias={3: 2.0, 77: -1.0})
-    want = Generator(target, AngleTokenizer()).generate(PROMPT, p)
+    want = Session(target, AngleTokenizer()).generate(PROMPT, p)
     for name in ("self", "pruned"):
-        got = Generator(target, AngleTokenizer(), draft=Drafter(drafts[name], 4)).generate(PROMPT, p)
+        got = Session(target, AngleTokenizer(), draft=drafts[name], draft_tokens=4).generate(PROMPT, p)
         assert got.token_ids == want.token_ids
     assert got.draft_accepted > 0
 
 
 def test_acceptance_is_counted_and_stops_end_a_round(target, drafts, one_thread):
-    free = Generator(target, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
+    free = Session(target, AngleTokenizer()).generate(PROMPT, SamplingParams(max_tokens=30))
     stop = free.token_ids[9]
-    gen = Generator(target, AngleTokenizer(stop_ids={stop}), draft=Drafter(drafts["self"], 4))
+    gen = Session(target, AngleTokenizer(stop_ids={stop}), draft=drafts["self"], draft_tokens=4)
     res = gen.generate(PROMPT, SamplingParams(max_tokens=30))
     assert res.finish_reason == "stop" and res.token_ids == free.token_ids[:free.token_ids.index(stop)]
     assert res.draft_accepted == res.draft_proposed > 0 and res.acceptance_rate == 1.0
-    # drafting stops at max_tokens: nothing is proposed that could not be used
+    # a round that reaches max_tokens ends the request there, whatever it accepted
     res = gen.generate(PROMPT, SamplingParams(max_tokens=3, ignore_eos=True))
-    assert res.completion_tokens == 3 and res.draft_proposed == 1  # token 1: prefill; 2: the draft; 3: bonus
+    assert res.completion_tokens == 3 and res.token_ids == free.token_ids[:3] and res.draft_proposed == 4
     sampled = gen.generate(PROMPT, SamplingParams(max_tokens=30, temperature=1.0, seed=0, ignore_eos=True))
     assert sampled.acceptance_rate > 0.95  # p == q up to rounding: nearly every draft is kept
 
 
 def test_context_limit_with_drafts(target, drafts):
-    gen = Generator(target, AngleTokenizer(), max_seq_len=48, draft=Drafter(drafts["pruned"], 7))
+    gen = Session(target, AngleTokenizer(), max_seq_len=48, draft=drafts["pruned"], draft_tokens=7)
     res = gen.generate(list(range(3, 40)), SamplingParams(max_tokens=100))
-    assert res.completion_tokens == 11 and res.finish_reason == "length"
-    assert res.token_ids == naive_greedy(target, list(range(3, 40)), 11)
+    assert res.completion_tokens == 12 and res.finish_reason == "length"  # 11 fed, the last one never is
+    assert res.token_ids == naive_greedy(target, list(range(3, 40)), 12)
 
 
 # --- sampling: the target's distribution ------------------------------------------------------------------------
@@ -179,7 +179,7 @@ def small():
 
 
 def generator_samples(t, d, params) -> list[list[int]]:
-    gen = Generator(t, AngleTokenizer(V), draft=Drafter(d, 3))
+    gen = Session(t, AngleTokenizer(V), draft=d, draft_tokens=3)
     outs, acc = [], []
     for seed in range(RUNS):
         res = gen.generate(SAMPLED_PROMPT, dataclasses.replace(params, seed=seed, ignore_eos=True))
@@ -262,7 +262,7 @@ def test_a_draft_with_another_tokenizer_is_refused():
     with pytest.raises(DraftModelError, match="token 17"):
         check_draft(AngleTokenizer(), RenamedTokenizer())
     with pytest.raises(InvalidArgumentError, match="draft-tokens"):
-        Drafter(tiny(0), 0)
+        Session(tiny(0), AngleTokenizer(), draft=tiny(0), draft_tokens=0)
 
 
 # --- the engine (corral serve) ----------------------------------------------------------------------------------

@@ -195,16 +195,16 @@ def decode_speed(model: torch.nn.Module, tok: Any, tokens: int = 64, repeats: in
     """One stream's greedy decode tokens/s (best of `repeats`, each prefilling `prompt` again), on the model's
     device and dtype."""
     from corral.chat import encode_chat
-    from corral.engine.generate import Generator
     from corral.engine.sampling import SamplingParams
+    from corral.text import Session
 
     was = model.training
     model.eval()
     ids = encode_chat(tok, [{"role": "user", "content": prompt}])
-    gen = Generator(model, tok, max_seq_len=max(256, len(ids) + tokens))
+    gen = Session(model, tok, max_seq_len=max(256, len(ids) + tokens))
     best = 0.0
     for _ in range(repeats):
-        gen.cached_ids = []
+        gen.reset()
         best = max(best, gen.generate(ids, SamplingParams(max_tokens=tokens, ignore_eos=True)).decode_tps)
     model.train(was)
     return best

@@ -1,6 +1,6 @@
-"""Token ids in, token ids out: the continuous-batching engine (`engine.py`), sampling, speculative decoding and
-the one-stream generate loop.
+"""Token ids in, token ids out: the continuous-batching engine (`engine.py`, also the one-stream loop behind
+`corral generate` through `corral.text.Session`), sampling, speculative decoding and KV-slot moves.
 
-Must not import: corral.tokenizer, corral.chat (text belongs to the caller; issue 15 moves the last text handling
-out), corral.serve, corral.train, corral.cli.
+Must not import: corral.tokenizer, corral.chat (text belongs to the caller, `corral.text`), corral.serve,
+corral.train, corral.cli.
 """

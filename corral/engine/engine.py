@@ -107,13 +107,21 @@ class Engine:
 
     def __init__(self, model: LlamaForCausalLM, *, stop_ids: Iterable[int] = (), max_batch: int = 16,
                  max_seq_len: int = 2048, prefill_chunk: int = 128, max_queue: int = 256, compile: bool = False,
-                 draft: LlamaForCausalLM | None = None, draft_tokens: int = 4, kv_dtype: torch.dtype | None = None):
+                 draft: LlamaForCausalLM | None = None, draft_tokens: int = 4, kv_dtype: torch.dtype | None = None,
+                 batch_invariant: bool = True):
         ctx = model.config.max_position_embeddings
         self.model, self.stop_ids = model, frozenset(stop_ids)  # a sampled stop id ends a request (not ignore_eos)
         kernels.use_for(model)
+        # `batch_invariant` (the server): a request's tokens do not depend on its neighbours or on what was cached,
+        # so prefixes are reused in whole prefill chunks. Off (one stream, `corral.text.Session`): any cached
+        # prefix is reused and single-row forwards take the fastest kernels.
+        self.batch_invariant = batch_invariant
         # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
-        # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager.
-        self._decode_model = torch.compile(model, dynamic=True) if compile else model
+        # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager. On CUDA with
+        # one slot: one static graph replayed with CUDA graphs, attending over the whole (masked) cache.
+        self._static_kv = compile and model.device.type == "cuda" and max_batch == 1
+        self._decode_model = (torch.compile(model, mode="reduce-overhead", dynamic=False) if self._static_kv
+                              else torch.compile(model, dynamic=True) if compile else model)
         self.max_batch, self.max_seq_len = max_batch, min(max_seq_len, ctx)
         self.prefill_chunk, self.max_queue = prefill_chunk, max_queue
         self.drafter = None
@@ -126,7 +134,8 @@ class Engine:
                                            "tokens per round")
             self.max_seq_len = min(self.max_seq_len, draft.config.max_position_embeddings)
             extra = draft_tokens
-            self.drafter = BatchDrafter(draft, draft_tokens, max_batch, self.max_seq_len + extra, compile)
+            self.drafter = BatchDrafter(draft, draft_tokens, max_batch, self.max_seq_len + extra, compile,
+                                        batch_invariant)
         # `kv_dtype` (default: the model's activation dtype): fp16 halves the cache's memory and the bytes decode
         # attention reads per step (llama.cpp's default cache type); keys and values are rounded once, when written.
         self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len + extra, kv_dtype or model.dtype,
@@ -257,6 +266,13 @@ class Engine:
                                              [None] * b)
                         self._verify_forward(torch.cat([zeros[:, None], drafts], 1), fed)
 
+    def forget(self) -> None:
+        """Drop the tokens every free slot keeps for prefix reuse (the next prompt is prefilled in full)."""
+        for s in range(len(self.running), self.max_batch):
+            self.slot_ids[s] = []
+            if self.drafter is not None:
+                self.drafter.slot_ids[s] = []
+
     @property
     def kv_tokens_used(self) -> int:
         return sum(r.fed for r in self.running)
@@ -336,10 +352,11 @@ class Engine:
             self._swap_slots(best, n, max(len(self.slot_ids[best]), len(self.slot_ids[n])))
         # Reuse whole prefill chunks only: chunks then always start at multiples of `prefill_chunk`, so a prompt
         # computes bit-identical KV and logits whether or not part of it was cached (batch invariance).
-        reuse = max(best_len, 0) // self.prefill_chunk * self.prefill_chunk
+        unit = self.prefill_chunk if self.batch_invariant else 1
+        reuse = max(best_len, 0) // unit * unit
         if self.drafter is not None:  # the draft slot must hold the reused prefix too
             reuse = min(reuse, _common_prefix(self.drafter.slot_ids[n], r.prompt_ids[:reuse]))
-            reuse = reuse // self.prefill_chunk * self.prefill_chunk
+            reuse = reuse // unit * unit
             self.drafter.slot_ids[n] = list(r.prompt_ids[:reuse])
         r.slot, r.fed = n, reuse
         r.cached = r.fed
@@ -350,17 +367,22 @@ class Engine:
         self.slot_ids[n] = list(r.prompt_ids[: r.fed])
         self.running.append(r)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None):
-        model = self._decode_model if slots is None else self.model  # decode (packed) vs a prefill chunk
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None,
+                 prefill: bool = False):
+        model = self.model if prefill else self._decode_model  # a prefill chunk vs decode (packed rows)
+        if not prefill and self._static_kv:
+            kv_len = self.cache.max_len  # one shape for the CUDA graph
         return model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
-                     batch_invariant=True)[:, -1]
+                     batch_invariant=self.batch_invariant)[:, -1]
 
     def _prefill_chunk(self, r: Request) -> None:
         dev = self.model.device
         chunk = r.prompt_ids[r.fed: r.fed + self.prefill_chunk]
         pos = torch.arange(r.fed, r.fed + len(chunk), device=dev).view(1, -1)
         ids, slot = torch.tensor([chunk], device=dev), torch.tensor([r.slot], device=dev)
-        logits = self._forward(ids, pos, r.fed + len(chunk), slot)
+        # Slot 0 needs no gather; batch invariance keeps the gather (a view and a copy may round differently).
+        logits = self._forward(ids, pos, r.fed + len(chunk), slot if self.batch_invariant or r.slot else None,
+                               prefill=True)
         if self.drafter is not None:
             self.drafter.prefill(ids, pos, r.fed + len(chunk), slot)
             self.drafter.slot_ids[r.slot] += chunk
@@ -388,8 +410,9 @@ class Engine:
     def _verify_forward(self, ids: torch.Tensor, fed: torch.Tensor) -> torch.Tensor:
         """The target's forward of (B, k+1) tokens at positions fed.. in slots 0..B-1 → (B, k+1, V) logits."""
         pos = fed[:, None] + torch.arange(ids.shape[1], device=fed.device)
-        return self._decode_model(ids, pos, self.cache, kv_len=int(fed.max()) + ids.shape[1], last_only=False,
-                                  batch_invariant=True)
+        model = self.model if self._static_kv else self._decode_model  # the static graph takes one token
+        return model(ids, pos, self.cache, kv_len=int(fed.max()) + ids.shape[1], last_only=False,
+                     batch_invariant=self.batch_invariant)
 
     def _decode_speculative(self, rows: list[Request]) -> None:
         """One speculative round for every decoding row: draft k tokens, verify them in one target forward,
@@ -458,13 +481,17 @@ class Engine:
                 r.constraint.mask(logits[i])
         greedy = [i for i, r in enumerate(rows)
                   if r.params.temperature == 0 and r.params.repetition_penalty == 1.0 and not r.params.logit_bias]
-        chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        if greedy:
-            idx = torch.tensor(greedy, device=logits.device)
-            chosen[idx] = logits[idx].argmax(-1)
-        for i, r in enumerate(rows):
-            if i not in greedy:
-                chosen[i] = sample(logits[i:i + 1], r.params, r.generator, _seen(r, logits.shape[-1], logits.device))[0]
+        if len(greedy) == len(rows):
+            chosen = logits.argmax(-1)
+        else:
+            chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+            if greedy:
+                idx = torch.tensor(greedy, device=logits.device)
+                chosen[idx] = logits[idx].argmax(-1)
+            for i, r in enumerate(rows):
+                if i not in greedy:
+                    chosen[i] = sample(logits[i:i + 1], r.params, r.generator,
+                                       _seen(r, logits.shape[-1], logits.device))[0]
         want_lp = [i for i, r in enumerate(rows) if r.top_logprobs is not None]
         lps: dict[int, TokenLogprob] = {}
         if want_lp:

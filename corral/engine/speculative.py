@@ -12,54 +12,25 @@ of one, and a different matmul shape can round differently, which flips only exa
 A round costs k draft forwards (one token each) and one target forward of k + 1 tokens, and one host sync: the
 number of accepted tokens decides what comes next. Draft tokens are sampled on the device and fed back as tensors.
 Rollback is free: the KV caches are static buffers, so a rejected position is forgotten by shortening the cache's
-valid length (`cached_ids`, `slot_ids`) and written over later.
+valid length (`slot_ids`) and written over later.
 
-The draft must use the target's tokenizer (`check_draft`); its embedding may have a different number of rows
-(padding), so its logits are cut or padded with -inf to the target's width (`fit_vocab`), which keeps q a
+The draft must use the target's tokenizer (`corral.text.check_draft`); its embedding may have a different number
+of rows (padding), so its logits are cut or padded with -inf to the target's width (`fit_vocab`), which keeps q a
 distribution over ids the target can embed.
 
-Two users: `Drafter` drives the single-sequence `Generator` (`corral generate/chat --draft-model`), and
-`BatchDrafter` gives the continuous-batching `Engine` a draft KV slot beside each of its own (`corral serve`).
+`BatchDrafter` gives the `Engine` a draft KV slot beside each of its own (`corral serve --draft-model`, and
+`corral generate/chat --draft-model` through a one-slot engine).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from corral.engine.kv_cache import swap_slots
 from corral.engine.sampling import SamplingParams, draw, sample, sampling_weights
-from corral.errors import InvalidArgumentError
 from corral.model import kernels
 from corral.model.llama import KVCache, LlamaForCausalLM
-from corral.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from corral.engine.generate import Generator
-
-DEFAULT_DRAFT_TOKENS = 4
-
-
-class DraftModelError(InvalidArgumentError):
-    """A draft model that cannot draft for this target (another tokenizer)."""
-
-
-def check_draft(target_tok: Tokenizer, draft_tok: Tokenizer, target_name: str = "the target",
-                draft_name: str = "the draft") -> None:
-    """Raise `DraftModelError` unless both tokenizers map every id to the same token."""
-    how = ("speculative decoding needs a draft that shares the target's tokenizer, such as a student made from it "
-           "by `corral distill`")
-    if target_tok.vocab_size != draft_tok.vocab_size:
-        raise DraftModelError(f"--draft-model {draft_name}: its tokenizer has {draft_tok.vocab_size} tokens, "
-                              f"{target_name}'s has {target_tok.vocab_size}; {how}")
-    for i in range(target_tok.vocab_size):
-        a, b = target_tok.piece(i), draft_tok.piece(i)
-        if a != b:
-            raise DraftModelError(f"--draft-model {draft_name}: token {i} is {b!r} in its tokenizer and {a!r} in "
-                                  f"{target_name}'s; {how}")
 
 
 def fit_vocab(logits: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -128,106 +99,6 @@ def verify(p_logits: torch.Tensor, q: torch.Tensor | None, drafts: torch.Tensor,
     return tokens, m
 
 
-class Drafter:
-    """The draft side of `Generator` speculative decoding: a draft model with its own one-sequence KV cache.
-
-    `Generator(target, tok, draft=Drafter(student))` decodes with it; the `GenerationResult` counts the drafts
-    proposed and accepted. The draft's cache keeps its prefix across calls like the target's (a chat's history).
-    """
-
-    def __init__(self, model: LlamaForCausalLM, k: int = DEFAULT_DRAFT_TOKENS, compile: bool = False):
-        if k < 1:
-            raise InvalidArgumentError("--draft-tokens must be >= 1")
-        self.model, self.k, self.compile = model, k, compile
-        self.gen: Generator | None = None
-        self.proposed = self.accepted = 0  # of the last call
-
-    def bind(self, tokenizer: Tokenizer, max_seq_len: int) -> int:
-        """Make the draft's cache for a target of `max_seq_len` tokens; return the context both can hold."""
-        from corral.engine.generate import Generator
-
-        self.gen = Generator(self.model, tokenizer, max_seq_len=max_seq_len, compile=self.compile)
-        return self.gen.max_seq_len
-
-    def prefill(self, prompt_ids: list[int]) -> None:
-        """Bring the draft's cache up to the prompt, reusing the prefix it already holds."""
-        g = self.gen
-        reuse = 0
-        for a, b in zip(g.cached_ids, prompt_ids, strict=False):
-            if a != b:
-                break
-            reuse += 1
-        g.cached_ids = g.cached_ids[:reuse]
-        self._feed(prompt_ids[reuse:])
-
-    def _feed(self, ids: list[int]) -> torch.Tensor | None:
-        from corral.engine.generate import PREFILL_CHUNK
-
-        g, logits = self.gen, None
-        for s in range(0, len(ids), PREFILL_CHUNK):
-            chunk = ids[s:s + PREFILL_CHUNK]
-            logits = g._forward(chunk, len(g.cached_ids))
-            g.cached_ids += chunk
-        return logits
-
-    def decode(self, target: Generator, first: torch.Tensor, max_new: int, params: SamplingParams,
-               generator: torch.Generator, seen: torch.Tensor | None) -> Iterator[int]:
-        """Yield up to `max_new` token ids, starting with `first` (sampled from the prompt, not yet fed).
-
-        `target.cached_ids` and the draft's always list exactly the tokens whose KV their caches hold, so a caller
-        may stop at any token and the next call reuses the prefix. `seen` is updated as tokens are fed.
-        """
-        g = self.gen
-        vocab = target.model.config.vocab_size
-        self.proposed = self.accepted = 0
-        pending, done = int(first), 0
-        while True:
-            yield pending
-            done += 1
-            left = max_new - done  # tokens we may still yield: m accepted drafts, then the next pending
-            if left == 0:
-                return
-            k = min(self.k, left - 1)
-            n = len(target.cached_ids)  # `pending` goes at position n
-            if seen is not None:
-                seen[0, pending] = True
-            drafts, qs = [], []
-            if k > 0:
-                lag = target.cached_ids[len(g.cached_ids):] + [pending]  # 1 token, or 2 after a full acceptance
-                logits = self._feed(lag)
-                seen_d = seen.clone() if seen is not None else None
-                for j in range(k):
-                    d, q = propose(fit_vocab(logits, vocab), params, generator, seen_d)
-                    drafts.append(d)
-                    qs.append(q)
-                    if seen_d is not None:
-                        seen_d[0, d] = True
-                    if j + 1 < k:
-                        logits = g._forward(d, len(g.cached_ids))
-                        g.cached_ids.append(-1)  # the draw's id, known after the sync below
-            dev = target.model.device
-            dr = torch.cat(drafts) if drafts else torch.empty(0, dtype=torch.long, device=dev)
-            p_logits = target._forward(torch.cat([torch.tensor([pending], device=dev), dr]), n, all_logits=True)
-            q = torch.cat(qs) if qs and qs[0] is not None else None
-            tokens, m = verify(p_logits, q, dr, params, generator, seen)
-            got = torch.cat([m.view(1), tokens]).tolist()  # the round's one host sync
-            m = got[0]
-            accepted = got[1:m + 1]
-            target.cached_ids += [pending, *accepted]
-            if k > 0:  # the draft fed pending and drafts 1..k-1: valid up to the first rejected one
-                g.cached_ids = target.cached_ids[:n + 1 + min(m, k - 1)]
-            if seen is not None and accepted:
-                seen[0, torch.tensor(accepted, device=dev)] = True
-            self.proposed += k
-            self.accepted += m
-            yield from accepted
-            done += m
-            pending = got[m + 1]
-
-
-# --- the continuous-batching engine ------------------------------------------------------------------------------
-
-
 def _plain_greedy(p: SamplingParams) -> bool:
     return p.temperature == 0 and p.repetition_penalty == 1.0 and not p.logit_bias
 
@@ -256,8 +127,9 @@ class BatchDrafter:
     whatever its history: a row's draft forwards are the same alone or in a batch (batch invariance).
     """
 
-    def __init__(self, model: LlamaForCausalLM, k: int, max_batch: int, cache_len: int, compile: bool = False):
-        self.model, self.k = model, k
+    def __init__(self, model: LlamaForCausalLM, k: int, max_batch: int, cache_len: int, compile: bool = False,
+                 batch_invariant: bool = True):
+        self.model, self.k, self.invariant = model, k, batch_invariant
         kernels.use_for(model)
         self._step = torch.compile(model, dynamic=True) if compile else model
         self.cache = KVCache.allocate(model.config, max_batch, cache_len, model.dtype, model.device)
@@ -266,7 +138,8 @@ class BatchDrafter:
 
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, kv_len: int, slots: torch.Tensor) -> None:
         """Feed one prefill chunk (the engine's own, same slot and positions) into the draft cache."""
-        self.model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True, batch_invariant=True)
+        self.model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
+                   batch_invariant=self.invariant)
 
     def swap(self, a: int, b: int) -> None:
         """Exchange draft slots a and b (the used prefixes), as the engine does with its own."""
@@ -284,7 +157,7 @@ class BatchDrafter:
         steps = torch.arange(-1, k, device=fed.device)
         pos = fed[:, None] + steps  # (B, k+1): positions fed-1, fed, fed+1, ...
         logits = self._step(torch.stack([prev, pending], 1), pos[:, :2], self.cache, kv_len=top + 1,
-                            last_only=True, batch_invariant=True)[:, -1]
+                            last_only=True, batch_invariant=self.invariant)[:, -1]
         seens = [s.clone() if s is not None else None for s in seens]
         drafts, qs = [], []
         for j in range(k):
@@ -296,7 +169,7 @@ class BatchDrafter:
                     s[0, d[i]] = True
             if j + 1 < k:
                 logits = self._step(d.view(B, 1), pos[:, j + 2:j + 3], self.cache, kv_len=top + j + 2,
-                                    last_only=True, batch_invariant=True)[:, -1]
+                                    last_only=True, batch_invariant=self.invariant)[:, -1]
         per_row = [None if qs[0][i] is None else torch.cat([q[i] for q in qs]) for i in range(B)]
         return torch.stack(drafts, 1), per_row
 
