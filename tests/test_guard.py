@@ -528,7 +528,8 @@ def test_cli_text_and_conversation(tiny_guard_dir, tmp_path, capsys):
     (["--file", "{tmp}/broken.jsonl", "--out", "{tmp}/o.jsonl"], ["2 bad line(s)", "broken.jsonl:2: not valid JSON",
                                                                   "broken.jsonl:3: conversation: assess is 'agent'"]),
     (["--text", "hi", "--out", "{tmp}/o.jsonl"], ["--out goes with --file"]),
-    ([], ["give what to check"]),
+    ([], ["give one of --text", "none given"]),
+    (["--text", "hi", "--file", "{tmp}/in.jsonl"], ["give one of --text", "--text, --file given"]),
     (["--text", "hi", "--threshold", "2"], ["--threshold 2.0"]),
     (["--file", "{tmp}/in.jsonl", "--print-prompt"], ["--print-prompt shows one prompt"]),
 ])

@@ -333,14 +333,15 @@ def test_a_conversation_the_guard_cannot_read_is_blocked_and_the_rest_still_chec
 def test_serve_builds_shields_from_its_options():
     from types import SimpleNamespace
 
-    from corral.cli import _build_shields, build_parser
+    from corral.cli import parse
+    from corral.cli.common import build_shields
 
     calls = SimpleNamespace(call=lambda fn: None)
-    args = build_parser().parse_args(["serve", "default", "--injection-shield", "--shield-action", "error"])
-    shields, guard_id = _build_shields(args, calls)
+    shields, guard_id = build_shields(parse(["serve", "default", "--injection-shield", "--shield-action", "error"]),
+                                      calls)
     assert guard_id is None and shields.guard is None and shields.injection is not None
     assert (shields.input, shields.output, shields.action) == (False, False, "error")
-    assert _build_shields(build_parser().parse_args(["serve", "default"]), calls) == (None, None)
+    assert build_shields(parse(["serve", "default"]), calls) == (None, None)
 
 
 def test_shield_options_are_checked():

@@ -343,12 +343,12 @@ def test_cli_generate_with_a_draft_model_reports_acceptance(tiny_folders):
 
 
 def test_serve_builds_a_speculative_engine(tiny_folders):
-    from corral.cli import _build_service, build_parser
+    from corral.cli import parse
+    from corral.cli.common import build_service
 
-    args = build_parser().parse_args(["serve", str(tiny_folders["target"]), "--draft-model",
-                                      str(tiny_folders["draft"]), "--draft-tokens", "2", "--max-seq-len", "64",
-                                      "--max-batch", "2"])
-    _, engine, _ = _build_service(args)
+    cfg = parse(["serve", str(tiny_folders["target"]), "--draft-model", str(tiny_folders["draft"]), "--draft-tokens",
+                 "2", "--max-seq-len", "64", "--max-batch", "2"])
+    _, engine, _ = build_service(cfg)
     assert engine.drafter is not None and engine.drafter.k == 2
     c = submit(engine, [5, 6, 7], max_tokens=6)
     engine.run_until_idle()

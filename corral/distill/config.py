@@ -37,7 +37,8 @@ class DistillConfig(FinetuneConfig):
     teacher_adapter: str | None = None  # a PEFT adapter merged into the teacher at load
     sft_baseline: bool = False  # also train the same initial student with CE alone (into out/sft) and report both
     report_rows: int = 64  # held-out rows (the validation split, else the first training rows) for the report
-    eval_tasks: list[str] = field(default_factory=list)  # corral eval tasks scored for every model in the report
+    # corral eval tasks scored for every model in the report
+    eval_tasks: list[str] = field(default_factory=list, metadata={"comma": True})
     # corral finetune's recipe stages are not distillation's: augment with `corral synth --augment` first
     augment: int = 0
     replay: float = 0.0
@@ -64,3 +65,24 @@ class DistillConfig(FinetuneConfig):
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
+
+
+HELP = {  # the CLI's help of the fields whose meaning differs from fine-tuning's
+    "compile": "torch.compile each decoder layer: faster steps after a ~30 s first one (default off for distill)",
+    "out": "run folder: student_init/, prune.json, metrics.jsonl, loss.png, checkpoint/, model/ or adapter/, "
+           "report.json",
+    "method": "full (every student weight trains) | lora | qlora (a LoRA student)",
+    "student": "a student model with the teacher's tokenizer (instead of pruning the teacher)",
+    "student_layers": "depth pruning: keep this many decoder layers", "student_mlp": "width pruning: MLP size to keep",
+    "student_heads": "width pruning: query heads to keep (a multiple of the KV heads)",
+    "prune_score": "how layers are ranked: kl (output change without the layer) | bi (block influence)",
+    "calib_examples": "training examples used to rank layers, channels and heads",
+    "kd_loss": "fkl (forward KL) | rkl (reverse KL) | jsd (generalised JSD, --jsd-beta)",
+    "kd_alpha": "loss = (1 - alpha) CE + alpha KD; 0 = plain SFT of the student", "kd_temperature": "KD temperature",
+    "jsd_beta": "JSD mixture weight of the teacher, in (0, 1)",
+    "teacher_topk": "0: teacher online at every step; k: its top-k written to disk once and read back",
+    "teacher_adapter": "a PEFT adapter merged into the teacher at load",
+    "sft_baseline": "also train the same initial student with plain CE (out/sft) and compare it in report.json",
+    "report_rows": "held-out rows for the report's teacher agreement (the validation split, else training rows)",
+    "eval_tasks": "comma-separated corral eval tasks (bundled names or files) scored for every model in the report",
+}

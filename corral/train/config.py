@@ -42,7 +42,7 @@ class FinetuneConfig:
     lora_alpha: float | None = None
     lora_dropout: float | None = None
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
-                                                             "up_proj", "down_proj"])
+                                                             "up_proj", "down_proj"], metadata={"comma": True})
     ema: float | None = None  # the trained weights' moving average over about this share of the run is what is
     #                           scored and kept (0: off, the weights of one step)
     eval_every: int = 50
@@ -63,14 +63,16 @@ class FinetuneConfig:
     # --- the recipe around the loop (task sft; corral.train.recipe). Defaults chosen by measurement: README.
     augment: int = 4  # a teacher writes this many new wordings of each question and answer (0: off)
     teacher: str | None = None  # the augmenting model (default: `model` itself)
-    docs: list[str] = field(default_factory=list)  # documents (Markdown, text, HTML, PDF) turned into training data
+    # documents (Markdown, text, HTML, PDF) turned into training data
+    docs: list[str] = field(default_factory=list, metadata={"metavar": "FILE"})
     chunk_chars: int = 1200  # document chunks of at most this many characters
     replay: float = 0.25  # share of training rows that are the base model's own answers to general prompts (0: off)
     replay_loss: str = "kl"  # kl: held to the base model's next-token distributions | ce: trained on its text
     replay_prompts: str | None = None  # JSONL of {"prompt"} for replay (default: corral's bundled general prompts)
     select_every: int | None = None  # score the held-out augmented questions every N steps, keep the best
     #                                  checkpoint (None: 8 times a run; 0: off, keep the last)
-    eval_tasks: list[str] = field(default_factory=lambda: ["general_mc", "format", "prose"])  # before and after
+    eval_tasks: list[str] = field(default_factory=lambda: ["general_mc", "format", "prose"],
+                                  metadata={"comma": True})  # corral eval tasks run before and after training
 
     def check(self) -> None:
         """Fills the fields left at None with the task's defaults, then checks every value."""
@@ -110,3 +112,39 @@ class FinetuneConfig:
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
+
+
+HELP = {  # the CLI's help of each field
+    "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}; with --task guard, labelled "
+            "guard rows {conversation, label, categories, assess} (or a bundled set: train, heldout)",
+    "task": "sft (chat or prompt/completion lines) | guard (train a Llama Guard style classifier on labelled rows)",
+    "guard_policy": "--task guard: the policy YAML whose categories the prompts list (default Llama Guard 3 "
+                    "S1-S14); saved beside the adapter as guard_policy.yaml",
+    "guard_repeat_unsafe": "--task guard: train on each unsafe row N times per epoch (the category codes are "
+                           "learnt from the unsafe rows alone; 3 for the bundled set)",
+    "out": "run folder: metrics.jsonl, loss.png, checkpoint/, adapter/ or model/",
+    "method": "lora | qlora (frozen 4-bit base) | full", "val_file": "held-out JSONL",
+    "val_split": "fraction of the data held out",
+    "resume": "continue the run in --out from its checkpoint", "lora_targets": "comma-separated projections",
+    "device": "auto | cpu | cuda[:N]", "precision": "auto (bf16 autocast on CUDA and bf16-capable CPUs) | bf16 | fp32",
+    "packing": "pack several examples per row (default: on with --task sft, off with guard)",
+    "grad_checkpointing": "recompute activations in backward",
+    "compile": "torch.compile each decoder layer: faster steps after a ~30 s first one (default: on with --task sft, "
+               "off with guard; eager where it cannot build, e.g. no C++ compiler)",
+    "augment": "a teacher writes 2N new wordings of each fact's questions and N of each answer, filtered "
+               "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
+    "teacher": "the model that writes the augmentation (default: MODEL itself)",
+    "docs": "Markdown, text, HTML or PDF files: chunks become plain training text, and the teacher writes "
+            "questions about each sentence that states a fact",
+    "chunk_chars": "documents are cut into chunks of at most this many characters, along their headings",
+    "replay": "share of the training rows that are the base model's own answers to general prompts, so it keeps "
+              "what it knew (0: off)",
+    "replay_loss": "kl: the replay rows hold the model to the base model's next-token distributions (a KL term) | "
+                   "ce: plain cross-entropy on the base model's text",
+    "replay_prompts": "JSONL of {prompt} lines for --replay (default: corral's bundled general prompts)",
+    "ema": "score and keep a moving average of the trained weights over about this share of the run, not one "
+           "step's weights (0: off)",
+    "select_every": "score the held-out augmented questions every N steps and keep the best checkpoint "
+                    "(default: 8 times a run; 0: off, keep the last)",
+    "eval_tasks": "corral eval tasks run before and after training, in OUT/report (comma-separated; none: off)",
+}
