@@ -50,7 +50,8 @@ from corral import jsonl
 from corral.engine.engine import QueueFullError
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
-from corral.serve.service import ParamError, Service
+from corral.serve.errors import ParamError
+from corral.serve.service import Service
 
 URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 _SHOWN_FAILURES = 10  # request errors echoed on the console; the rest are in the output file only

@@ -81,7 +81,7 @@ class LocalTarget:
     async def _all(self, prompts: Sequence[Prompt], replies: list[Reply | None],
                    done: Callable[[int, Reply], None]) -> None:
         from corral.serve import protocol as P
-        from corral.serve.service import ContentFilterError
+        from corral.serve.errors import ContentFilterError
 
         sem = asyncio.Semaphore(self.concurrency)
 

@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from corral.engine.engine import QueueFullError
 from corral.errors import CorralError, InvalidArgumentError
 from corral.serve import protocol as P
+from corral.serve.errors import ModelNotServedError, ModerationUnavailableError, ParamError
 from corral.serve.metrics import Metrics
-from corral.serve.service import ModelNotServedError, ModerationUnavailableError, ParamError, Service
+from corral.serve.service import Service
 
 STATIC = Path(__file__).parent / "static"
 PROTECTED = ("/v1/", "/tokenize", "/detokenize")  # /, /static, /health and /metrics stay open

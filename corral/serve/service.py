@@ -1,8 +1,8 @@
 """OpenAI requests → engine requests → OpenAI responses, without HTTP (the app and `corral batch` share it).
 
 Everything that can be wrong with a request is checked before it reaches the engine (model name, sampling values,
-prompt length, schema), so it fails as a 4xx, never mid-stream. Engine events arrive on the engine thread and are
-handed to the request's asyncio loop through a queue.
+prompt length, schema), so it fails as a 4xx, never mid-stream; the shields run here. Running the jobs is
+`bridge.py`'s, formatting the answers `responses.py`'s, and a stream's events `stream.py`'s.
 """
 
 from __future__ import annotations
@@ -10,67 +10,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 import time
-import uuid
-import weakref
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from corral.chat import encode_chat
-from corral.engine.engine import ContextLengthError, Engine, Finished, Request, TokenLogprob, embed, prompt_logprobs
+from corral.engine.engine import Engine, Finished, Request, embed, prompt_logprobs
 from corral.engine.sampling import SamplingParams
-from corral.errors import CorralError, InvalidArgumentError
+from corral.errors import InvalidArgumentError
 from corral.serve import protocol as P
-from corral.text import Delta, text_events
+from corral.serve.bridge import Hooks, Job, collect, submit
+from corral.serve.errors import ContentFilterError, ModelNotServedError, ModerationUnavailableError, ParamError, to_ids
+from corral.serve.responses import chat_logprobs, chunk_sse, completion_logprobs, new_id, reason, sse, usage
+from corral.serve.stream import events, filtered
+from corral.text import Delta
 from corral.tokenizer import Tokenizer
-
-
-class ModelNotServedError(CorralError):
-    """The request names a model this server does not serve (HTTP 404 model_not_found)."""
-
-
-class ParamError(InvalidArgumentError):
-    """A request value corral cannot honour; `param` names the field (HTTP 400)."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
-
-
-class ModerationUnavailableError(CorralError):
-    """POST /v1/moderations on a server without a guard model (HTTP 404)."""
-
-
-class ContentFilterError(ParamError):
-    """A shield blocked the request or its answer and the server answers blocks with errors (HTTP 400
-    content_filter; `--shield-action error`)."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message, param, "content_filter")
-
-
-@dataclass
-class Job:
-    """One generation the engine runs: a choice of a completion."""
-
-    index: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    top_logprobs: int | None
-    constraint: Any = None
-
-
-class Hooks:
-    """Metrics callbacks; the app installs prometheus ones, `corral batch` none."""
-
-    def on_first_token(self, seconds: float) -> None: ...
-    def on_token_gap(self, seconds: float) -> None: ...
-    def on_finished(self, endpoint: str, ev: Finished, seconds: float) -> None: ...
-    def on_guard_check(self, shield: str, seconds: float, parsed: bool) -> None: ...
-    def on_guard_block(self, shield: str, categories: list[str]) -> None: ...
 
 
 class Service:
@@ -144,7 +98,7 @@ class Service:
         if (r.tools or r.functions) and r.tool_choice != "none":
             raise ParamError("tool calling is not supported by this server yet; send the request without tools "
                              "(or with tool_choice: \"none\")", "tools")
-        ids = _to_ids(lambda: encode_chat(self.tok, _messages(r), template=self.chat_template), "messages")
+        ids = to_ids(lambda: encode_chat(self.tok, _messages(r), template=self.chat_template), "messages")
         self._check_prompt(ids, "messages")
         top = r.top_logprobs if r.logprobs else None
         if r.top_logprobs is not None and not r.logprobs:
@@ -164,9 +118,9 @@ class Service:
             raise ParamError("suffix (fill-in-the-middle) is not supported", "suffix")
         p = r.prompt
         if isinstance(p, str):
-            prompts = [_to_ids(lambda: self.tok.encode(p, add_bos=self.tok.add_bos), "prompt")]
+            prompts = [to_ids(lambda: self.tok.encode(p, add_bos=self.tok.add_bos), "prompt")]
         elif p and all(isinstance(x, str) for x in p):
-            prompts = [_to_ids(lambda x=x: self.tok.encode(x, add_bos=self.tok.add_bos), "prompt") for x in p]
+            prompts = [to_ids(lambda x=x: self.tok.encode(x, add_bos=self.tok.add_bos), "prompt") for x in p]
         elif p and all(isinstance(x, int) for x in p):
             prompts = [list(p)]
         elif p and all(isinstance(x, list) for x in p):
@@ -206,82 +160,23 @@ class Service:
 
     # --- running jobs --------------------------------------------------------------------------------------
 
-    def submit(self, jobs: list[Job], endpoint: str) -> tuple[asyncio.Queue, list[Request]]:
-        """Queue every job on the engine; events arrive as (index, event) on the returned queue."""
-        box = _Mailbox.of(asyncio.get_running_loop())
-        q: asyncio.Queue = asyncio.Queue()
-        reqs: list[Request] = []
-        hooks = self.hooks
-        try:
-            for job in jobs:
-                t0 = time.perf_counter()
-                last = [0.0]
-
-                def emit(ev, i=job.index, t0=t0, last=last) -> None:  # engine thread
-                    now = time.perf_counter()
-                    if isinstance(ev, Delta) and ev.token_ids:
-                        if last[0] == 0.0:
-                            hooks.on_first_token(now - t0)
-                        else:
-                            hooks.on_token_gap(now - last[0])
-                        last[0] = now
-                    elif isinstance(ev, Finished):
-                        hooks.on_finished(endpoint, ev, now - t0)
-                    box.post(q, (i, ev))
-
-                req = Request(job.prompt_ids, job.params, emit, top_logprobs=job.top_logprobs)
-                req.constraint = job.constraint
-                req.emit = text_events(self.tok, job.params.stop, emit, lambda req=req: self.engine.cancel(req))
-                reqs.append(self.engine.submit(req))
-        except ContextLengthError as e:
-            self.cancel(reqs)
-            param = "messages" if endpoint == "chat" else "prompt"
-            raise ParamError(str(e), param, "context_length_exceeded") from None
-        except BaseException:
-            self.cancel(reqs)
-            raise
-        return q, reqs
-
-    def cancel(self, reqs: list[Request]) -> None:
-        for r in reqs:
-            self.engine.cancel(r)
-
     # --- chat ----------------------------------------------------------------------------------------------
-
-    async def _collect(self, jobs: list[Job], endpoint: str) -> tuple[list[str], list[list], dict[int, Finished]]:
-        """Run jobs to the end (non-streaming): each one's text, logprobs and Finished event."""
-        q, reqs = self.submit(jobs, endpoint)
-        texts, lps = [""] * len(jobs), [[] for _ in jobs]
-        done: dict[int, Finished] = {}
-        try:
-            while len(done) < len(jobs):
-                i, ev = await q.get()
-                if isinstance(ev, Delta):
-                    texts[i] += ev.text
-                    lps[i] += ev.logprobs or []
-                else:
-                    done[i] = ev
-        finally:  # cancelled (the client went away): free the slots at the next step
-            if len(done) < len(jobs):
-                self.cancel(reqs)
-        _raise_errors(done)
-        return texts, lps, done
 
     async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
         jobs = self.chat_jobs(r)
         msgs = _messages(r)
         if await self._input_blocked([msgs], "messages", "chat", jobs):
             texts, lps = [self.shields.refusal] * len(jobs), [[] for _ in jobs]
-            done = {j.index: self._filtered(j) for j in jobs}
+            done = {j.index: filtered(j) for j in jobs}
         else:
-            texts, lps, done = await self._collect(jobs, "chat")
+            texts, lps, done = await collect(self.engine, self.tok, self.hooks, jobs, "chat")
             await self._shield_answers([msgs] * len(jobs), texts, lps, done, "messages")
-        reasons = [self._reason(done[i]) for i in range(len(jobs))]
+        reasons = [reason(done[i]) for i in range(len(jobs))]
         choices = [P.ChatChoice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i],
-                                logprobs=self._chat_logprobs(lps[i]) if r.logprobs else None)
+                                logprobs=chat_logprobs(self.tok, lps[i]) if r.logprobs else None)
                    for i in range(len(jobs))]
-        return P.ChatCompletion(id=_id("chatcmpl"), model=self.model_id, choices=choices,
-                                usage=self._usage(jobs, done))
+        return P.ChatCompletion(id=new_id("chatcmpl"), model=self.model_id, choices=choices,
+                                usage=usage(jobs, done))
 
     async def chat_stream(self, r: P.ChatCompletionRequest) -> AsyncIterator[str]:
         """Validates, runs the input shields and queues at once (raising on bad input or, with `--shield-action
@@ -290,11 +185,11 @@ class Service:
         msgs = _messages(r)
         q, reqs = await self._submit_shielded(jobs, [msgs], "messages", "chat")
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
-        cid = _id("chatcmpl")
+        cid = new_id("chatcmpl")
 
-        def chunk(choices: list[P.ChunkChoice], usage: P.Usage | None = None) -> str:
-            c = P.ChatCompletionChunk(id=cid, model=self.model_id, choices=choices, usage=usage)
-            return _chunk_sse(c, include_usage)
+        def chunk(choices: list[P.ChunkChoice], u: P.Usage | None = None) -> str:
+            c = P.ChatCompletionChunk(id=cid, model=self.model_id, choices=choices, usage=u)
+            return chunk_sse(c, include_usage)
 
         head = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model_id,
                 **({"usage": None} if include_usage else {})}
@@ -305,20 +200,20 @@ class Service:
 
         def delta(i: int, ev: Delta) -> str | None:
             if ev.logprobs and r.logprobs:
-                lp = self._chat_logprobs(ev.logprobs)
+                lp = chat_logprobs(self.tok, ev.logprobs)
                 return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
             if ev.text:  # the common case, built without pydantic: it runs per token per stream
-                return _sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
+                return sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
                                                              "logprobs": None, "finish_reason": None}]},
                                        ensure_ascii=False, separators=(",", ":")))
             return None
 
         def finish(i: int, ev: Finished) -> str:
-            return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=self._reason(ev))])
+            return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=reason(ev))])
 
-        usage = (lambda u: chunk([], u)) if include_usage else None
+        usage_line = (lambda u: chunk([], u)) if include_usage else None
         shielded = [msgs] * len(jobs) if reqs and self.shields is not None and self.shields.output else None
-        return self._events(jobs, q, reqs, opening(), delta, finish, usage, shielded)
+        return events(self.engine, self.shields, jobs, q, reqs, opening(), delta, finish, usage_line, shielded)
 
     # --- shields -------------------------------------------------------------------------------------------
 
@@ -335,7 +230,7 @@ class Service:
         if self.shields.action == "error":
             raise ContentFilterError(f"{block.describe(self.shields.names)}; the request was not answered", param)
         for job in jobs:
-            self.hooks.on_finished(endpoint, self._filtered(job), 0.0)
+            self.hooks.on_finished(endpoint, filtered(job), 0.0)
         return True
 
     async def _submit_shielded(self, jobs: list[Job], convs: list[list[dict[str, str]]], param: str,
@@ -346,13 +241,9 @@ class Service:
             q: asyncio.Queue = asyncio.Queue()
             for job in jobs:
                 q.put_nowait((job.index, Delta(self.shields.refusal, [])))
-                q.put_nowait((job.index, self._filtered(job)))
+                q.put_nowait((job.index, filtered(job)))
             return q, []
-        return self.submit(jobs, endpoint)
-
-    @staticmethod
-    def _filtered(job: Job, completion_tokens: int = 0) -> Finished:
-        return Finished("content_filter", len(job.prompt_ids), completion_tokens, 0)
+        return submit(self.engine, self.tok, self.hooks, jobs, endpoint)
 
     async def _shield_answers(self, convs: list[list[dict[str, str]]], texts: list[str], lps: list[list],
                               done: dict[int, Finished], param: str) -> None:
@@ -377,9 +268,9 @@ class Service:
         convs = self._prompt_convs(jobs)
         if await self._input_blocked(_distinct(convs), "prompt", "completions", jobs):
             texts, lps = [self.shields.refusal] * len(jobs), [[] for _ in jobs]
-            done = {j.index: self._filtered(j) for j in jobs}
+            done = {j.index: filtered(j) for j in jobs}
         else:
-            texts, lps, done = await self._collect(jobs, "completions")
+            texts, lps, done = await collect(self.engine, self.tok, self.hooks, jobs, "completions")
             await self._shield_answers(convs, texts, lps, done, "prompt")
         echo_lps = await self._echo_logprobs(r, prompts)
         choices = []
@@ -387,14 +278,14 @@ class Service:
             prefix = self.tok.decode(job.prompt_ids) if r.echo else ""
             lp = None
             if r.logprobs is not None and done[job.index].finish_reason != "content_filter":
-                lp = self._completion_logprobs(lps[job.index], len(prefix))
+                lp = completion_logprobs(self.tok, lps[job.index], len(prefix))
                 if r.echo:
-                    head = self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids)
+                    head = completion_logprobs(self.tok, echo_lps[job.index // r.n], 0, job.prompt_ids)
                     lp = P.CompletionLogprobs(**{f: getattr(head, f) + getattr(lp, f) for f in
                                                  ("tokens", "token_logprobs", "top_logprobs", "text_offset")})
             choices.append(P.CompletionChoice(index=job.index, text=prefix + texts[job.index],
-                                              finish_reason=self._reason(done[job.index]), logprobs=lp))
-        return P.Completion(id=_id("cmpl"), model=self.model_id, choices=choices, usage=self._usage(jobs, done))
+                                              finish_reason=reason(done[job.index]), logprobs=lp))
+        return P.Completion(id=new_id("cmpl"), model=self.model_id, choices=choices, usage=usage(jobs, done))
 
     async def _echo_logprobs(self, r: P.CompletionRequest, prompts: list[list[int]]) -> list[list]:
         if not (r.echo and r.logprobs is not None):
@@ -414,10 +305,10 @@ class Service:
         convs = self._prompt_convs(jobs)
         q, reqs = await self._submit_shielded(jobs, _distinct(convs), "prompt", "completions")
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
-        cid = _id("cmpl")
+        cid = new_id("cmpl")
 
-        def chunk(choices: list[P.CompletionChoice], usage: P.Usage | None = None) -> str:
-            return _chunk_sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=usage), include_usage)
+        def chunk(choices: list[P.CompletionChoice], u: P.Usage | None = None) -> str:
+            return chunk_sse(P.Completion(id=cid, model=self.model_id, choices=choices, usage=u), include_usage)
 
         offsets = [0] * len(jobs)
 
@@ -428,93 +319,22 @@ class Service:
             for job in jobs:
                 text = self.tok.decode(job.prompt_ids)
                 offsets[job.index] = len(text)
-                lp = self._completion_logprobs(echo_lps[job.index // r.n], 0, job.prompt_ids) if echo_lps else None
+                lp = completion_logprobs(self.tok, echo_lps[job.index // r.n], 0, job.prompt_ids) if echo_lps else None
                 yield chunk([P.CompletionChoice(index=job.index, text=text, finish_reason=None, logprobs=lp)])
 
         def delta(i: int, ev: Delta) -> str | None:
             if not (ev.text or ev.logprobs):
                 return None
-            lp = self._completion_logprobs(ev.logprobs or [], offsets[i]) if r.logprobs is not None else None
+            lp = completion_logprobs(self.tok, ev.logprobs or [], offsets[i]) if r.logprobs is not None else None
             offsets[i] += len(ev.text)
             return chunk([P.CompletionChoice(index=i, text=ev.text, finish_reason=None, logprobs=lp)])
 
         def finish(i: int, ev: Finished) -> str:
-            return chunk([P.CompletionChoice(index=i, text="", finish_reason=self._reason(ev))])
+            return chunk([P.CompletionChoice(index=i, text="", finish_reason=reason(ev))])
 
-        usage = (lambda u: chunk([], u)) if include_usage else None
+        usage_line = (lambda u: chunk([], u)) if include_usage else None
         shielded = convs if reqs and self.shields is not None and self.shields.output else None
-        return self._events(jobs, q, reqs, opening(), delta, finish, usage, shielded)
-
-    async def _events(self, jobs: list[Job], q: asyncio.Queue, reqs: list[Request], opening: AsyncIterator[str],
-                      delta: Callable[[int, Delta], str | None], finish: Callable[[int, Finished], str],
-                      usage: Callable[[P.Usage], str] | None,
-                      shielded: list[list[dict[str, str]]] | None = None) -> AsyncIterator[str]:
-        """The SSE lines of a stream, chat or completions alike (they differ in the chunks `opening`, `delta`,
-        `finish` and `usage` build): an error event ends it early, `[DONE]` ends it well, and a client that goes
-        away frees its slots at the next engine step.
-
-        `shielded` (each job's request messages): the output shield is on. Text is then held back and released
-        only after the guard has passed the answer so far: every `--shield-stream-tokens` tokens (the whole answer
-        up to that point is checked, so what the client has seen is always a checked prefix), and once more at the
-        end for the rest. A blocked choice is cancelled and ends with the refusal and finish_reason
-        content_filter (`--shield-action refuse`), or the stream ends with an error event, code content_filter
-        (`error`). Text released before the block stays with the client: it was checked and passed as a prefix.
-        """
-        done: dict[int, Finished] = {}
-        held: dict[int, list[Delta]] = {}
-        answer: dict[int, str] = {}
-        tokens: dict[int, int] = {}
-        every = self.shields.stream_tokens if shielded is not None else 0
-        try:
-            async for line in opening:
-                yield line
-            while len(done) < len(jobs):
-                i, ev = await q.get()
-                if i in done:  # a choice the output shield stopped: its last events are dropped
-                    continue
-                if isinstance(ev, Delta):
-                    if shielded is None:
-                        line = delta(i, ev)
-                        if line:
-                            yield line
-                        continue
-                    held.setdefault(i, []).append(ev)
-                    answer[i] = answer.get(i, "") + ev.text
-                    tokens[i] = tokens.get(i, 0) + len(ev.token_ids)
-                    if not every or sum(len(d.token_ids) for d in held[i]) < every:
-                        continue
-                elif ev.finish_reason == "error":
-                    done[i] = ev
-                    yield _sse_error(ev.error or "generation failed")
-                    return
-                if shielded is not None and held.get(i):
-                    (block,) = await self.shields.check_output([(shielded[i], answer[i])])
-                    if block is not None:
-                        self.engine.cancel(reqs[i])
-                        done[i] = self._filtered(jobs[i], tokens.get(i, 0))
-                        if self.shields.action == "error":
-                            self.cancel(reqs)
-                            yield _sse_error(f"{block.describe(self.shields.names)}; the answer was withheld",
-                                             "invalid_request_error", "content_filter")
-                            return
-                        line = delta(i, Delta(self.shields.refusal, []))
-                        if line:
-                            yield line
-                        yield finish(i, done[i])
-                        continue
-                    parts, held[i] = held[i], []
-                    line = delta(i, _merge(parts))
-                    if line:
-                        yield line
-                if isinstance(ev, Finished):
-                    done[i] = ev
-                    yield finish(i, ev)
-            if usage:
-                yield usage(self._usage(jobs, done))
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away (or we are done): free the slots at the next step
-            if len(done) < len(jobs):
-                self.cancel(reqs)
+        return events(self.engine, self.shields, jobs, q, reqs, opening(), delta, finish, usage_line, shielded)
 
     # --- moderations --------------------------------------------------------------------------------------
 
@@ -545,7 +365,7 @@ class Service:
             raise ParamError("input must hold 1 to 64 texts", "input")
         results = await self.shields.moderate(texts)
         taxonomy = self.shields.guard.taxonomy
-        return P.ModerationResponse(id=_id("modr"), model=guard_id,
+        return P.ModerationResponse(id=new_id("modr"), model=guard_id,
                                     results=[P.ModerationResult(**moderation_result(res, taxonomy))
                                              for res in results])
 
@@ -556,9 +376,9 @@ class Service:
         self.check_model(r.model)
         x = r.input
         if isinstance(x, str):
-            inputs = [_to_ids(lambda: self.tok.encode(x), "input")]
+            inputs = [to_ids(lambda: self.tok.encode(x), "input")]
         elif x and all(isinstance(s, str) for s in x):
-            inputs = [_to_ids(lambda s=s: self.tok.encode(s), "input") for s in x]
+            inputs = [to_ids(lambda s=s: self.tok.encode(s), "input") for s in x]
         elif x and all(isinstance(t, int) for t in x):
             inputs = [list(x)]
         elif x and all(isinstance(t, list) for t in x):
@@ -587,10 +407,10 @@ class Service:
         if (r.prompt is None) == (r.messages is None):
             raise ParamError("give exactly one of prompt or messages", "prompt")
         if r.messages is not None:
-            ids = _to_ids(lambda: encode_chat(self.tok, _messages(r), add_generation_prompt=r.add_generation_prompt,
+            ids = to_ids(lambda: encode_chat(self.tok, _messages(r), add_generation_prompt=r.add_generation_prompt,
                                               template=self.chat_template), "messages")
         else:
-            ids = _to_ids(lambda: self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos),
+            ids = to_ids(lambda: self.tok.encode(r.prompt, add_bos=r.add_special_tokens and self.tok.add_bos),
                           "prompt")
         return P.TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.max_model_len)
 
@@ -601,149 +421,6 @@ class Service:
         if bad is not None:
             raise ParamError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", "tokens")
         return P.DetokenizeResponse(prompt=self.tok.decode(r.tokens, skip_special=False))
-
-    # --- helpers -------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _reason(ev: Finished) -> str:
-        return {"cancelled": "abort"}.get(ev.finish_reason, ev.finish_reason)
-
-    @staticmethod
-    def _usage(jobs: list[Job], done: dict[int, Finished]) -> P.Usage:
-        # Prompt tokens once per distinct prompt (n choices of one prompt share it), as OpenAI counts.
-        seen, prompt, cached = set(), 0, 0
-        for job in jobs:
-            key = id(job.prompt_ids)
-            if key not in seen:
-                seen.add(key)
-                prompt += len(job.prompt_ids)
-                cached += done[job.index].cached_tokens if job.index in done else 0
-        completion = sum(ev.completion_tokens for ev in done.values())
-        return P.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                       prompt_tokens_details=P.PromptTokensDetails(cached_tokens=cached))
-
-    def _token(self, tid: int) -> tuple[str, list[int]]:
-        b = self.tok.token_bytes()[tid]
-        return b.decode("utf-8", errors="replace"), list(b)
-
-    def _chat_logprobs(self, lps: list[TokenLogprob]) -> P.ChoiceLogprobs:
-        content = []
-        for lp in lps:
-            tok, b = self._token(lp.token_id)
-            top = [P.TopLogprob(token=t, logprob=v, bytes=tb) for t, tb, v in
-                   ((*self._token(i), v) for i, v in lp.top)]
-            content.append(P.TokenLogprobOut(token=tok, logprob=lp.logprob, bytes=b, top_logprobs=top))
-        return P.ChoiceLogprobs(content=content)
-
-    def _completion_logprobs(self, lps: list[TokenLogprob | None], offset: int,
-                             prompt_ids: list[int] | None = None) -> P.CompletionLogprobs:
-        out = P.CompletionLogprobs()
-        if prompt_ids is not None:  # echoed prompt: the first token has no logprob
-            for lp, tid in zip(lps, prompt_ids, strict=True):
-                tok, _ = self._token(tid)
-                out.tokens.append(tok)
-                out.token_logprobs.append(None if lp is None else lp.logprob)
-                out.top_logprobs.append(None if lp is None else {self._token(i)[0]: v for i, v in lp.top})
-                out.text_offset.append(offset)
-                offset += len(tok)
-            return out
-        for lp in lps:
-            tok, _ = self._token(lp.token_id)
-            out.tokens.append(tok)
-            out.token_logprobs.append(lp.logprob)
-            out.top_logprobs.append({self._token(i)[0]: v for i, v in lp.top})
-            out.text_offset.append(offset)
-            offset += len(tok)
-        return out
-
-
-class _Mailbox:
-    """Engine thread → event loop, one wake-up per batch of events: a decode step emits one event per running
-    request, and a wake-up each (a write to the loop's self-pipe, a loop iteration) costs the engine CPU time
-    on a small machine."""
-
-    _boxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        # a weak reference: the registry's value must not keep its key (the loop) alive
-        self.loop, self.items, self.scheduled, self.lock = weakref.ref(loop), deque(), False, threading.Lock()
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> _Mailbox:
-        box = cls._boxes.get(loop)
-        if box is None:
-            box = cls._boxes[loop] = cls(loop)
-        return box
-
-    def post(self, q: asyncio.Queue, item: Any) -> None:  # engine thread
-        self.items.append((q, item))
-        with self.lock:
-            if self.scheduled:
-                return
-            self.scheduled = True
-        loop = self.loop()
-        try:
-            if loop is not None:
-                loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the loop is closed: its caller gave up (an interrupted batch)
-            pass
-
-    def _deliver(self) -> None:  # loop thread
-        with self.lock:
-            self.scheduled = False  # before draining: an item posted from now on schedules a new delivery
-        while self.items:
-            q, item = self.items.popleft()
-            q.put_nowait(item)
-
-
-class GenerationError(RuntimeError):
-    """The engine failed while generating (HTTP 500: ours, not the client's)."""
-
-
-def _raise_errors(done: dict[int, Finished]) -> None:
-    for ev in done.values():
-        if ev.finish_reason == "error":
-            raise GenerationError(ev.error or "generation failed")
-
-
-def _to_ids(encode: Callable[[], list[int]], param: str) -> list[int]:
-    """`encode()` (a request's text to token ids), any failure a 400 naming `param`: a template that raises, text
-    the tokenizer refuses. Never a 500 or a dropped connection for what a client sent."""
-    try:
-        return encode()
-    except ParamError:
-        raise
-    except InvalidArgumentError as e:
-        raise ParamError(str(e), param) from None
-    except Exception as e:  # noqa: BLE001 - the client's input, whatever the tokenizer or template made of it
-        raise ParamError(f"{param} could not be turned into tokens ({type(e).__name__}: "
-                         f"{str(e).encode('utf-8', 'replace').decode()}); check its text and roles", param) from None
-
-
-def _id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-def _chunk_sse(c: P.ChatCompletionChunk | P.Completion, include_usage: bool) -> str:
-    """A stream chunk as OpenAI sends it: `finish_reason` and `logprobs` always present (null until set),
-    `usage` null on every chunk but the last when usage was asked for, unset fields of `delta` left out."""
-    d = c.model_dump(exclude_none=True)
-    for ch in d["choices"]:
-        ch.setdefault("logprobs", None)
-        ch.setdefault("finish_reason", None)
-    if include_usage:
-        d.setdefault("usage", None)
-    return _sse(json.dumps(d, ensure_ascii=False, separators=(",", ":")))
-
-
-def _sse(data: str) -> str:
-    return f"data: {data}\n\n"
-
-
-def _sse_error(message: str, type_: str = "server_error", code: str = "generation_failed") -> str:
-    body = P.ErrorResponse(error=P.ErrorDetail(message=message, type=type_, code=code))
-    return _sse(body.model_dump_json()) + "data: [DONE]\n\n"
-
 
 def _messages(r: P.ChatCompletionRequest | P.TokenizeRequest) -> list[dict[str, str]]:
     """A request's messages as the chat template (and the guard) read them: developer messages are system ones."""
@@ -761,8 +438,3 @@ def _distinct(convs: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
     return out
 
 
-def _merge(parts: list[Delta]) -> Delta:
-    """Held-back deltas released as one."""
-    lps = [lp for d in parts for lp in (d.logprobs or [])]
-    return Delta("".join(d.text for d in parts), [t for d in parts for t in d.token_ids],
-                 lps if any(d.logprobs for d in parts) else None)
