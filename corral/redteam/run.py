@@ -1,8 +1,8 @@
 """`corral redteam`: send the suite to a target, judge the replies, and count.
 
 Targets:
-- `LocalTarget`: a model in this process, answered through the same `Service` as `corral serve` (with its shields
-  when given), greedy; the engine keeps the main thread and the requests run beside it.
+- `LocalTarget`: a model in this process, served by `corral serve`'s app on a loopback port (with its shields
+  when given) and asked through `EndpointTarget`; the engine keeps the main thread.
 - `EndpointTarget`: any OpenAI-compatible server (`--endpoint URL`), through the `openai` client, a few requests
   in flight at once.
 
@@ -15,7 +15,6 @@ an attack succeeds when the answer is judged unsafe. Without a judge every answe
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -60,7 +59,9 @@ class Outcome:
 
 
 class LocalTarget:
-    """A model served in this process through `corral.serve.service.Service` (shields included)."""
+    """A model served in this process by `corral serve`'s own app (shields included) on a free loopback port, asked
+    through the OpenAI client like any endpoint (`EndpointTarget`): the attacks meet the server users run, HTTP
+    layer and all. The engine keeps the main thread; the server and the client run beside it."""
 
     def __init__(self, service: Any, max_tokens: int, concurrency: int | None = None):
         self.service, self.max_tokens = service, max_tokens
@@ -68,41 +69,38 @@ class LocalTarget:
         self.description = {"kind": "local", "model": service.model_id}
 
     def run(self, prompts: Sequence[Prompt], done: Callable[[int, Reply], None]) -> list[Reply]:
-        """Answer every prompt; `done(i, reply)` is called as each finishes (the engine runs on this thread)."""
-        replies: list[Reply | None] = [None] * len(prompts)
-        engine = self.service.engine
+        """Answer every prompt; `done(i, reply)` is called as each finishes."""
+        import socket
+        import threading
+
+        import uvicorn
+
+        from corral.serve.app import create_app
+        from corral.serve.metrics import Metrics
+
+        svc = self.service
+        metrics = svc.hooks if isinstance(svc.hooks, Metrics) else Metrics(svc.engine, svc.model_id)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(create_app(svc, metrics), log_level="warning"))
+        replies: list[Reply] = []
 
         def companion() -> None:
-            asyncio.run(self._all(prompts, replies, done))
+            t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="corral-redteam-server",
+                                 daemon=True)
+            t.start()
+            while not server.started and t.is_alive():
+                time.sleep(0.02)
+            try:
+                client = EndpointTarget(f"http://127.0.0.1:{sock.getsockname()[1]}", None, svc.model_id,
+                                        self.max_tokens, self.concurrency)
+                replies.extend(client.run(prompts, done))
+            finally:
+                server.should_exit = True
+                t.join()
 
-        engine.run_beside(companion)
-        return [r for r in replies if r is not None]
-
-    async def _all(self, prompts: Sequence[Prompt], replies: list[Reply | None],
-                   done: Callable[[int, Reply], None]) -> None:
-        from corral.serve import protocol as P
-        from corral.serve.errors import ContentFilterError
-
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(i: int, p: Prompt) -> None:
-            async with sem:
-                t0 = time.perf_counter()
-                req = P.ChatCompletionRequest(model=self.service.model_id, messages=p.messages, temperature=0,
-                                              max_tokens=self.max_tokens)
-                try:
-                    r = await self.service.chat(req)
-                    ch = r.choices[0]
-                    reply = Reply(ch.message.content or "", ch.finish_reason, ch.finish_reason == "content_filter")
-                except ContentFilterError as e:
-                    reply = Reply(str(e), "content_filter", True)
-                except Exception as e:  # noqa: BLE001 - recorded on the prompt, the run goes on
-                    reply = Reply("", None, False, f"{type(e).__name__}: {e}")
-                reply.seconds = time.perf_counter() - t0
-                replies[i] = reply
-                done(i, reply)
-
-        await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
+        svc.engine.run_beside(companion)
+        return replies
 
 
 class EndpointTarget:
