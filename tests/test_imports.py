@@ -104,8 +104,40 @@ def test_the_engine_knows_token_ids_only(forbidden):
     assert not bad, f"corral/engine modules importing {forbidden}: {sorted(bad)}"
 
 
+def _forbidden(init: Path) -> set[str]:
+    """The modules a package's `__init__` docstring says it must not import (parenthesised remarks left out)."""
+    import re
+
+    doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
+    if "Must not import:" not in doc:
+        return set()
+    said = re.sub(r"\([^)]*\)", "", doc.split("Must not import:", 1)[1]).split(";")[0]
+    return set(re.findall(r"corral(?:\.\w+)+", said))
+
+
+PACKAGES = sorted(p.parent.name for p in ROOT.glob("*/__init__.py"))
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_keeps_its_docstring_rules(package):
+    """Every package's `__init__` says what it must not import, and the code keeps to it."""
+    forbidden = _forbidden(ROOT / package / "__init__.py")
+    assert forbidden or package == "cli", f"corral/{package}/__init__.py says nothing of what it must not import"
+    bad = sorted(f"{m}:{line} imports {t}" for m, deps in GRAPH.items() if _package(m) == f"corral.{package}"
+                 for t, _, line in deps for f in forbidden if t == f or t.startswith(f + "."))
+    assert not bad, "\n  ".join([f"corral/{package} breaks its own rule:", *bad])
+
+
+def test_nothing_imports_the_cli():
+    bad = sorted(m for m, deps in GRAPH.items() if _package(m) not in ("corral.cli", "corral.__main__")
+                 for t, _, _ in deps if _package(t) == "corral.cli")
+    assert not bad, f"modules importing corral.cli: {bad}"
+
+
 def test_the_graph_is_read():
     """The rules above would pass on an empty graph: make sure the reader sees the imports it must."""
+    assert _forbidden(ROOT / "engine" / "__init__.py") == {"corral.tokenizer", "corral.chat", "corral.serve",
+                                                           "corral.train", "corral.cli"}
     assert ("corral.model.llama", None) in {(t, n) for t, n, _ in GRAPH["corral.engine.engine"]} or any(
         t == "corral.model.llama" for t, _, _ in GRAPH["corral.engine.engine"])
     assert len(GRAPH) > 60 and sum(len(d) for d in GRAPH.values()) > 200

@@ -2,6 +2,9 @@
 
     from corral.eval import evaluate
     report = evaluate(["default", "runs/acme/adapter"], ["acme_qa", "arithmetic"], limit=20, out="runs/eval")
+
+Generation goes through `corral.text.generate_many`. Must not import: corral.serve, corral.train, corral.distill,
+corral.guard, corral.redteam, corral.cli.
 """
 
 from corral.eval.harness import EvalModel, evaluate, load_eval_model, run_task
