@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli import assert_clean_error, run_cli
-from test_generate import AngleTokenizer
 
 from corral.batch import run_batch
 from corral.engine.engine import Engine
@@ -17,6 +15,8 @@ from corral.errors import InvalidArgumentError
 from corral.model.loader import load_model
 from corral.serve import protocol as P
 from corral.serve.service import Service
+from tests.cli.test_cli import assert_clean_error, run_cli
+from tests.test_text import AngleTokenizer
 
 
 class ByteAngleTokenizer(AngleTokenizer):

@@ -20,11 +20,21 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from test_serve import METRIC_NAMES, USER, assert_openai_error, client, free_port, metric, running, wait_until
+
+from tests.serve.test_serve import (
+    METRIC_NAMES,
+    USER,
+    assert_openai_error,
+    client,
+    free_port,
+    metric,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEALTH_TIMEOUT_S = 120
 HTTP_TIMEOUT_S = 60  # a plain request on a loaded CI machine can take longer than httpx's default 5 s
 

@@ -17,7 +17,7 @@ from corral.distill.config import DistillConfig
 from corral.distill.losses import TopK, distill_loss, kd_loss
 from corral.errors import InvalidArgumentError
 
-ACME = Path(__file__).resolve().parent.parent / "examples" / "acme" / "train.jsonl"
+ACME = Path(__file__).resolve().parents[2] / "examples" / "acme" / "train.jsonl"
 
 
 # --- losses --------------------------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def test_distill_config_errors(tiny_chat, data, tmp_path):
 
 def test_torchrun_distill_two_processes_match_one(tiny_chat, data, tmp_path):
     """`corral distill` under torchrun (FSDP2 on gloo, 2 x batch 2) follows 1 process x batch 4; cached teacher."""
-    from test_train_loop import one_and_two_processes
+    from tests.train.test_train_loop import one_and_two_processes
 
     common = ["distill", str(tiny_chat), "--data", str(data), "--student-layers", "2", "--max-steps", "4",
               "--lr", "3e-3", "--max-seq-len", "256", "--warmup-steps", "2", "--seed", "1", "--device", "cpu",

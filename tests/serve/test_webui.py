@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "build" / "webui.png"
 # No sandbox: tests run as root in containers. The rest keeps Chromium from phoning home or waiting on a network.
@@ -27,7 +27,7 @@ ANSWER_TIMEOUT_MS = 180_000
 if not CHROMIUM.exists():
     pytest.skip("web UI test needs Debian's Chromium at /usr/bin/chromium: `apt-get install -y chromium` "
                 "(.ci/run does this when run as root)", allow_module_level=True)
-from test_serve_live import corral_serve  # noqa: E402 - after the skips above
+from tests.serve.test_serve_live import corral_serve  # noqa: E402 - after the skips above
 
 sync_api = pytest.importorskip(
     "playwright.sync_api",

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import assert_clean_error
 
 from corral.chat import encode_chat, render
 from corral.errors import InvalidArgumentError
 from corral.guard import Guard, TaxonomyError, load_taxonomy, parse_verdict, render_prompt, target_text
 from corral.guard.llama_guard import encode_prompt, is_unsafe, normalize_conversation, reply_ids, wrap_text
 from corral.guard.taxonomy import taxonomy_from_dict
+from tests.helpers import assert_clean_error
 
 # --- the reference prompt ---------------------------------------------------------------------------------------
 # Expected text, verbatim from Meta's reference: the body of llama-recipes

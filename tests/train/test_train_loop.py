@@ -12,7 +12,7 @@ import torch
 
 from corral.train.loop import FinetuneConfig, finetune
 
-ACME = Path(__file__).resolve().parent.parent / "examples" / "acme" / "train.jsonl"
+ACME = Path(__file__).resolve().parents[2] / "examples" / "acme" / "train.jsonl"
 
 
 @pytest.fixture

@@ -9,15 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import helpers
 import httpx
 import pytest
 
 from corral.guard import GuardResult, Verdict
 from corral.redteam.run import Reply, outcomes, summarize
 from corral.redteam.suite import Prompt, RedteamFileError, is_refusal, load_suite, read_prompts
+from tests import helpers
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -185,7 +185,7 @@ def test_redteam_local_with_and_without_shields(make_tiny_chat, tmp_path):
 
 
 def test_redteam_against_a_live_corral_serve(make_tiny_chat, tmp_path):
-    from test_serve_live import corral_serve
+    from tests.serve.test_serve_live import corral_serve
 
     model = make_tiny_chat("tiny-target", max_position_embeddings=2048)
     guard = make_tiny_chat("tiny-guard", max_position_embeddings=2048, num_hidden_layers=1)

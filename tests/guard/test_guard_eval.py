@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import assert_clean_error
 
 from corral.guard.dataset import BUNDLED
 from corral.guard.evaluate import auroc, guard_metrics
+from tests.helpers import assert_clean_error
 
 
 def write_rows(path: Path, rows: list) -> Path:

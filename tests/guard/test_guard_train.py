@@ -10,7 +10,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from helpers import assert_clean_error
 
 from corral.chat import encode_chat
 from corral.errors import InvalidArgumentError
@@ -32,6 +31,7 @@ from corral.guard.llama_guard import end_of_turn_id
 from corral.guard.taxonomy import default_taxonomy, load_taxonomy
 from corral.guard.train import GuardTask
 from corral.train.data import IGNORE
+from tests.helpers import assert_clean_error
 
 POLICY = """\
 categories:

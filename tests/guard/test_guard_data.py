@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "corral" / "guard" / "data"
 REDTEAM = ROOT / "corral" / "redteam" / "data"
 CODES = {f"S{i}" for i in range(1, 15)}

@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import helpers
 import numpy as np
 import pytest
 
 from corral.registry import default_model_path
+from tests import helpers
 
 
 def run_cli(*args: str, stdin: str | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

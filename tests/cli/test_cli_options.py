@@ -8,13 +8,13 @@ import importlib
 from pathlib import Path
 
 import pytest
-from helpers import assert_clean_error
 
 from corral.cli import _verbs, main, parse
 from corral.cli.generate import GenerateConfig, generate
 from corral.cli.serve import BatchConfig, ServeConfig, batch
+from tests.helpers import assert_clean_error
 
-CLI = Path(__file__).resolve().parent.parent / "corral" / "cli"
+CLI = Path(__file__).resolve().parents[2] / "corral" / "cli"
 
 
 def test_every_option_is_declared_once():

@@ -13,7 +13,7 @@ import pytest
 from corral.distill.synth import Prompt, PromptFileError, make_filters, read_prompts, rejected_path, synth
 from corral.engine.sampling import SamplingParams
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = [{"prompt": "Name a colour."},
            {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi."}]},
            {"prompt": "Count to three.", "id": "count"}]

@@ -8,10 +8,6 @@ import json
 
 import pytest
 import torch
-from conftest import TIKTOKEN_CORPUS
-from test_engine import Collector
-from test_engine import submit as engine_submit
-from test_tokenizer_spm import write_spm_gguf
 
 from corral.config import ModelConfig
 from corral.engine.engine import Engine
@@ -19,6 +15,10 @@ from corral.errors import InvalidArgumentError
 from corral.model.llama import LlamaForCausalLM
 from corral.serve.grammar import GrammarCompiler
 from corral.tokenizer import load_tokenizer
+from tests.conftest import TIKTOKEN_CORPUS
+from tests.engine.test_engine import Collector
+from tests.engine.test_engine import submit as engine_submit
+from tests.test_tokenizer_spm import write_spm_gguf
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -10,8 +10,6 @@ from collections import Counter
 
 import pytest
 import torch
-from test_engine import STOPS, prompts, submit
-from test_generate import PROMPT, AngleTokenizer, naive_greedy
 
 from corral.config import ModelConfig
 from corral.engine import speculative
@@ -21,6 +19,8 @@ from corral.engine.speculative import fit_vocab
 from corral.errors import InvalidArgumentError
 from corral.model.llama import LlamaForCausalLM
 from corral.text import DraftModelError, Session, check_draft
+from tests.engine.test_engine import STOPS, prompts, submit
+from tests.test_text import PROMPT, AngleTokenizer, naive_greedy
 
 TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=256, rope_theta=10000.0)
@@ -329,7 +329,7 @@ def tiny_folders(make_tiny_hf, tok, write_tiktoken_model):
 
 
 def test_cli_generate_with_a_draft_model_reports_acceptance(tiny_folders):
-    from test_cli import assert_clean_error, run_cli
+    from tests.cli.test_cli import assert_clean_error, run_cli
 
     t, d = str(tiny_folders["target"]), str(tiny_folders["draft"])
     plain = run_cli("generate", t, "hello there", "--max-tokens", "12", "--threads", "1")

@@ -23,15 +23,15 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cli import run_cli
-from test_gguf_parity import PROSE, agreement
-from test_tokenizer import TEXTS
 
 from corral.cli import main
 from corral.formats.gguf import GGUFFile, export_type, gguf_name
 from corral.model.loader import load_model
 from corral.model.lora import apply_lora, save_adapter
 from corral.tokenizer import LLAMA3_PATTERN
+from tests.cli.test_cli import run_cli
+from tests.formats.test_gguf_parity import PROSE, agreement
+from tests.test_tokenizer import TEXTS
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is the reference for GGUF export")
 gguf = pytest.importorskip("gguf")
@@ -261,7 +261,7 @@ def test_a_gguf_source_keeps_its_tokenizer_keys(make_tiny_hf, tok, tmp_path):
 def test_adapter_merged_then_exported(make_tiny_hf, tok, tmp_path):
     """`--adapter` and a `corral merge` folder export the same model, and llama.cpp runs it with the merged
     logits (not the base's)."""
-    from test_lora import randomize_lora
+    from tests.model.test_lora import randomize_lora
 
     folder = tiny_folder(make_tiny_hf, tok)
     model = load_model(str(folder), device="cpu", dtype="float32").model

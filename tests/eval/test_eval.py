@@ -18,7 +18,7 @@ from corral.eval.harness import encode_pair, loglikelihoods, score_reply
 from corral.eval.scoring import make_scorer, mc_predictions, normalize, perplexity_metrics
 from corral.eval.task import arithmetic
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
-from test_serve import InProcessServer, tiny_model
+
+from tests.serve.test_serve import InProcessServer, tiny_model
 
 EXAMPLES_PER_OPERATION = 30
 

@@ -6,12 +6,12 @@ import threading
 
 import pytest
 import torch
-from test_generate import AngleTokenizer, naive_greedy
 
 from corral.engine.engine import ContextLengthError, Engine, Finished, QueueFullError, Request
 from corral.engine.sampling import SamplingParams
 from corral.model.loader import load_model
 from corral.text import Delta, text_events
+from tests.test_text import AngleTokenizer, naive_greedy
 
 STOPS = AngleTokenizer().stop_ids
 

@@ -114,7 +114,7 @@ def test_the_acme_example_is_clean_training_data(tok):
     held out (not in train) with answers that training teaches."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "examples" / "acme"
+    root = Path(__file__).resolve().parents[2] / "examples" / "acme"
     examples, problems = load_jsonl(root / "train.jsonl", tok, max_len=512)
     assert problems == [] and len(examples) >= 200
     trained = [tok.decode([t for t in e.labels if t != IGNORE], skip_special=True) for e in examples]
