@@ -21,13 +21,13 @@ from corral.options import (
     SpeedOptions,
     opt,
 )
-from corral.train.config import HELP as FINETUNE_HELP
+from corral.train.config import HELP as TRAIN_HELP
 from corral.train.config import TASK_DEFAULTS, FinetuneConfig
 
-# Fields whose default depends on --task: say both in --help.
-FINETUNE_HELP = {**FINETUNE_HELP, **{n: f"{FINETUNE_HELP.get(n, '')} (default: {v} with --task sft, "
-                                       f"{TASK_DEFAULTS['guard'][n]} with guard)".lstrip()
-                                     for n, v in TASK_DEFAULTS["sft"].items()}}
+# Fields whose default depends on --task: say both in finetune's --help (distill's have plain defaults).
+FINETUNE_HELP = {**TRAIN_HELP, **{n: f"{TRAIN_HELP.get(n, '')} (default: {v} with --task sft, "
+                                    f"{TASK_DEFAULTS['guard'][n]} with guard)".lstrip()
+                                  for n, v in TASK_DEFAULTS["sft"].items() if "default" not in TRAIN_HELP.get(n, "")}}
 
 
 @dataclass
@@ -196,7 +196,7 @@ VERBS = {
                  "from a YAML file, and options given here override it.", FINETUNE_HELP),
     "distill": (DistillConfig, distill, "distill a teacher into a smaller student (prune + knowledge distillation)",
                 (), "Every option is a field of corral.distill.config.DistillConfig (the fine-tuning fields plus the "
-                    "student, teacher and loss); --config reads them from YAML.", {**FINETUNE_HELP, **DISTILL_HELP}),
+                    "student, teacher and loss); --config reads them from YAML.", {**TRAIN_HELP, **DISTILL_HELP}),
     "synth": (SynthConfig, synth, "a teacher model answers a prompt file: training-ready chat JSONL (resumable)",
               ("model", "out"), SYNTH_DESCRIPTION),
     "merge": (MergeConfig, merge, "merge a LoRA adapter into its base and write an HF folder",
