@@ -87,7 +87,7 @@ def distill(cfg: DistillConfig) -> int:
 
     out = run(cfg, task=_task(cfg))
     if os.environ.get("RANK", "0") == "0":
-        print(f"done: {out} (prune.json, metrics.jsonl, loss.png, report.json, "
+        print(f"done: {out} (prune.json, metrics.jsonl, loss.png, {'report.json, ' if cfg.report else ''}"
               f"{'model/' if cfg.method == 'full' else 'adapter/'})")
     return 0
 

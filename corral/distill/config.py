@@ -36,6 +36,7 @@ class DistillConfig(FinetuneConfig):
     teacher_topk: int = 0  # 0: teacher online at every step; k > 0: its top-k cached to disk once
     teacher_adapter: str | None = None  # a PEFT adapter merged into the teacher at load
     sft_baseline: bool = False  # also train the same initial student with CE alone (into out/sft) and report both
+    report: bool = True  # after training, compare teacher and student(s) in report.json
     report_rows: int = 64  # held-out rows (the validation split, else the first training rows) for the report
     # corral eval tasks scored for every model in the report
     eval_tasks: list[str] = field(default_factory=list, metadata={"comma": True})
@@ -83,6 +84,8 @@ HELP = {  # the CLI's help of the fields whose meaning differs from fine-tuning'
     "teacher_topk": "0: teacher online at every step; k: its top-k written to disk once and read back",
     "teacher_adapter": "a PEFT adapter merged into the teacher at load",
     "sft_baseline": "also train the same initial student with plain CE (out/sft) and compare it in report.json",
+    "report": "after training, compare teacher and student(s) in report.json: parameters, size, decode speed, "
+              "top-1 agreement, --eval-tasks (--no-report: a script that compares them itself)",
     "report_rows": "held-out rows for the report's teacher agreement (the validation split, else training rows)",
     "eval_tasks": "comma-separated corral eval tasks (bundled names or files) scored for every model in the report",
 }

@@ -119,7 +119,7 @@ def _distill(cfg: DistillConfig, dist: Dist, stop_after: int | None, progress: b
                                       resume=cfg.resume and (run / "sft").exists())
         students["sft student"] = run_loop(sft_cfg, dist, None, progress, KDObjective(sft_cfg, None, run),
                                            task=task)
-    if dist.main:
+    if dist.main and cfg.report:
         rows = _report_rows(cfg, tok, task)
         # an online teacher is still in memory; a cached one was freed before training and is loaded again
         online = objective.teacher.model if isinstance(objective.teacher, OnlineTeacher) else None

@@ -228,12 +228,13 @@ def test_distill_online_and_cached_teacher_agree(tiny_chat, data, tmp_path):
 
     teacher = _peaked(tiny_chat)
     online = distill(dcfg(teacher, data, tmp_path / "online"), progress=False)
-    cached = distill(dcfg(teacher, data, tmp_path / "cached", teacher_topk=64), progress=False)
+    cached = distill(dcfg(teacher, data, tmp_path / "cached", teacher_topk=64, report=False), progress=False)
     a, b = losses(online), losses(cached)
     assert len(a) == 8 and a[-1] < a[0], a
     assert b == pytest.approx(a, rel=0.05), (a, b)  # top-64 of a 49k vocabulary: close, not equal
     assert b != a
     assert (cached / "teacher_topk.safetensors").is_file()
+    assert not (cached / "report.json").exists() and (cached / "model" / "config.json").is_file()  # report=False
     prune_info = json.loads((online / "prune.json").read_text())
     assert prune_info["student"]["layers"] == 2
     from corral.model.loader import load_model
