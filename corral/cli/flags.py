@@ -38,20 +38,18 @@ def _meta(cls: type, f: dataclasses.Field, helps: dict[str, str]) -> dict[str, A
 
 
 def add_options(p: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = (),
-                helps: dict[str, str] | None = None, skip: tuple[str, ...] = ()) -> None:
+                helps: dict[str, str] | None = None) -> None:
     """One flag (or positional) per field of the dataclass `cls`, and `--config FILE.yaml` for all of them."""
     hints = typing.get_type_hints(cls)
     p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE.yaml",
                    help=f"a YAML file of {cls.__name__} fields; options given here override it")
     for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
         meta = _meta(cls, f, helps or {})
         helptext, comma = meta.pop("help"), meta.pop("comma", False)
         positional = meta.pop("positional", f.name == "model")  # the model is always the first argument
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kind, optional = _kind(hints[f.name])
-        if default not in (None, False, [], "", dataclasses.MISSING):
+        if not (default is None or default is False or default is dataclasses.MISSING or default in ([], "")):
             helptext += f" (default {','.join(default) if isinstance(default, list) else default})"
         kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": helptext.replace("%", "%%"), **meta}
         if positional:
