@@ -151,8 +151,6 @@ class Session:
 
     def __init__(self, model: Any, tok: Any, *, max_seq_len: int = 4096, compile: bool = False,
                  draft: Any = None, draft_tokens: int = 4):
-        if draft is not None and not 1 <= draft_tokens <= 7:
-            raise InvalidArgumentError(f"--draft-tokens {draft_tokens}: give 1 to 7")
         self.tok = tok
         self.engine = Engine(model, stop_ids=tok.stop_ids, max_batch=1, max_seq_len=max_seq_len or 4096,
                              prefill_chunk=PREFILL_CHUNK, max_queue=1, compile=compile, draft=draft,

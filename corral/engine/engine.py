@@ -130,8 +130,8 @@ class Engine:
             from corral.engine.speculative import BatchDrafter
 
             if not 1 <= draft_tokens < SMALL_T:
-                raise InvalidArgumentError(f"--draft-tokens {draft_tokens}: the server drafts 1 to {SMALL_T - 1} "
-                                           "tokens per round")
+                raise InvalidArgumentError(f"--draft-tokens {draft_tokens}: give 1 to {SMALL_T - 1} draft tokens "
+                                           "per round")
             self.max_seq_len = min(self.max_seq_len, draft.config.max_position_embeddings)
             extra = draft_tokens
             self.drafter = BatchDrafter(draft, draft_tokens, max_batch, self.max_seq_len + extra, compile,
