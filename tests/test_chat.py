@@ -154,9 +154,14 @@ def test_validate_messages_rejects(messages):
         validate_messages(messages)
 
 
-def test_validate_messages_keeps_role_and_content_only():
-    out = validate_messages([{"role": "tool", "content": "42", "name": "calc"}, {"role": "assistant", "content": ""}])
-    assert out == [{"role": "tool", "content": "42"}, {"role": "assistant", "content": ""}]
+def test_validate_messages_keeps_role_content_and_tool_fields_only():
+    calls = [{"id": "c1", "type": "function", "function": {"name": "calc", "arguments": "{}"}}]
+    out = validate_messages([{"role": "tool", "content": "42", "name": "calc", "tool_call_id": "c1", "x": 1},
+                             {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}])
+    assert out == [{"role": "tool", "content": "42", "name": "calc", "tool_call_id": "c1"},
+                   {"role": "assistant", "content": "", "tool_calls": calls}]
+    with pytest.raises(InvalidArgumentError, match=r"messages\[0\].tool_calls"):
+        validate_messages([{"role": "user", "content": "x", "tool_calls": calls}])
 
 
 def test_llama3_template_constant_is_the_fallback(tiktoken_dir):

@@ -106,11 +106,71 @@ class Constraint:
         return self._m.get_error() or self._error or None
 
 
+class LazyConstraint:
+    """A grammar that applies only once the answer starts a tool call (llama.cpp's lazy grammar): until `trigger`
+    appears (anywhere, or at the start after white space) every token is free; then the text from the trigger on
+    is fed to the grammar, which constrains the rest of the answer."""
+
+    def __init__(self, lltok: llguidance.LLTokenizer, grammar: str, trigger: str, anywhere: bool,
+                 token_bytes: list[bytes]):
+        self._lltok, self._grammar, self._bytes = lltok, grammar, token_bytes
+        self._trigger, self._anywhere = trigger.encode(), anywhere
+        self._buf, self._inner, self._off = b"", None, False
+
+    def mask(self, logits: torch.Tensor) -> None:
+        if self._inner is not None:
+            self._inner.mask(logits)
+
+    def accept(self, token_id: int) -> None:
+        if self._inner is not None:
+            self._inner.accept(token_id)
+            return
+        if self._off:
+            return
+        self._buf += self._bytes[token_id] if token_id < len(self._bytes) else b""
+        if self._anywhere:
+            at = self._buf.find(self._trigger)
+        else:
+            body = self._buf.lstrip()
+            if body and not (body.startswith(self._trigger) or self._trigger.startswith(body)):
+                self._off = True  # the answer began as prose: no call can follow
+            at = len(self._buf) - len(body) if body.startswith(self._trigger) else -1
+        if at >= 0:
+            self._inner = Constraint(self._lltok, self._grammar)
+            self._inner._m.consume_tokens(self._lltok.tokenize_bytes(self._buf[at:]))
+
+    @property
+    def done(self) -> bool:
+        return self._inner is not None and self._inner.done
+
+    @property
+    def error(self) -> str | None:
+        return self._inner.error if self._inner is not None else None
+
+
 class GrammarCompiler:
     """Turns OpenAI `response_format` values into `Constraint` factories for one tokenizer."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.lltok = lltokenizer(tokenizer)
+        self._tok = tokenizer
+
+    def tool_calls(self, tools: list[Any], grammar: str, trigger: str | None = None, anywhere: bool = True
+                   ) -> Callable[[], Constraint | LazyConstraint]:
+        """A factory of constraints to a tool-call grammar (`corral.tools.Dialect.grammar`) over `tools`
+        (`corral.tools.Tool`s): from the first token, or, given the dialect's `trigger`, lazily. Raises
+        `InvalidArgumentError` naming the tool whose parameters are not a JSON Schema llguidance can use."""
+        for i, t in enumerate(tools):
+            self.schema_grammar(t.parameters, f"tools[{i}].function.parameters")
+        lark = llguidance.LLMatcher.grammar_from_lark(grammar)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(lark, self.lltok, limits=_LIMITS)
+        if is_error:  # each schema passed alone: a grammar corral wrote is wrong
+            raise RuntimeError(f"tool-call grammar: {messages[0]}")
+        if trigger is None:
+            return partial(Constraint, self.lltok, lark)
+        special = self._tok.special_ids
+        token_bytes = [b"" if i in special else b for i, b in enumerate(self._tok.token_bytes())]
+        return partial(LazyConstraint, self.lltok, lark, trigger, anywhere, token_bytes)
 
     def compile(self, response_format: dict[str, Any] | None) -> Callable[[], Constraint] | None:
         """`{"type": "text"}` (or None) → None; `{"type": "json_object"}` → any JSON object;
@@ -138,10 +198,11 @@ class GrammarCompiler:
         else:
             raise InvalidArgumentError(
                 f"response_format.type must be 'text', 'json_object' or 'json_schema', not {kind!r}")
-        return partial(Constraint, self.lltok, self._grammar(schema))
+        return partial(Constraint, self.lltok, self.schema_grammar(schema, "response_format.json_schema.schema"))
 
-    def _grammar(self, schema: dict[str, Any]) -> str:
-        where = "response_format.json_schema.schema"
+    def schema_grammar(self, schema: dict[str, Any], where: str) -> str:
+        """llguidance's grammar of JSON valid against `schema`; `InvalidArgumentError` naming `where` if llguidance
+        cannot use it."""
         try:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
         except (ValueError, TypeError) as e:

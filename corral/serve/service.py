@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from corral.chat import encode_chat
+from corral.chat import encode_chat, template_source
 from corral.engine.engine import Engine, Finished, Request, embed, prompt_logprobs
 from corral.engine.sampling import SamplingParams
 from corral.errors import InvalidArgumentError
@@ -25,6 +25,36 @@ from corral.serve.responses import chat_logprobs, chunk_sse, completion_logprobs
 from corral.serve.stream import events, filtered
 from corral.text import Delta
 from corral.tokenizer import Tokenizer
+from corral.tools import (
+    CallStream,
+    Dialect,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    check_choice,
+    check_message_calls,
+    check_tools,
+    dialect_for,
+)
+
+
+class ToolPlan:
+    """A request's tool calling: the dialect its calls are written in, its tools and its `tool_choice`."""
+
+    def __init__(self, dialect: Dialect, tools: list[Tool], choice: ToolChoice):
+        self.dialect, self.tools, self.choice = dialect, tools, choice
+
+    def answer(self, text: str, ev: Finished) -> tuple[str | None, list[ToolCall], str]:
+        """(content, calls, finish_reason) of a finished answer; a shield's refusal holds no calls."""
+        if ev.finish_reason == "content_filter":
+            return text, [], reason(ev)
+        content, calls = self.dialect.parse(text)
+        return content, calls, call_reason(calls, ev)
+
+
+def call_reason(calls: list[ToolCall], ev: Finished) -> str:
+    """finish_reason "tool_calls" when an answer that ended well made calls."""
+    return "tool_calls" if calls and ev.finish_reason == "stop" else reason(ev)
 
 
 class Service:
@@ -93,24 +123,65 @@ class Service:
             raise ParamError(f"token id {bad} is outside the vocabulary (0..{self.engine.model.config.vocab_size - 1})",
                              param)
 
-    def chat_jobs(self, r: P.ChatCompletionRequest) -> list[Job]:
+    def chat_jobs(self, r: P.ChatCompletionRequest) -> tuple[list[Job], ToolPlan | None]:
         self.check_model(r.model)
-        if (r.tools or r.functions) and r.tool_choice != "none":
-            raise ParamError("tool calling is not supported by this server yet; send the request without tools "
-                             "(or with tool_choice: \"none\")", "tools")
-        ids = to_ids(lambda: encode_chat(self.tok, _messages(r), template=self.chat_template), "messages")
+        if r.functions:
+            raise ParamError("functions (OpenAI's deprecated form) is not supported; send them as tools: "
+                             '[{"type": "function", "function": {"name": ..., "parameters": {...}}}]', "functions")
+        plan, prompt, kwargs = self._tools(r)
+        ids = to_ids(lambda: encode_chat(self.tok, prompt, template=self.chat_template, **kwargs), "messages")
         self._check_prompt(ids, "messages")
         top = r.top_logprobs if r.logprobs else None
         if r.top_logprobs is not None and not r.logprobs:
             raise ParamError("top_logprobs needs logprobs: true", "top_logprobs")
         params = self._params(r, len(ids), r.max_completion_tokens or r.max_tokens)
         factory = self._constraint_factory(r.response_format)
+        if plan is not None:
+            if factory is not None:
+                raise ParamError("response_format cannot be combined with tools (a call's arguments follow its "
+                                 "function's schema already); leave one out", "response_format")
+            factory = self._tools_factory(plan, r.parallel_tool_calls)
         jobs = []
         for i in range(r.n):
             p = params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i})
             jobs.append(Job(i, ids, p, top if top is not None else (0 if r.logprobs else None),
                             factory() if factory else None))
-        return jobs
+        return jobs, plan
+
+    def _tools(self, r: P.ChatCompletionRequest) -> tuple[ToolPlan | None, list[dict[str, Any]], dict[str, Any]]:
+        """The request's tool plan (None: no calls can be made), and the messages and template variables that
+        put its tools and past calls into the prompt."""
+        msgs = _messages(r)
+        tools = _param(lambda: check_tools(r.tools), "tools") if r.tools is not None else []
+        if r.tool_choice is not None and not tools:
+            raise ParamError("tool_choice needs tools", "tool_choice")
+        choice = _param(lambda: check_choice(r.tool_choice, tools), "tool_choice") if tools else ToolChoice("none")
+        for i, m in enumerate(msgs):
+            if m.get("tool_calls"):
+                _param(lambda i=i, m=m: check_message_calls(m["tool_calls"], f"messages[{i}].tool_calls"),
+                       "messages")
+        history = any(m.get("tool_calls") or m["role"] == "tool" for m in msgs)
+        if choice.mode == "none" and not history:
+            return None, msgs, {}
+        dialect, native = dialect_for(template_source(self.tok, self.chat_template))
+        shown = tools if choice.mode != "none" else []
+        prompt, kwargs = dialect.prompt(msgs, shown, r.parallel_tool_calls, native)
+        return (ToolPlan(dialect, tools, choice) if shown else None), prompt, kwargs
+
+    def _tools_factory(self, plan: ToolPlan, parallel: bool) -> Callable[[], Any]:
+        grammar = plan.dialect.grammar(plan.tools, plan.choice, parallel)
+        trigger = plan.dialect.trigger if plan.choice.mode == "auto" else None
+        try:
+            return self._compiler().tool_calls(plan.tools, grammar, trigger, plan.dialect.anywhere)
+        except InvalidArgumentError as e:
+            raise ParamError(str(e), "tools") from None
+
+    def _compiler(self) -> Any:
+        if self._grammar is None:
+            from corral.serve.grammar import GrammarCompiler
+
+            self._grammar = GrammarCompiler(self.tok)
+        return self._grammar
 
     def completion_jobs(self, r: P.CompletionRequest) -> tuple[list[Job], list[list[int]]]:
         self.check_model(r.model)
@@ -142,10 +213,6 @@ class Service:
     def _constraint_factory(self, fmt: P.ResponseFormat | None) -> Callable[[], Any] | None:
         if fmt is None or fmt.type == "text":
             return None
-        if self._grammar is None:
-            from corral.serve.grammar import GrammarCompiler
-
-            self._grammar = GrammarCompiler(self.tok)
         spec: dict[str, Any] = {"type": fmt.type}
         if fmt.type == "json_schema":
             if fmt.json_schema is None:
@@ -154,7 +221,7 @@ class Service:
             spec["json_schema"] = {"name": fmt.json_schema.name, "schema": fmt.json_schema.schema_,
                                    "strict": fmt.json_schema.strict}
         try:
-            return self._grammar.compile(spec)
+            return self._compiler().compile(spec)
         except InvalidArgumentError as e:
             raise ParamError(str(e), "response_format") from None
 
@@ -163,7 +230,7 @@ class Service:
     # --- chat ----------------------------------------------------------------------------------------------
 
     async def chat(self, r: P.ChatCompletionRequest) -> P.ChatCompletion:
-        jobs = self.chat_jobs(r)
+        jobs, plan = self.chat_jobs(r)
         msgs = _messages(r)
         if await self._input_blocked([msgs], "messages", "chat", jobs):
             texts, lps = [self.shields.refusal] * len(jobs), [[] for _ in jobs]
@@ -171,19 +238,24 @@ class Service:
         else:
             texts, lps, done = await collect(self.engine, self.tok, self.hooks, jobs, "chat")
             await self._shield_answers([msgs] * len(jobs), texts, lps, done, "messages")
-        reasons = [reason(done[i]) for i in range(len(jobs))]
-        choices = [P.ChatChoice(index=i, message=P.AssistantMessage(content=texts[i]), finish_reason=reasons[i],
-                                logprobs=chat_logprobs(self.tok, lps[i]) if r.logprobs else None)
-                   for i in range(len(jobs))]
+        choices = []
+        for i in range(len(jobs)):
+            content, calls, why = (plan.answer(texts[i], done[i]) if plan is not None
+                                   else (texts[i], [], reason(done[i])))
+            message = P.AssistantMessage(content=content, tool_calls=[P.ToolCallOut(**c.openai()) for c in calls]
+                                         or None)
+            choices.append(P.ChatChoice(index=i, message=message, finish_reason=why,
+                                        logprobs=chat_logprobs(self.tok, lps[i]) if r.logprobs else None))
         return P.ChatCompletion(id=new_id("chatcmpl"), model=self.model_id, choices=choices,
                                 usage=usage(jobs, done))
 
     async def chat_stream(self, r: P.ChatCompletionRequest) -> AsyncIterator[str]:
         """Validates, runs the input shields and queues at once (raising on bad input or, with `--shield-action
         error`, on a blocked one); the returned iterator yields SSE lines."""
-        jobs = self.chat_jobs(r)
+        jobs, plan = self.chat_jobs(r)
         msgs = _messages(r)
         q, reqs = await self._submit_shielded(jobs, [msgs], "messages", "chat")
+        calls = {job.index: CallStream(plan.dialect) for job in jobs} if plan is not None else None
         include_usage = bool(r.stream_options and r.stream_options.include_usage)
         cid = new_id("chatcmpl")
 
@@ -199,17 +271,29 @@ class Service:
                 yield chunk([P.ChunkChoice(index=job.index, delta=P.DeltaMessage(role="assistant", content=""))])
 
         def delta(i: int, ev: Delta) -> str | None:
+            text = calls[i].feed(ev.text) if calls is not None else ev.text  # a call's text is held until its end
             if ev.logprobs and r.logprobs:
                 lp = chat_logprobs(self.tok, ev.logprobs)
-                return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=ev.text), logprobs=lp)])
-            if ev.text:  # the common case, built without pydantic: it runs per token per stream
-                return sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": ev.text},
+                return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=text), logprobs=lp)])
+            if text:  # the common case, built without pydantic: it runs per token per stream
+                return sse(json.dumps({**head, "choices": [{"index": i, "delta": {"content": text},
                                                              "logprobs": None, "finish_reason": None}]},
                                        ensure_ascii=False, separators=(",", ":")))
             return None
 
         def finish(i: int, ev: Finished) -> str:
-            return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=reason(ev))])
+            if calls is None:
+                return chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=reason(ev))])
+            rest, made = calls[i].finish()
+            made = [] if ev.finish_reason == "content_filter" else made
+            why = call_reason(made, ev)
+            lines = chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(content=rest))]) if rest else ""
+            for k, c in enumerate(made):  # as OpenAI streams a call: id and name first, then the arguments
+                lines += chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(tool_calls=[
+                    {"index": k, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}]))])
+                lines += chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(tool_calls=[
+                    {"index": k, "function": {"arguments": c.arguments}}]))])
+            return lines + chunk([P.ChunkChoice(index=i, delta=P.DeltaMessage(), finish_reason=why)])
 
         usage_line = (lambda u: chunk([], u)) if include_usage else None
         shielded = [msgs] * len(jobs) if reqs and self.shields is not None and self.shields.output else None
@@ -422,9 +506,26 @@ class Service:
             raise ParamError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})", "tokens")
         return P.DetokenizeResponse(prompt=self.tok.decode(r.tokens, skip_special=False))
 
-def _messages(r: P.ChatCompletionRequest | P.TokenizeRequest) -> list[dict[str, str]]:
-    """A request's messages as the chat template (and the guard) read them: developer messages are system ones."""
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in r.messages]
+def _messages(r: P.ChatCompletionRequest | P.TokenizeRequest) -> list[dict[str, Any]]:
+    """A request's messages as the chat template (and the guard) read them: developer messages are system ones;
+    an assistant's past `tool_calls` and a tool message's `tool_call_id` kept."""
+    out = []
+    for m in r.messages:
+        msg: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.tool_calls is not None:
+            msg["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            msg["tool_call_id"] = m.tool_call_id
+        out.append(msg)
+    return out
+
+
+def _param(check: Callable[[], Any], param: str) -> Any:
+    """`check()`, its `InvalidArgumentError` a 400 naming `param`."""
+    try:
+        return check()
+    except InvalidArgumentError as e:
+        raise ParamError(str(e), param) from None
 
 
 def _distinct(convs: list[list[dict[str, str]]]) -> list[list[dict[str, str]]]:
