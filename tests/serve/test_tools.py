@@ -307,3 +307,37 @@ def test_200_sampled_calls_all_valid(tok):
                 assert_valid(ch.message.tool_calls)
                 made += 1
         assert made == 200
+
+
+def test_batch_lines_with_tools(srv, tmp_path):
+    """`corral batch` answers chat lines with tools as the server does: calls in the response body's message."""
+    from corral.batch import run_batch
+
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    body = {"messages": ASK, "tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False,
+            "max_tokens": 200}
+    src.write_text("".join(json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                       "body": {**body, "seed": i}}) + "\n" for i in range(3)))
+    assert run_batch(srv.service, src, dst).ok == 3
+    for line in dst.read_text().splitlines():
+        choice = json.loads(line)["response"]["body"]["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        (call,) = choice["message"]["tool_calls"]
+        assert call["function"]["name"] in SCHEMAS
+        jsonschema.validate(json.loads(call["function"]["arguments"]), SCHEMAS[call["function"]["name"]])
+
+
+def test_agent_example_loop(srv, capsys):
+    """examples/agent.py against a live server: the forced first round's calls run locally and go back as tool
+    messages with their ids; the conversation then renders in the next round (a valid request every round)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("agent", Path(__file__).parents[2] / "examples" / "agent.py")
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    msgs = agent.run(client(srv.url), "tiny", "Weather in Oslo?", first="required", rounds=2, max_tokens=60)
+    calls = msgs[1]["tool_calls"]
+    assert msgs[1]["role"] == "assistant" and calls
+    results = [m for m in msgs if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in results[:len(calls)]] == [c["id"] for c in calls]
+    assert "call> " in capsys.readouterr().out
