@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from openai import OpenAI
 
@@ -39,7 +39,7 @@ def local_time(city: str) -> str:
     hit = CITIES.get(city.strip().lower())
     if not hit:
         return f"unknown city {city!r}; known: {', '.join(CITIES)}"
-    return (datetime.now(timezone.utc) + timedelta(hours=hit[0])).strftime("%H:%M")
+    return (datetime.now(UTC) + timedelta(hours=hit[0])).strftime("%H:%M")
 
 
 FUNCTIONS = {"get_weather": get_weather, "local_time": local_time}

@@ -72,7 +72,7 @@ class Constraint:
 
     def __init__(self, lltok: llguidance.LLTokenizer, grammar: str):
         self._m = llguidance.LLMatcher(lltok, grammar, log_level=0, limits=_LIMITS)
-        self._n = lltok.vocab_size
+        self._lltok, self._n = lltok, lltok.vocab_size
         self._words = np.zeros((self._n + 31) // 32, dtype=np.int32)  # one bit per token, 1 = allowed
         self._error: str | None = None
 
@@ -95,6 +95,10 @@ class Constraint:
     def accept(self, token_id: int) -> None:
         """Advance past a sampled token (a token the mask forbade puts the matcher in its error state)."""
         self._m.consume_token(token_id)
+
+    def accept_bytes(self, data: bytes) -> None:
+        """Advance past text the model wrote before the grammar applied (`LazyConstraint`'s trigger on)."""
+        self._m.consume_tokens(self._lltok.tokenize_bytes(data))
 
     @property
     def done(self) -> bool:
@@ -137,7 +141,7 @@ class LazyConstraint:
             at = len(self._buf) - len(body) if body.startswith(self._trigger) else -1
         if at >= 0:
             self._inner = Constraint(self._lltok, self._grammar)
-            self._inner._m.consume_tokens(self._lltok.tokenize_bytes(self._buf[at:]))
+            self._inner.accept_bytes(self._buf[at:])
 
     @property
     def done(self) -> bool:

@@ -341,3 +341,37 @@ def test_agent_example_loop(srv, capsys):
     results = [m for m in msgs if m["role"] == "tool"]
     assert [m["tool_call_id"] for m in results[:len(calls)]] == [c["id"] for c in calls]
     assert "call> " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dialect, prose, call", [
+    (Hermes(), "Let me check that for you.\n",
+     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>'),
+    (Llama3(), "", ' {"name": "get_weather", "parameters": {"city": "Oslo"}}'),
+])
+def test_lazy_grammar_applies_from_the_trigger(tok, dialect, prose, call):
+    """auto: before the trigger every token is allowed; from it on only the grammar's, and a complete call ends
+    the answer (parallel off). Llama 3.1's trigger counts only at the start: an answer begun as prose stays free."""
+    import torch
+
+    from corral.serve.grammar import GrammarCompiler
+
+    tools = check_tools(TOOLS)
+    factory = GrammarCompiler(tok).tool_calls(tools, dialect.grammar(tools, ToolChoice("auto"), False),
+                                              dialect.trigger, dialect.anywhere)
+    c, ids = factory(), tok.encode(prose + call)
+    n_prose = len(tok.encode(prose)) if prose else 0
+    for k, t in enumerate(ids):
+        logits = torch.zeros(tok.vocab_size)
+        c.mask(logits)
+        allowed = int((logits == 0).sum())
+        assert logits[t] == 0, tok.decode(ids[:k + 1])
+        if k < n_prose:
+            assert allowed == tok.vocab_size  # free text
+        c.accept(t)
+    assert c.done and c.error is None
+    logits = torch.zeros(tok.vocab_size)
+    free = factory()
+    for t in tok.encode("Sure: " + call):  # the trigger after prose: free for llama3, constrained for hermes
+        free.accept(t)
+    free.mask(logits)
+    assert (int((logits == 0).sum()) == tok.vocab_size) == (not dialect.anywhere)
