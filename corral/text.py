@@ -98,12 +98,13 @@ class Generation:
 
 def generate_many(model: Any, tok: Any, prompts: Sequence[list[int]],
                   params: SamplingParams | Sequence[SamplingParams], max_batch: int = 16, max_seq_len: int = 2048,
-                  on_finish: Callable[[int, Generation], None] | None = None, compile: bool = False
-                  ) -> list[Generation]:
+                  on_finish: Callable[[int, Generation], None] | None = None, compile: bool = False,
+                  constraints: Sequence[Any] | None = None) -> list[Generation]:
     """Answer every prompt (token ids) through one `Engine` stepped on this thread: the one offline helper (eval,
     synth, the recipe's selection, the guard, the examples). `params` is one for all or one per prompt; stop
     strings apply. A prompt that leaves less than its max_tokens of room loses its oldest tokens. `on_finish(i,
-    gen)` is called as each one completes (in completion order). `compile`: the engine's compiled decode step."""
+    gen)` is called as each one completes (in completion order). `compile`: the engine's compiled decode step.
+    `constraints`: one per prompt (or None), each a fresh grammar state (`corral.grammar`)."""
     if not prompts:
         return []
     plist = list(params) if isinstance(params, Sequence) else [params] * len(prompts)
@@ -132,6 +133,7 @@ def generate_many(model: Any, tok: Any, prompts: Sequence[list[int]],
     for i, (ids, sp) in enumerate(zip(prompts, plist, strict=True)):
         room = max(engine.max_seq_len // 2, engine.max_seq_len - sp.max_tokens - 1)
         req = Request(list(ids)[-room:], sp, lambda ev: None)
+        req.constraint = constraints[i] if constraints is not None else None
         req.emit = text_events(tok, sp.stop, emit(i), lambda req=req: engine.cancel(req))
         engine.submit(req)
     engine.run_until_idle()

@@ -29,10 +29,11 @@ from corral.errors import InvalidArgumentError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TOOLS = 128
-# JSON written without free whitespace, `json.dumps` separators (as corral.serve.grammar does for response_format)
+# JSON written without free whitespace, `json.dumps` separators (as corral.grammar does for response_format)
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
-FALLBACK_SYSTEM = """You can call functions to answer. They are listed, as JSON schemas, between <tools> and </tools>:
+FALLBACK_SYSTEM = """You can call functions to answer. They are listed between <tools> and </tools>, each with its
+arguments (type, whether required or its default, what it is):
 <tools>
 {tools}
 </tools>
@@ -293,6 +294,19 @@ def dialect_for(template: str) -> tuple[Dialect, bool]:
     return Hermes(), native
 
 
+def tool_conversation(messages: list[dict[str, Any]], tools: Any, template: str, parallel: bool = True
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A conversation with OpenAI `tools` (or None) and past calls, as the chat template `template` (its source)
+    takes it: (messages, extra template variables), as the server prompts it. Training rows and eval tasks with
+    tools go through here; `InvalidArgumentError` names a bad tool or call."""
+    tool_list = check_tools(tools) if tools is not None else []
+    for i, m in enumerate(messages):
+        if m.get("tool_calls"):
+            check_message_calls(m["tool_calls"], f"messages[{i}].tool_calls")
+    dialect, native = dialect_for(template)
+    return dialect.prompt(messages, tool_list, parallel, native)
+
+
 def _structured(m: dict[str, Any]) -> dict[str, Any]:
     """A message as tool-aware templates read it: call arguments as objects (HF's convention), not JSON text."""
     if not m.get("tool_calls"):
@@ -302,12 +316,49 @@ def _structured(m: dict[str, Any]) -> dict[str, Any]:
     return {**m, "content": m.get("content") or "", "tool_calls": calls}
 
 
+def describe(tool: Tool) -> str:
+    """A function as the fallback prompt lists it: a line for the function, one per argument. Half the tokens of
+    its JSON schema (the 9 tools of examples/tools: 1951 tokens as JSON, 1208 so), which matters to a small
+    model's context; the grammar holds the call to the full schema either way."""
+    props = tool.parameters.get("properties") or {}
+    required = set(tool.parameters.get("required") or [])
+    lines = [f"- {tool.name}: {tool.description}".rstrip(": ")]
+    for name, spec in props.items():
+        spec = spec if isinstance(spec, dict) else {}
+        flag = "required" if name in required else (f"default {json.dumps(spec['default'], ensure_ascii=False)}"
+                                                      if "default" in spec else "optional")
+        about = f": {spec['description']}" if isinstance(spec.get("description"), str) else ""
+        lines.append(f"  {name} ({_type(spec)}, {flag}){about}")
+    return "\n".join(lines)
+
+
+def _type(spec: dict[str, Any]) -> str:
+    """A property's type in a few words; a schema too rich for that as compact JSON."""
+    if "enum" in spec and isinstance(spec["enum"], list):
+        return "one of " + ", ".join(json.dumps(v, ensure_ascii=False) for v in spec["enum"])
+    kind = spec.get("type")
+    if kind in ("string", "integer", "number", "boolean"):
+        out = kind
+        if "pattern" in spec:
+            out += f" matching {spec['pattern']}"
+        if "format" in spec:
+            out += f" ({spec['format']})"
+        lo, hi = spec.get("minimum"), spec.get("maximum")
+        if lo is not None or hi is not None:
+            out += f" from {lo}" * (lo is not None) + f" to {hi}" * (hi is not None)
+        return out
+    if kind == "array" and isinstance(spec.get("items"), dict) and spec["items"].get("type") != "object":
+        return f"list of {_type(spec['items'])}"
+    rest = {k: v for k, v in spec.items() if k not in ("description", "default")}
+    return json.dumps(rest, ensure_ascii=False, separators=(",", ":"))
+
+
 def _fallback(messages: list[dict[str, Any]], tools: list[Tool], parallel: bool) -> list[dict[str, Any]]:
     """The conversation for a template that knows no tools: the tool list in the system message, past calls as
     `<tool_call>` blocks, results as user turns of `<tool_response>` blocks (consecutive results merged)."""
     out: list[dict[str, Any]] = []
     if tools:
-        listing = "\n".join(json.dumps(t.spec(), ensure_ascii=False) for t in tools)
+        listing = "\n".join(describe(t) for t in tools)
         note = "Several calls may follow each other, one block each.\n" if parallel else ""
         system = FALLBACK_SYSTEM.format(tools=listing, parallel=note)
         if messages and messages[0]["role"] == "system":

@@ -89,7 +89,7 @@ class Request:
     emit: Callable[[Event], None]  # called from the engine thread
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only
     id: str = ""
-    constraint: Any = None  # corral.serve.grammar.Constraint | None: structured output (JSON schema)
+    constraint: Any = None  # corral.grammar.Constraint | None: structured output (JSON schema)
     # engine state
     slot: int = -1
     fed: int = 0  # tokens of prompt + output whose KV is in the slot

@@ -26,7 +26,7 @@ import torch
 
 from corral.engine.sampling import SamplingParams
 from corral.errors import CorralError, InvalidArgumentError, ModelFormatError
-from corral.eval.scoring import extract, mc_predictions, perplexity_metrics
+from corral.eval.scoring import calls_match, extract, mc_predictions, perplexity_metrics
 from corral.eval.task import Example, Task, gold_index, load_task
 from corral.model.llama import LlamaForCausalLM
 from corral.text import generate_many
@@ -164,7 +164,8 @@ def run_task(em: EvalModel, task: Task, limit: int | None = None, batch_tokens: 
     """Score one model on one task (its first `limit` examples): (metrics, one record per example)."""
     bar = bar or _Bar()
     examples = task.examples[:limit] if limit else task.examples
-    run = {"perplexity": _perplexity, "multiple_choice": _multiple_choice, "generate": _generate}[task.kind]
+    run = {"perplexity": _perplexity, "multiple_choice": _multiple_choice, "generate": _generate,
+           "tool_calls": _tool_calls}[task.kind]
     return run(em, task, examples, batch_tokens=batch_tokens, max_batch=max_batch, template=template, bar=bar)
 
 
@@ -244,6 +245,49 @@ def _generate(em, task, examples, *, max_batch, template, bar, **_):
     metrics = {"acc": passed / len(examples)}
     if "checks_acc" in task.metrics:
         metrics["checks_acc"] = checks_passed / max(1, checks_total)
+    return metrics, records
+
+
+def _tool_calls(em, task, examples, *, max_batch, template, bar, **_):
+    """Greedy answers with the tools in the prompt as the server puts them and tool_choice auto (the lazy grammar:
+    a call the model starts always parses), scored by AST match (`calls_match`)."""
+    import json
+
+    from corral.chat import encode_chat, template_source
+    from corral.grammar import GrammarCompiler
+    from corral.tools import ToolChoice, check_tools, dialect_for, tool_conversation
+
+    tok = em.tok
+    src = template_source(tok, template)
+    dialect, _ = dialect_for(src)
+    compiler = GrammarCompiler(tok)
+    prompts, constraints = [], []
+    for ex in examples:
+        msgs, kwargs = tool_conversation(ex.messages, ex.fields["tools"], src)
+        prompts.append(encode_chat(tok, msgs, template=template, **kwargs))
+        tools = check_tools(ex.fields["tools"])
+        grammar = dialect.grammar(tools, ToolChoice("auto"), True)
+        constraints.append(compiler.tool_calls(tools, grammar, dialect.trigger, dialect.anywhere)())
+    params = SamplingParams(temperature=0.0, max_tokens=task.max_tokens, stop=list(task.stop))
+    bar.total(len(prompts))
+    gens = generate_many(em.model, tok, prompts, params, max_batch=max_batch, constraints=constraints,
+                         max_seq_len=max(len(p) for p in prompts) + task.max_tokens + 1,
+                         on_finish=lambda i, g: bar.advance(1))
+    records, groups = [], {"call_acc": [], "no_call_acc": []}
+    for ex, g in zip(examples, gens, strict=True):
+        if g.finish_reason == "error":
+            raise CorralError(f"{ex.where}: generation failed: {g.error}")
+        content, calls = dialect.parse(g.text)
+        made = [(c.name, json.loads(c.arguments)) for c in calls]
+        ok = calls_match(made, ex.fields["expected"])
+        groups["call_acc" if ex.fields["expected"] else "no_call_acc"].append(ok)
+        if ex.fields.get("category"):
+            groups.setdefault(f"{ex.fields['category']}_acc", []).append(ok)
+        records.append({"example": ex.where, "category": ex.fields.get("category"), "reply": g.text,
+                        "calls": [{"name": n, "arguments": a} for n, a in made], "content": content,
+                        "expected": ex.fields["expected"], "finish_reason": g.finish_reason, "ok": ok})
+    metrics = {"acc": sum(r["ok"] for r in records) / len(records)}
+    metrics.update({k: sum(v) / len(v) for k, v in groups.items() if v})
     return metrics, records
 
 

@@ -310,3 +310,43 @@ def perplexity_metrics(nll_sum: float, tokens: int, n_bytes: int) -> dict[str, f
         return {"ppl": math.nan, "bits_per_byte": math.nan, "bits_per_token": math.nan}
     return {"ppl": math.exp(nll_sum / tokens), "bits_per_byte": nll_sum / max(1, n_bytes) / math.log(2),
             "bits_per_token": nll_sum / tokens / math.log(2)}
+
+
+# --- tool calls -------------------------------------------------------------------------------------------------
+
+
+def calls_match(calls: Sequence[tuple[str, dict[str, Any]]], expected: Sequence[dict[str, Any]]) -> bool:
+    """AST match of an answer's calls (name, arguments) against the expected ones, in BFCL's "possible answer"
+    form: `{"name": ..., "arguments": {param: [acceptable values]}}`, where "" among the values lets the call leave
+    that parameter out. Parallel calls match in any order; no expected call means the answer must make none.
+    Strings compare without case and surrounding white space; numbers by value (1 == 1.0, never True)."""
+    if len(calls) != len(expected):
+        return False
+    return any(all(_call_ok(calls[p], expected[i]) for i, p in enumerate(perm))
+               for perm in _orders(len(calls)))
+
+
+def _orders(n: int) -> Any:
+    from itertools import permutations
+
+    return permutations(range(n))
+
+
+def _call_ok(call: tuple[str, dict[str, Any]], want: dict[str, Any]) -> bool:
+    name, args = call
+    allowed = want.get("arguments") or {}
+    if name != want.get("name") or any(k not in allowed for k in args):
+        return False
+    if any(not any(_same(v, a) for a in allowed[k] if a != "") for k, v in args.items()):
+        return False
+    return all(k in args for k, values in allowed.items() if "" not in values)
+
+
+def _same(value: Any, want: Any) -> bool:
+    if isinstance(value, bool) or isinstance(want, bool):
+        return value is want
+    if isinstance(value, int | float) and isinstance(want, int | float):
+        return float(value) == float(want)
+    if isinstance(value, str) and isinstance(want, str):
+        return value.strip().lower() == want.strip().lower()
+    return value == want

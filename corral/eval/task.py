@@ -3,14 +3,14 @@
 A task YAML (every key but `kind` and the data is optional):
 
     name: capitals                 # default: the file's stem
-    kind: generate                 # generate | multiple_choice | perplexity
+    kind: generate                 # generate | multiple_choice | perplexity | tool_calls
     description: one line for the report
     data: capitals.jsonl           # JSONL (or .txt for perplexity), relative to the YAML; or inline `examples: [...]`
     chat: true                     # render the prompt as a user turn with the model's chat template (default false)
     system: You are terse.         # system message (chat only)
     prompt: "Capital of {{ country }}?"   # Jinja over the example's fields (default: its `prompt` or `question`)
     # generate
-    max_tokens: 32
+    max_tokens: 32                 # default 64 (tool_calls: 256)
     stop: ["\\n"]
     extract: "[A-Z][a-z]+"         # compare only this part of the reply (first match; group 1 if any)
     extract_take: first            # or last
@@ -19,9 +19,13 @@ A task YAML (every key but `kind` and the data is optional):
     target_delimiter: " "          # put before each choice (default " ", or "" with chat)
     # perplexity: `text` per JSONL line, or a .txt file (one document)
     max_len: 1024                  # tokens per scoring window
+    # tool_calls: per example `messages`, `tools` (OpenAI's list), `expected` calls in BFCL's "possible answer"
+    # form ([{"name", "arguments": {param: [acceptable values, "" = may be left out]}}], [] = no call), and an
+    # optional `category` (simple, multiple, parallel, irrelevance: each gets its own accuracy)
 
 A bare JSONL file is a task too: its lines say the kind (`text` → perplexity; `choices` → multiple choice; `prompt`,
-`question` or `messages` → generate, scored by `contains` when the lines have an `answer`, plus each line's `checks`).
+`question` or `messages` → generate, scored by `contains` when the lines have an `answer`, plus each line's `checks`;
+`tools` and `expected` → tool_calls).
 
 An example with `messages` (a list of {role, content}) is a chat prompt as it is: `prompt`, `system` and `chat` do not
 apply to it. Every problem is a `TaskError` naming the file and line.
@@ -40,7 +44,7 @@ from corral.errors import CorralError
 from corral.eval.scoring import Scorer, ScorerSpecError, make_scorer
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "tasks"
-KINDS = ("generate", "multiple_choice", "perplexity")
+KINDS = ("generate", "multiple_choice", "perplexity", "tool_calls")
 KEYS = {"name", "kind", "description", "data", "examples", "generator", "chat", "system", "prompt", "max_tokens",
         "stop", "extract", "extract_take", "score", "target_delimiter", "max_len"}
 
@@ -81,6 +85,9 @@ class Task:
             return ["ppl", "bits_per_byte", "bits_per_token"]
         if self.kind == "multiple_choice":
             return ["acc", "acc_norm"]
+        if self.kind == "tool_calls":  # AST-exact answers; of those needing calls; of those needing none
+            cats = sorted({str(e.fields["category"]) for e in self.examples if e.fields.get("category")})
+            return ["acc", "call_acc", "no_call_acc", *(f"{c}_acc" for c in cats)]
         return ["acc", "checks_acc"] if any(e.checks for e in self.examples) or len(self.scorers) > 1 else ["acc"]
 
     @property
@@ -196,6 +203,8 @@ def _read_text(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 def _infer_kind(rows: list[tuple[str, dict[str, Any]]]) -> str:
     where, first = rows[0]
+    if "tools" in first and "expected" in first:
+        return "tool_calls"
     if "choices" in first:
         return "multiple_choice"
     if any(k in first for k in ("prompt", "question", "messages")):
@@ -227,7 +236,7 @@ def _build(spec: dict[str, Any], rows: list[tuple[str, dict[str, Any]]], source:
     stop = [stop] if isinstance(stop, str) else stop
     if not all(isinstance(s, str) and s for s in stop):
         raise TaskError(f"{lines.key('stop')}: `stop` must be non-empty strings")
-    max_tokens = opt("max_tokens", int, 64, "a positive integer")
+    max_tokens = opt("max_tokens", int, 256 if kind == "tool_calls" else 64, "a positive integer")
     max_len = opt("max_len", int, 1024, "an integer of at least 16")
     if max_tokens < 1 or max_len < 16:
         raise TaskError(f"{lines.key('max_tokens' if max_tokens < 1 else 'max_len')}: out of range")
@@ -316,6 +325,9 @@ def _example(task: Task, row: dict[str, Any], where: str, template: Any, system:
         if task.chat:
             ex.messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": ex.text}]
+    if task.kind == "tool_calls":
+        _check_tool_example(ex, row, where)
+        return ex
     if task.kind == "multiple_choice":
         choices = row.get("choices")
         if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
@@ -337,6 +349,28 @@ def _example(task: Task, row: dict[str, Any], where: str, template: Any, system:
         if answers is None or not items or not all(isinstance(a, str | int | float) and str(a) for a in items):
             raise TaskError(f"{where}: the scorer needs an `answer` (a string or a list of strings)")
     return ex
+
+
+def _check_tool_example(ex: Example, row: dict[str, Any], where: str) -> None:
+    from corral.tools import check_tools
+
+    if ex.messages is None:
+        raise TaskError(f"{where}: a tool_calls example needs `messages`")
+    try:
+        names = {t.name for t in check_tools(row.get("tools"))}
+    except CorralError as e:
+        raise TaskError(f"{where}: {e}") from None
+    expected = row.get("expected")
+    if not isinstance(expected, list):
+        raise TaskError(f"{where}: `expected` is a list of calls ([] when the right answer makes none)")
+    for j, call in enumerate(expected):
+        args = call.get("arguments", {}) if isinstance(call, dict) else None
+        if not isinstance(args, dict) or call.get("name") not in names:
+            raise TaskError(f"{where}: expected[{j}] must be {{\"name\": one of the example's tools, \"arguments\": "
+                            "{param: [acceptable values]}}")
+        if not all(isinstance(v, list) and v for v in args.values()):
+            raise TaskError(f"{where}: expected[{j}].arguments maps each parameter to a non-empty list of "
+                            "acceptable values (\"\" = may be left out)")
 
 
 def gold_index(ex: Example) -> int:

@@ -178,7 +178,7 @@ class Service:
 
     def _compiler(self) -> Any:
         if self._grammar is None:
-            from corral.serve.grammar import GrammarCompiler
+            from corral.grammar import GrammarCompiler
 
             self._grammar = GrammarCompiler(self.tok)
         return self._grammar

@@ -25,9 +25,10 @@ from typing import Any
 import torch
 
 from corral import jsonl
-from corral.chat import encode_chat, validate_messages
+from corral.chat import encode_chat, template_source, validate_messages
 from corral.errors import DataError, InvalidArgumentError
 from corral.tokenizer import Tokenizer
+from corral.tools import tool_conversation
 
 IGNORE = -100  # label of a position that carries no loss (PyTorch's cross_entropy ignore_index)
 
@@ -75,21 +76,28 @@ def encode_example(obj: Any, tok: Tokenizer, template: str | None = None, line: 
     if not isinstance(obj, dict):
         raise ValueError("expected a JSON object with 'messages', or with 'prompt' and 'completion'")
     if "messages" in obj:
-        return encode_chat_example(obj["messages"], tok, template, line)
+        return encode_chat_example(obj["messages"], tok, template, line, obj.get("tools"))
     if "prompt" in obj or "completion" in obj:
         return encode_completion(obj.get("prompt"), obj.get("completion"), tok, line)
     raise ValueError("expected a 'messages' list, or 'prompt' and 'completion' strings")
 
 
-def encode_chat_example(messages: Any, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:
+def encode_chat_example(messages: Any, tok: Tokenizer, template: str | None = None, line: int = 0,
+                        tools: Any = None) -> Example:
+    """A chat row; with `tools` (OpenAI's list) or tool calls and results in the conversation, the tools and
+    calls go into the prompt as the server puts them (`corral.tools`), and the loss covers the assistant's calls
+    as written in the model's dialect."""
     _check_messages(messages)
-    ids = encode_chat(tok, messages, add_generation_prompt=False, template=template)
+    kwargs: dict[str, Any] = {}
+    if tools is not None or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages):
+        messages, kwargs = tool_conversation(validate_messages(messages), tools, template_source(tok, template))
+    ids = encode_chat(tok, messages, add_generation_prompt=False, template=template, **kwargs)
     labels = [IGNORE] * len(ids)
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = encode_chat(tok, messages[:i], add_generation_prompt=True, template=template)
-        through = encode_chat(tok, messages[: i + 1], add_generation_prompt=False, template=template)
+        before = encode_chat(tok, messages[:i], add_generation_prompt=True, template=template, **kwargs)
+        through = encode_chat(tok, messages[: i + 1], add_generation_prompt=False, template=template, **kwargs)
         if ids[: len(through)] != through or through[: len(before)] != before:
             raise ValueError("the chat template does not render a conversation's beginning as the beginning of the "
                              "whole conversation, so assistant turns cannot be masked; use another --chat-template")
@@ -115,7 +123,7 @@ def _check_messages(messages: Any) -> None:
     except InvalidArgumentError as e:
         raise ValueError(str(e)) from None
     for i, m in enumerate(messages):
-        if not m["content"].strip():
+        if not m["content"].strip() and not m.get("tool_calls"):
             raise ValueError(f"messages[{i}] ({m['role']}) has empty content")
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError("no assistant message: nothing to learn")

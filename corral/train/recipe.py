@@ -111,7 +111,9 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
         examples, _ = load_jsonl(cfg.data, tok, cfg.max_seq_len, template, cfg.skip_bad_lines)
         good = {e.line for e in examples}
         rows = [obj for n, obj in jsonl.objects(cfg.data) if n in good]
-    chat = [r for r in rows if "messages" in r]
+    # Tool-use rows (OpenAI `tools`, calls, results) are trained as they are: a call is no fact to reword.
+    tool_rows = [r for r in rows if "messages" in r and _uses_tools(r)]
+    chat = [r for r in rows if "messages" in r and not _uses_tools(r)]
     facts = group_facts(qa_pairs(chat, cfg.data))
     dfacts = doc_facts(chunks, start=len(facts))
     aug.mkdir(parents=True, exist_ok=True)
@@ -138,6 +140,7 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
         train_rows += chat
         select = []
     train_rows = [{"messages": r["messages"]} for r in train_rows]
+    train_rows += [{"messages": r["messages"], **({"tools": r["tools"]} if "tools" in r else {})} for r in tool_rows]
     train_rows += [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows if "messages" not in r]
     train_rows += [{"prompt": "", "completion": (f"{c.heading}\n\n{c.text}" if c.heading else c.text)}
                    for c in chunks]
@@ -155,6 +158,12 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
         _write_jsonl(aug / "train.jsonl", train_rows + replay)
     _write_jsonl(aug / "select.jsonl", select)
     (aug / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def _uses_tools(row: dict[str, Any]) -> bool:
+    msgs = row["messages"] if isinstance(row["messages"], list) else []
+    return "tools" in row or any(isinstance(m, dict) and (m.get("tool_calls") or m.get("role") == "tool")
+                                 for m in msgs)
 
 
 def replay_rows(cfg: FinetuneConfig, n: int, loaded: Any = None, progress: bool = True) -> list[dict[str, Any]]:

@@ -353,7 +353,7 @@ def test_lazy_grammar_applies_from_the_trigger(tok, dialect, prose, call):
     the answer (parallel off). Llama 3.1's trigger counts only at the start: an answer begun as prose stays free."""
     import torch
 
-    from corral.serve.grammar import GrammarCompiler
+    from corral.grammar import GrammarCompiler
 
     tools = check_tools(TOOLS)
     factory = GrammarCompiler(tok).tool_calls(tools, dialect.grammar(tools, ToolChoice("auto"), False),

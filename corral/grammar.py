@@ -1,4 +1,5 @@
-"""Structured output: JSON-schema / JSON-object constrained decoding with llguidance.
+"""Structured output: JSON-schema / JSON-object constrained decoding, and tool-call grammars (eager or lazy), with
+llguidance. The server, `corral batch` and the tool-call eval share it; the engine sees only `mask` and `accept`.
 
 Why llguidance: it needs no torch (the matcher is Rust behind a small Python API), computes a token mask in tens of
 microseconds even for 128k-token vocabularies (no per-grammar precompilation over the vocabulary), covers most of
