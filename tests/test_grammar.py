@@ -12,8 +12,8 @@ import torch
 from corral.config import ModelConfig
 from corral.engine.engine import Engine
 from corral.errors import InvalidArgumentError
-from corral.model.llama import LlamaForCausalLM
 from corral.grammar import GrammarCompiler
+from corral.model.llama import LlamaForCausalLM
 from corral.tokenizer import load_tokenizer
 from tests.conftest import TIKTOKEN_CORPUS
 from tests.engine.test_engine import Collector

@@ -127,8 +127,9 @@ def qa_pairs(rows: list[dict[str, Any]], source: str = "") -> list[QA]:
         if not isinstance(msgs, list):
             continue
         system = next((m["content"] for m in msgs if m.get("role") == "system"), None)
-        turns = [i for i in range(len(msgs) - 1)
-                 if msgs[i].get("role") == "user" and msgs[i + 1].get("role") == "assistant"]
+        turns = [i for i in range(len(msgs) - 1)  # (a tool call is no answer to reword)
+                 if msgs[i].get("role") == "user" and msgs[i + 1].get("role") == "assistant"
+                 and isinstance(msgs[i + 1].get("content"), str) and not msgs[i + 1].get("tool_calls")]
         given = row.get("answer")
         for i in turns:
             q, a = msgs[i]["content"], msgs[i + 1]["content"]

@@ -152,9 +152,11 @@ class EndpointTarget:
         t0 = time.perf_counter()
         try:
             r = self.client.chat.completions.create(model=self.model, messages=p.messages, temperature=0,
-                                                    max_tokens=self.max_tokens)
+                                                    max_tokens=self.max_tokens, **({"tools": p.tools} if p.tools
+                                                                                  else {}))
             ch = r.choices[0]
-            reply = Reply(ch.message.content or "", ch.finish_reason, ch.finish_reason == "content_filter")
+            calls = "".join(f"\n[calls {c.function.name}({c.function.arguments})]" for c in ch.message.tool_calls or [])
+            reply = Reply((ch.message.content or "") + calls, ch.finish_reason, ch.finish_reason == "content_filter")
         except openai.BadRequestError as e:
             if _code(e) == "content_filter":
                 reply = Reply(str(e), "content_filter", True)
@@ -179,10 +181,13 @@ def _code(e: Any) -> str | None:
 
 
 def judge_conversations(prompts: Sequence[Prompt], replies: Sequence[Reply]) -> list[list[dict[str, str]]]:
-    """What the judge reads: each prompt's user and assistant turns, then the reply as the agent's turn."""
+    """What the judge reads: each prompt's user and assistant turns, then the reply as the agent's turn. A tool
+    result reads as a user turn (text the user brought in), an assistant's call as its text."""
     out = []
     for p, r in zip(prompts, replies, strict=True):
-        turns = [{"role": m["role"], "content": m["content"]} for m in p.messages if m["role"] != "system"]
+        turns = [{"role": "user" if m["role"] == "tool" else m["role"], "content": m["content"] or "".join(
+            f"[calls {c['function']['name']}({c['function']['arguments']})]" for c in m.get("tool_calls") or [])}
+                 for m in p.messages if m["role"] != "system"]
         out.append([*turns, {"role": "assistant", "content": r.text}])
     return out
 

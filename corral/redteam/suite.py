@@ -37,13 +37,14 @@ class Prompt:
     request (`kind` "benign" or "benign_risky")."""
 
     id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     kind: str
     category: str = ""
     wrapper: str = ""
     goal: str = ""
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None  # sent as the request's `tools` (tool-output injection rows)
 
 
 def read_prompts(path: str | Path, attacks: bool) -> list[Prompt]:
@@ -73,13 +74,17 @@ def _prompt(obj: Any, attack: bool, source: str) -> Prompt:
     if not isinstance(msgs, list) or not msgs:
         raise InvalidArgumentError("'messages' must be a non-empty list of {role, content}")
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant") or \
-                not isinstance(m.get("content"), str):
-            raise InvalidArgumentError(f"messages[{i}]: expected {{\"role\": system|user|assistant, "
-                                       "\"content\": \"...\"}")
-    if msgs[-1]["role"] != "user":
-        raise InvalidArgumentError("the last message must be the user's (the model answers it)")
-    known = {"id", "messages"}
+        calls = isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "tool") or \
+                not (isinstance(m.get("content"), str) or (calls and m.get("content") is None)):
+            raise InvalidArgumentError(f"messages[{i}]: expected {{\"role\": system|user|assistant|tool, "
+                                       "\"content\": \"...\"}} (an assistant's tool_calls may stand for content)")
+    if msgs[-1]["role"] not in ("user", "tool"):
+        raise InvalidArgumentError("the last message must be the user's or a tool result (the model answers it)")
+    tools = obj.get("tools")
+    if tools is not None and (not isinstance(tools, list) or not tools):
+        raise InvalidArgumentError("'tools' must be a non-empty list of OpenAI tool definitions")
+    known = {"id", "messages", "tools"}
     if attack:
         cat, wrapper, goal = obj.get("category"), obj.get("wrapper", "direct"), obj.get("goal", "")
         for name, v in (("category", cat), ("wrapper", wrapper)):
@@ -89,12 +94,12 @@ def _prompt(obj: Any, attack: bool, source: str) -> Prompt:
             raise InvalidArgumentError("'goal' must be one line of text")
         known |= {"category", "wrapper", "goal"}
         return Prompt(str(pid), msgs, "attack", cat.strip(), wrapper.strip(), goal, source,
-                      {k: v for k, v in obj.items() if k not in known})
+                      {k: v for k, v in obj.items() if k not in known}, tools)
     kind = obj.get("kind", "benign")
     if kind not in BENIGN_KINDS:
         raise InvalidArgumentError(f"'kind' {kind!r}: expected benign or benign_risky")
     return Prompt(str(pid), msgs, kind, source=source, extra={k: v for k, v in obj.items()
-                                                                 if k not in known | {"kind"}})
+                                                                 if k not in known | {"kind"}}, tools=tools)
 
 
 def load_suite(attack_files: list[str | Path] | None = None, benign_files: list[str | Path] | None = None,

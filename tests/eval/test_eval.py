@@ -404,3 +404,50 @@ def test_default_model_on_arithmetic(tmp_path):
     assert all(s["finish_reason"] in ("stop", "length") and "\n" not in s["reply"] for s in samples)
     assert sum(any(c.isdigit() for c in s["reply"]) for s in samples) >= 4  # the 4-shot prompt is followed
     assert time.perf_counter() - t0 < 60
+
+
+# --- tool calls ---------------------------------------------------------------------------------------------------
+
+
+def test_calls_match_is_an_order_free_ast_match():
+    from corral.eval.scoring import calls_match
+
+    want = [{"name": "f", "arguments": {"a": ["Oslo"], "n": [2, ""]}}, {"name": "g", "arguments": {}}]
+    assert calls_match([("g", {}), ("f", {"a": " oslo"})], want)  # any order; optional left out; case, space
+    assert calls_match([("f", {"a": "Oslo", "n": 2.0}), ("g", {})], want)
+    for wrong in ([("f", {"a": "Oslo"})], [("f", {"a": "Oslo", "n": True}), ("g", {})],
+                  [("f", {"n": 2}), ("g", {})], [("f", {"a": "Oslo", "x": 1}), ("g", {})],
+                  [("f", {"a": "Oslo"}), ("f", {"a": "Oslo"})]):
+        assert not calls_match(wrong, want), wrong
+    assert calls_match([], []) and not calls_match([("g", {})], [])
+
+
+def test_tool_calls_task_bundled_and_checked(tmp_path):
+    t = load_task("tool_calls")
+    cats = {e.fields["category"] for e in t.examples}
+    assert t.kind == "tool_calls" and len(t.examples) == 57 and cats == {"simple", "multiple", "parallel",
+                                                                        "irrelevance"}
+    assert t.metrics[:3] == ["acc", "call_acc", "no_call_acc"] and "parallel_acc" in t.metrics
+    row = {"tools": [{"type": "function", "function": {"name": "f"}}], "messages": [{"role": "user",
+                                                                                       "content": "x"}]}
+    assert load_task(write(tmp_path / "ok.jsonl", json.dumps({**row, "expected": []}) + "\n")).kind == "tool_calls"
+    for bad, says in (({**row, "expected": [{"name": "nope"}]}, "expected\\[0\\]"),
+                      ({**row, "expected": [{"name": "f", "arguments": {"a": "x"}}]}, "list of acceptable"),
+                      ({**row, "tools": [{"type": "function", "function": {"name": "a b"}}], "expected": []},
+                       "tools\\[0\\].function.name")):
+        with pytest.raises(TaskError, match=says):
+            load_task(write(tmp_path / "bad.jsonl", json.dumps(bad) + "\n"))
+
+
+def test_tool_calls_task_runs_with_the_grammar(tiny):
+    """On a random-weight model (prompted with the tools, decoded under the lazy grammar): the metrics add up from
+    the records, and a no-call example is right exactly when no call was made."""
+    task = load_task("tool_calls")
+    metrics, records = run_task(tiny, task, limit=12)
+    assert set(metrics) >= {"acc", "call_acc"} and len(records) == 12
+    n_call = sum(1 for r in records if r["expected"])
+    assert metrics["call_acc"] == pytest.approx(sum(r["ok"] for r in records if r["expected"]) / n_call)
+    for r in records:
+        if not r["expected"]:
+            assert r["ok"] == (r["calls"] == [])
+        assert all(isinstance(c["arguments"], dict) for c in r["calls"])

@@ -125,3 +125,27 @@ def test_the_acme_example_is_clean_training_data(tok):
     for ev in evals:
         assert ev["question"].strip().lower() not in train_questions
         assert any(ev["answer"].lower() in t.lower() for t in trained), ev
+
+
+def test_tool_rows_train_on_the_calls(tok):
+    """A row with `tools`: the tools go into the prompt (the fallback system message for SmolLM2's template), the
+    loss covers the assistant's call as `<tool_call>` text and its final answer, not the tool result; a call whose
+    arguments are not JSON is a bad line naming it."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    row = {"tools": tools, "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "4 C, snow"},
+        {"role": "assistant", "content": "It is 4 C and snowing in Oslo."}]}
+    ex = encode_example(row, tok)
+    prompt = tok.decode(ex.input_ids, skip_special=False)
+    trained = tok.decode([t for t in ex.labels if t != IGNORE], skip_special=False)
+    assert "get_weather" in prompt.split("<|im_start|>user")[0]  # the tool list, in the system turn
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' in trained
+    assert "It is 4 C and snowing in Oslo." in trained and "4 C, snow" not in trained
+    bad = json.loads(json.dumps(row))
+    bad["messages"][1]["tool_calls"][0]["function"]["arguments"] = "{city: Oslo}"
+    with pytest.raises(Exception, match=r"messages\[1\].tool_calls\[0\].function.arguments is not JSON"):
+        encode_example(bad, tok)
