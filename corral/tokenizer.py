@@ -467,10 +467,19 @@ class Detokenizer:
     is released only once it no longer ends in U+FFFD, the mark of an incomplete byte sequence.
     """
 
+    # Special tokens that stay in the text: Llama 3.1 opens a built-in tool call with <|python_tag|> (corral.tools)
+    KEEP = ("<|python_tag|>",)
+
     def __init__(self, tok: Tokenizer):
         self.tok, self.ids, self.prefix, self.read = tok, [], 0, 0
+        self.keep = {i: s for s in self.KEEP if (i := tok.token_id(s)) is not None and i in tok.special_ids}
 
     def add(self, token_id: int) -> str:
+        if token_id in self.keep:  # what was pending, then the token's name; decoding starts afresh after it
+            pending = self.tok.decode(self.ids[self.prefix:])[len(self.tok.decode(self.ids[self.prefix:self.read])):]
+            self.ids.append(token_id)
+            self.prefix = self.read = len(self.ids)
+            return pending + self.keep[token_id]
         self.ids.append(token_id)
         before = self.tok.decode(self.ids[self.prefix:self.read])
         after = self.tok.decode(self.ids[self.prefix:])

@@ -209,12 +209,32 @@ class Dialect:
         return (content or None), calls
 
 
+BUILTIN = ("brave_search", "wolfram_alpha", "code_interpreter")  # Llama 3.1's built-in tools
+PYTHON_TAG = "<|python_tag|>"
+
+
 class Llama3(Dialect):
+    """Llama 3.1: custom tools as JSON; a tool named as one of its built-ins (`BUILTIN`) goes to the template as
+    `builtin_tools`, and the model calls it as `<|python_tag|>brave_search.call(query="...")` (code_interpreter:
+    `<|python_tag|>` then the code), parsed into a call of that name (code_interpreter's argument: `code`)."""
+
     name, trigger, anywhere, separator, args_key = "llama3", "{", False, "; ", "parameters"
+
+    def start(self, text: str) -> int | None:
+        body = text.lstrip()
+        return len(text) - len(body) if body.startswith((self.trigger, PYTHON_TAG)) else None
+
+    def may_start(self, text: str) -> bool:
+        body = text.lstrip()
+        return self.trigger.startswith(body) or PYTHON_TAG.startswith(body)
 
     def prompt(self, messages, tools, parallel, native):
         if not native:
             return super().prompt(messages, tools, parallel, native)
+        custom = [t for t in tools if t.name not in BUILTIN]
+        kwargs: dict[str, Any] = {"tools": [t.spec() for t in custom]} if custom or not tools else {}
+        if builtin := [t.name for t in tools if t.name in BUILTIN]:
+            kwargs["builtin_tools"] = builtin
         out = []  # Llama 3.1's template takes one call per assistant message
         for m in messages:
             calls = m.get("tool_calls") or []
@@ -223,9 +243,18 @@ class Llama3(Dialect):
                         for k, c in enumerate(calls)]
             else:
                 out.append(_structured(m))
-        return out, {"tools": [t.spec() for t in tools]}
+        return out, kwargs
 
     def calls(self, text: str) -> list[ToolCall]:
+        if text.lstrip().startswith(PYTHON_TAG):
+            rest = text.lstrip()[len(PYTHON_TAG):].strip()
+            if rest.startswith("{"):
+                return self.calls(rest)
+            m = re.fullmatch(r"(brave_search|wolfram_alpha)\.call\((.*)\)", rest, re.S)
+            if m is None:
+                return [ToolCall("code_interpreter", json.dumps({"code": rest}, ensure_ascii=False))] if rest else []
+            args = _call_kwargs(m.group(2))
+            return [] if args is None else [ToolCall(m.group(1), json.dumps(args, ensure_ascii=False))]
         out, dec, i = [], json.JSONDecoder(), 0
         while i < len(text):
             try:
@@ -239,6 +268,19 @@ class Llama3(Dialect):
             while i < len(text) and text[i] in "; \n\t":
                 i += 1
         return out
+
+
+def _call_kwargs(src: str) -> dict[str, Any] | None:
+    """`query="x", n=3` (a built-in call's arguments, Python keyword syntax) as a dict of literals; None if not."""
+    import ast
+
+    try:
+        call = ast.parse(f"f({src})", mode="eval").body
+        if not isinstance(call, ast.Call) or call.args:
+            return None
+        return {k.arg: ast.literal_eval(k.value) for k in call.keywords if k.arg is not None}
+    except (SyntaxError, ValueError):
+        return None
 
 
 class Hermes(Dialect):

@@ -107,6 +107,10 @@ ANSWERS = [
                '{"name": "get_time", "parameters": {}}', None, [("get_weather", {"city": "Paris; Nice"}),
                                                                  ("get_time", {})]),
     (Llama3(), "The answer is {not a call}", "The answer is {not a call}", []),
+    (Llama3(), '<|python_tag|>brave_search.call(query="Oslo weather, today")', None,
+     [("brave_search", {"query": "Oslo weather, today"})]),
+    (Llama3(), "<|python_tag|>print(sum(range(10)))", None, [("code_interpreter", {"code": "print(sum(range(10)))"})]),
+    (Llama3(), '<|python_tag|>wolfram_alpha.call(query=open("x"))', None, []),  # literals only, never code
 ]
 
 
@@ -149,7 +153,8 @@ def test_fallback_prompt(tok):
     msgs, kwargs = dialect.prompt(HISTORY, check_tools(TOOLS), True, native)
     assert kwargs == {} and [m["role"] for m in msgs] == ["system", "user", "assistant", "user"]
     text = render(tok, msgs)
-    assert '"name": "get_weather"' in msgs[0]["content"] and "<tools>" in msgs[0]["content"]
+    assert "<tools>\n- get_weather: Current weather in a city\n  city (string, required)" in msgs[0]["content"]
+    assert '  unit (one of "c", "f", optional)' in msgs[0]["content"]
     assert '<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call>' in text
     assert "<tool_response>\n18 C, sunny\n</tool_response>\n<tool_response>\n14:05\n</tool_response>" in text
 
@@ -172,6 +177,34 @@ def test_llama31_template_renders_tools_and_history(tiktoken_dir):
     assert '{"name": "get_time", "parameters": {"city": "Paris"}}<|eot_id|>' in text
     assert text.count("<|start_header_id|>ipython<|end_header_id|>") == 2
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_llama31_builtin_tools(tiktoken_dir):
+    """Tools named as Llama 3.1's built-ins go to its template as `builtin_tools` (custom ones stay JSON), a past
+    built-in call renders as `<|python_tag|>name.call(...)<|eom_id|>`, and the python tag reaches the text side
+    (the detokenizer keeps it) so that the answer parses as a call."""
+    from corral.engine.engine import Tokens
+    from corral.text import text_events
+    from corral.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiktoken_dir)
+    search = {"type": "function", "function": {"name": "brave_search", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "brave_search", "arguments": '{"query": "Paris weather"}'}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "sunny"}]
+    dialect, native = dialect_for(LLAMA31_TEMPLATE)
+    msgs, kwargs = dialect.prompt(history, check_tools([search, WEATHER]), True, native)
+    text = render(tok, msgs, template=LLAMA31_TEMPLATE, **kwargs)
+    assert "Tools: brave_search\n" in text and '"name": "get_weather"' in text and '"brave_search"' not in text
+    assert '<|python_tag|>brave_search.call(query="Paris weather")<|eom_id|>' in text
+    tag = tok.token_id("<|python_tag|>")
+    got = []
+    emit = text_events(tok, [], got.append, lambda: None)
+    emit(Tokens([tag, *tok.encode('brave_search.call(query="Oslo")')], None))
+    answer = "".join(d.text for d in got)
+    assert answer == '<|python_tag|>brave_search.call(query="Oslo")'
+    assert [(c.name, c.arguments) for c in dialect.parse(answer)[1]] == [("brave_search", '{"query": "Oslo"}')]
 
 
 def test_special_strings_in_tool_fields_stay_text(tok):
