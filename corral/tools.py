@@ -160,7 +160,7 @@ class Dialect:
         """The messages and extra template variables that put `tools` and past calls into the prompt. `native`:
         the template renders `tools` and `tool_calls` itself."""
         if native:
-            return [_structured(m) for m in messages], {"tools": [t.spec() for t in tools]}
+            return [_structured(m) for m in messages], ({"tools": [t.spec() for t in tools]} if tools else {})
         return _fallback(messages, tools, parallel), {}
 
     def grammar(self, tools: list[Tool], choice: ToolChoice, parallel: bool) -> str:
@@ -232,7 +232,7 @@ class Llama3(Dialect):
         if not native:
             return super().prompt(messages, tools, parallel, native)
         custom = [t for t in tools if t.name not in BUILTIN]
-        kwargs: dict[str, Any] = {"tools": [t.spec() for t in custom]} if custom or not tools else {}
+        kwargs: dict[str, Any] = {"tools": [t.spec() for t in custom]} if custom else {}
         if builtin := [t.name for t in tools if t.name in BUILTIN]:
             kwargs["builtin_tools"] = builtin
         out = []  # Llama 3.1's template takes one call per assistant message

@@ -177,6 +177,9 @@ def test_llama31_template_renders_tools_and_history(tiktoken_dir):
     assert '{"name": "get_time", "parameters": {"city": "Paris"}}<|eot_id|>' in text
     assert text.count("<|start_header_id|>ipython<|end_header_id|>") == 2
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    msgs, kwargs = dialect.prompt(HISTORY, [], True, native)  # tool_choice none: the history, no tool list
+    text = render(tok, msgs, template=LLAMA31_TEMPLATE, **kwargs)
+    assert kwargs == {} and "Environment: ipython" not in text and text.count("ipython<|end_header_id|>") == 2
 
 
 def test_llama31_builtin_tools(tiktoken_dir):
