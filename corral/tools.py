@@ -15,6 +15,9 @@ constrained by its function's JSON schema. With tool_choice `required` or a name
 first token; with `auto` it is lazy (llama.cpp's trigger idea): free text until the answer starts a call
 (`Dialect.trigger`), then constrained to the end. `CallStream` splits a streamed answer into content and calls the
 same way `parse` does, so a stream reassembles to the non-streamed answer.
+
+Training rows and eval tasks with tools go through `tool_conversation`, so a model is trained and scored on the
+prompt the server sends it. Llama 3.1's built-in tools (`BUILTIN`) are described on `Llama3`.
 """
 
 from __future__ import annotations
