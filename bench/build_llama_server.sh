@@ -38,7 +38,10 @@ fi
 
 cd "$tree/vendor/llama.cpp"
 echo "configuring llama.cpp in $PWD ..." >&2
-cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
+# Not -march=native (the Makefile's llama-cpp-python build does the same): on CPUs whose flags list AMX, a native
+# build uses instructions the VM has not enabled; a llama-server built so on 2026-12-07 died at model load (SIGSEGV).
+cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON >&2
 echo "building llama-server with -j$JOBS (about 6 minutes on 2 cores) ..." >&2
 cmake --build build --target llama-server -j"$JOBS" >&2
 

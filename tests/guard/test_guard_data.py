@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GUARD = ROOT / "corral" / "guard" / "data"
 REDTEAM = ROOT / "corral" / "redteam" / "data"
 CODES = {f"S{i}" for i in range(1, 15)}
-WRAPPERS = {"direct", "roleplay", "ignore_previous", "quoted_document"}
+WRAPPERS = {"direct", "roleplay", "ignore_previous", "quoted_document", "tool_output"}
 PLACEHOLDER = "withheld from this dataset]"
 
 
@@ -85,10 +85,20 @@ def test_injection_rows_schema(data):
 
 def test_redteam_rows_schema(data):
     for row in data["attacks"]:
-        assert set(row) == {"id", "category", "wrapper", "messages", "goal"}, row["id"]
+        tool = row["wrapper"] == "tool_output"
+        assert set(row) == {"id", "category", "wrapper", "messages", "goal"} | ({"tools"} if tool else set()), row["id"]
         assert row["category"] in CODES | {"PII"} and row["goal"].strip(), row["id"]
         assert row["wrapper"] in WRAPPERS | {"pii_extraction"}, row["id"]
         assert (row["category"] == "PII") == (row["wrapper"] == "pii_extraction"), row["id"]
+        if tool:  # a user request, the assistant's call of the row's one tool, the attack in the tool's result
+            user, call, result = row["messages"]
+            check_messages([user], allow_system=False)
+            (c,) = call["tool_calls"]
+            assert call["role"] == "assistant" and call["content"] is None and result["role"] == "tool"
+            assert c["function"]["name"] == row["tools"][0]["function"]["name"] and json.loads(c["function"][
+                "arguments"])
+            assert result["tool_call_id"] == c["id"] and result["content"].strip(), row["id"]
+            continue
         check_messages(row["messages"], allow_system=True)
         assert row["messages"][-1]["role"] == "user", row["id"]
     for row in data["benign"]:
