@@ -159,6 +159,7 @@ class GrammarCompiler:
     def __init__(self, tokenizer: Tokenizer):
         self.lltok = lltokenizer(tokenizer)
         self._tok = tokenizer
+        self._text_bytes: list[bytes] | None = None  # token bytes with specials blank (lazy grammars), built once
 
     def tool_calls(self, tools: list[Any], grammar: str, trigger: str | None = None, anywhere: bool = True
                    ) -> Callable[[], Constraint | LazyConstraint]:
@@ -173,9 +174,10 @@ class GrammarCompiler:
             raise RuntimeError(f"tool-call grammar: {messages[0]}")
         if trigger is None:
             return partial(Constraint, self.lltok, lark)
-        special = self._tok.special_ids
-        token_bytes = [b"" if i in special else b for i, b in enumerate(self._tok.token_bytes())]
-        return partial(LazyConstraint, self.lltok, lark, trigger, anywhere, token_bytes)
+        if self._text_bytes is None:
+            special = self._tok.special_ids
+            self._text_bytes = [b"" if i in special else b for i, b in enumerate(self._tok.token_bytes())]
+        return partial(LazyConstraint, self.lltok, lark, trigger, anywhere, self._text_bytes)
 
     def compile(self, response_format: dict[str, Any] | None) -> Callable[[], Constraint] | None:
         """`{"type": "text"}` (or None) → None; `{"type": "json_object"}` → any JSON object;
