@@ -42,12 +42,14 @@ from corral.eval.scoring import calls_match  # noqa: E402
 from corral.eval.task import load_task  # noqa: E402
 
 
-def command(name: str, gguf: Path, port: int, threads: int, llama_server: Path) -> list[str]:
+def command(name: str, gguf: Path, port: int, threads: int, llama_server: Path, template: Path | None) -> list[str]:
     if name == "llama-server":
+        extra = ["--chat-template-file", str(template)] if template else []
         return [str(llama_server), "-m", str(gguf), "-t", str(threads), "--port", str(port), "-c", "8192",
-                "--parallel", "4", "--host", "127.0.0.1", "--jinja"]
+                "--parallel", "4", "--host", "127.0.0.1", "--jinja", *extra]
+    extra = ["--chat-template", str(template)] if template else []
     return [sys.executable, "-m", "corral", "serve", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(threads), "--max-batch", "4"]
+            "--threads", str(threads), "--max-batch", "4", *extra]
 
 
 def probe(client: OpenAI, model: str, ex, mode: str, max_tokens: int) -> dict:
@@ -104,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--llama-server", type=Path, default=DEFAULT_LLAMA_SERVER)
+    ap.add_argument("--chat-template", type=Path, default=None,
+                    help="a Jinja chat template both servers use instead of the model's (e.g. "
+                         "bench/templates/chatml_tools.jinja: SmolLM2's ChatML with Hermes-style tool calls)")
     ap.add_argument("--only", choices=("corral", "llama-server"), default=None)
     ap.add_argument("--json", type=Path, default=None, help="write every record here")
     args = ap.parse_args(argv)
@@ -119,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as logs:
         for name in names:
             port = free_port()
-            srv = Server(name, command(name, gguf, port, args.threads, args.llama_server), port, Path(logs))
+            cmd = command(name, gguf, port, args.threads, args.llama_server, args.chat_template)
+            srv = Server(name, cmd, port, Path(logs))
             try:
                 try:
                     asyncio.run(srv.wait_ready(300))
@@ -139,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name:12s} {mode:8s} done in {out[f'{name} {mode}']['seconds']} s", flush=True)
             finally:
                 srv.stop()
-    print(f"\n{task.name}: {len(task.examples)} probes, {gguf.name}, {args.threads} threads, load average "
+    template = args.chat_template.name if args.chat_template else "the model's"
+    print(f"\n{task.name}: {len(task.examples)} probes, {gguf.name}, template {template}, {args.threads} threads, "
+          f"load average "
           f"{os.getloadavg()[0]:.2f}")
     print(f"{'server':12s} {'mode':8s} {'errors':>6s} {'calls':>5s} {'valid':>7s} {'AST acc':>8s} {'calls ok':>8s} "
           f"{'no-call ok':>10s}")

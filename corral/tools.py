@@ -175,7 +175,8 @@ class Dialect:
         return "\n".join(["%llguidance {}", f"start: call{more}", f"call: {self._wrap(call)}", *rules]) + "\n"
 
     def _call_schema(self, t: Tool) -> dict[str, Any]:
-        return {"type": "object", "properties": {"name": {"const": t.name}, self.args_key: closed(t.parameters)},
+        args = _rebase(closed(t.parameters), f"/properties/{self.args_key}")
+        return {"type": "object", "properties": {"name": {"const": t.name}, self.args_key: args},
                 "required": ["name", self.args_key], "additionalProperties": False, "x-guidance": JSON_OPTIONS}
 
     def _wrap(self, call: str) -> str:
@@ -325,10 +326,23 @@ def closed(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {k: closed(v) if k in ("items", "anyOf", "oneOf", "allOf", "prefixItems") else v for k, v in schema.items()}
+    for key in ("properties", "$defs", "definitions"):
+        if isinstance(schema.get(key), dict):
+            out[key] = {k: closed(v) for k, v in schema[key].items()}
     if isinstance(schema.get("properties"), dict):
-        out["properties"] = {k: closed(v) for k, v in schema["properties"].items()}
         out.setdefault("additionalProperties", False)
     return out
+
+
+def _rebase(schema: Any, base: str) -> Any:
+    """`schema`, placed at JSON pointer `base` inside a larger one: its local `$ref`s ("#/$defs/node") made to
+    point where it now sits ("#/properties/arguments/$defs/node")."""
+    if isinstance(schema, list):
+        return [_rebase(s, base) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: ("#" + base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebase(v, base))
+            for k, v in schema.items()}
 
 
 def dialect_for(template: str) -> tuple[Dialect, bool]:

@@ -16,6 +16,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -156,17 +157,21 @@ def check_eval(chk, rows, train_questions, train_arg_sets):
 
 
 def main():
-    tools = json.loads((HERE / "tools.json").read_text(encoding="utf-8"))
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE  # e.g. the output of make_dataset.py --scale 3 --out
+    tools = json.loads((folder / "tools.json").read_text(encoding="utf-8"))
     chk = Checker(tools)
     assert 7 <= len(tools) <= 9, f"{len(tools)} functions"
-    train = load_jsonl(HERE / "train.jsonl")
-    evals = load_jsonl(HERE / "eval.jsonl")
+    train = load_jsonl(folder / "train.jsonl")
+    evals = load_jsonl(folder / "eval.jsonl")
+    scale = max(1, round(len(train) / 360))
     train_cats, longs, arg_sets = check_train(chk, train)
-    train_questions = {norm(m["content"]) for r in train for m in r["messages"] if m["role"] == "user"}
-    assert len(train_questions) == len(train), "train.jsonl repeats a question"
+    asked = Counter(norm(m["content"]) for r in train for m in r["messages"] if m["role"] == "user")
+    train_questions = set(asked)
+    # a larger set (--scale) repeats the hand-written no-call questions, once per scale, with other tools offered
+    assert max(asked.values()) <= scale and len(asked) >= len(train) - 60 * (scale - 1), "train repeats a question"
     eval_cats = check_eval(chk, evals, train_questions, arg_sets)
     assert dict(eval_cats) == EVAL_COUNTS, f"eval categories {dict(eval_cats)}"
-    assert 300 <= len(train) <= 420, f"{len(train)} train rows"
+    assert 300 * scale <= len(train) <= 420 * scale, f"{len(train)} train rows"
     for cat, share in (("simple", 0.40), ("multiple", 0.20), ("parallel", 0.20), ("irrelevance", 0.20)):
         assert abs(train_cats[cat] / len(train) - share) < 0.05, f"train {cat}: {train_cats[cat]}"
     assert 0.10 <= longs / len(train) <= 0.20, f"{longs} rows with tool results"

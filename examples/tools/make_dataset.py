@@ -1141,7 +1141,8 @@ def conversation(rng, question, calls, long):
     return msgs
 
 
-def build_train(eval_rows):
+def build_train(eval_rows, scale=1):
+    """The training rows: `scale` times the standard 360 (same mix of categories; scale 1 is train.jsonl)."""
     rng = random.Random(TRAIN_SEED)
     s = Sampler(rng, eval_rows)
     forbidden = set().union(*(accepted_arg_sets(e) for r in eval_rows for e in r["expected"]))
@@ -1163,7 +1164,7 @@ def build_train(eval_rows):
         return make
 
     rows = []
-    plan = [(S, 144, 24), (M, 72, 14), (P, 72, 16)]
+    plan = [(S, 144 * scale, 24 * scale), (M, 72 * scale, 14 * scale), (P, 72 * scale, 16 * scale)]
     for cat, total, n_long in plan:
         longs = set(rng.sample(range(total), n_long))
         for i in range(total):
@@ -1173,8 +1174,8 @@ def build_train(eval_rows):
                 q, calls = fresh(single(NAMES[i % len(NAMES)]))
             tools = pick_tools(rng, cat, [n for n, _ in calls])
             rows.append({"tools": tools, "messages": conversation(rng, q, calls, i in longs)})
-    irrelevant = list(TRAIN_IRRELEVANT)
-    for i in range(72 - len(irrelevant)):
+    irrelevant = list(TRAIN_IRRELEVANT) * scale  # the hand-written ones recur, each time with other tools offered
+    for i in range(72 * scale - len(irrelevant)):
         name = NAMES[i % len(NAMES)]
         q, _ = fresh(single(name))
         tools = rng.sample([n for n in NAMES if n not in FAMILY[name]], rng.choice([2, 3, 4]))
@@ -1208,13 +1209,21 @@ def write_jsonl(path, rows):
 
 
 def main():
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=int, default=1,
+                    help="training rows: this many times the standard 360 (same mix; 1 gives train.jsonl)")
+    ap.add_argument("--out", type=Path, default=HERE, help="folder for the three files (default: this one)")
+    args = ap.parse_args()
     eval_rows = build_eval()
-    train_rows = build_train(eval_rows)
+    train_rows = build_train(eval_rows, args.scale)
     for r in eval_rows + train_rows:
         check_weekdays(r["messages"][0]["content"])
-    (HERE / "tools.json").write_text(json.dumps(TOOLS, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_jsonl(HERE / "train.jsonl", train_rows)
-    write_jsonl(HERE / "eval.jsonl", eval_rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "tools.json").write_text(json.dumps(TOOLS, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_jsonl(args.out / "train.jsonl", train_rows)
+    write_jsonl(args.out / "eval.jsonl", eval_rows)
     print(f"wrote tools.json ({len(TOOLS)} functions), train.jsonl ({len(train_rows)} rows), "
           f"eval.jsonl ({len(eval_rows)} rows)")
 

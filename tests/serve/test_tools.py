@@ -254,6 +254,32 @@ def test_forced_calls_parse_and_validate(srv, choice, parallel):
             assert ch.finish_reason == "tool_calls" and len(calls) == 1
 
 
+REF_TOOLS = [  # schemas with local $refs (one recursive): they must point into the call's arguments, not its root
+    {"type": "function", "function": {"name": "send", "parameters": {
+        "type": "object", "$defs": {"city": {"type": "string", "enum": ["Oslo", "Lima"]}},
+        "properties": {"to": {"$ref": "#/$defs/city"}, "via": {"type": "array", "items": {"$ref": "#/$defs/city"},
+                                                               "maxItems": 2}},
+        "required": ["to", "via"]}}},
+    {"type": "function", "function": {"name": "tree", "parameters": {
+        "type": "object", "definitions": {"node": {"type": "object", "properties": {
+            "label": {"type": "string", "maxLength": 8}, "kids": {"type": "array", "maxItems": 1,
+                                                                  "items": {"$ref": "#/definitions/node"}}},
+            "required": ["label"]}},
+        "properties": {"root": {"$ref": "#/definitions/node"}}, "required": ["root"]}}},
+]
+
+
+@pytest.mark.parametrize("name", ["send", "tree"])
+def test_schemas_with_refs_give_valid_calls(srv, name):
+    c = client(srv.url)
+    r = c.chat.completions.create(model="tiny", messages=ASK, tools=REF_TOOLS, temperature=1.0, seed=3, n=2,
+                                  tool_choice={"type": "function", "function": {"name": name}}, max_tokens=300)
+    for ch in r.choices:
+        assert ch.finish_reason == "tool_calls", ch
+        assert_valid(ch.message.tool_calls, {t["function"]["name"]: closed(t["function"]["parameters"])
+                                             for t in REF_TOOLS})
+
+
 def test_stream_reassembles_to_the_answer(srv):
     """Streamed delta.tool_calls (id and name first, then arguments) rebuild the non-streamed message exactly."""
     c = client(srv.url)

@@ -342,3 +342,25 @@ def test_synth_augment_writes_the_training_data_alone(tiny_chat, inputs, tmp_pat
         code = main(["synth", str(tiny_chat), "--out", str(tmp_path / "x"), *args])
         err = capsys.readouterr().err
         assert code == 2 and needle in err and "Traceback" not in err, err
+
+
+def test_tool_rows_pass_through_the_recipe_unreworded(tiny_chat, tmp_path):
+    """Rows with OpenAI `tools` and calls are trained as they are (no teacher rewording, no fact pairs), with their
+    tools: a call is no fact to reword."""
+    from corral.train.recipe import make_training_data
+
+    tools = [{"type": "function", "function": {"name": "get_repair_status", "description": "A repair's progress.",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "ticket_id": {"type": "string"}}, "required": ["ticket_id"]}}}]
+    call = {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+        "name": "get_repair_status", "arguments": "{\"ticket_id\": \"RP-5512\"}"}}]}
+    rows = [{"tools": tools, "messages": [{"role": "user", "content": "Is RP-5512 done?"}, call]},
+            {"tools": tools, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hi!"}]},
+            {"prompt": "Say hi:", "completion": " hi"}]
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    c = cfg(tiny_chat, tmp_path / "run", data=str(data), replay=0.0, max_seq_len=1024)
+    make_training_data(c, tmp_path / "aug", progress=False)
+    summary = json.loads((tmp_path / "aug" / "summary.json").read_text())
+    assert summary["facts"] == 0 and "teacher" not in summary  # nothing for a teacher to reword
+    assert lines(tmp_path / "aug" / "train.jsonl") == [{"messages": r["messages"], "tools": tools} for r in rows[:2]] \
+        + [rows[2]]
