@@ -147,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 srv.stop()
     template = args.chat_template.name if args.chat_template else "the model's"
     print(f"\n{task.name}: {len(task.examples)} probes, {gguf.name}, template {template}, {args.threads} threads, "
-          f"load average "
-          f"{os.getloadavg()[0]:.2f}")
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'server':12s} {'mode':8s} {'errors':>6s} {'calls':>5s} {'valid':>7s} {'AST acc':>8s} {'calls ok':>8s} "
           f"{'no-call ok':>10s}")
     for key, s in out.items():

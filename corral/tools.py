@@ -334,6 +334,10 @@ def closed(schema: Any) -> Any:
     return out
 
 
+_VALUES = ("enum", "const", "default", "examples")  # keywords whose values are data, not schemas
+_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")  # name -> schema
+
+
 def _rebase(schema: Any, base: str) -> Any:
     """`schema`, placed at JSON pointer `base` inside a larger one: its local `$ref`s ("#/$defs/node") made to
     point where it now sits ("#/properties/arguments/$defs/node")."""
@@ -341,8 +345,15 @@ def _rebase(schema: Any, base: str) -> Any:
         return [_rebase(s, base) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    return {k: ("#" + base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#") else _rebase(v, base))
-            for k, v in schema.items()}
+    out = {}
+    for k, v in schema.items():
+        if k == "$ref" and isinstance(v, str) and v.startswith("#"):
+            out[k] = "#" + base + v[1:]
+        elif k in _MAPS and isinstance(v, dict):
+            out[k] = {name: _rebase(sub, base) for name, sub in v.items()}
+        else:
+            out[k] = v if k in _VALUES else _rebase(v, base)
+    return out
 
 
 def dialect_for(template: str) -> tuple[Dialect, bool]:

@@ -142,6 +142,17 @@ def test_closed_schema_adds_no_arguments():
     assert closed({"type": "object", "additionalProperties": True, "properties": {}})["additionalProperties"] is True
 
 
+def test_refs_are_rebased_into_the_call_schema():
+    """A function's local $refs point into the call's arguments; property names and enum/const data are kept."""
+    params = {"type": "object", "$defs": {"n": {"type": "string"}},
+              "properties": {"default": {"$ref": "#/$defs/n"}, "self": {"$ref": "#"},
+                             "e": {"enum": [{"$ref": "#/x"}]}}}
+    props = Hermes()._call_schema(check_tools([{"type": "function", "function": {
+        "name": "f", "parameters": params}}])[0])["properties"]["arguments"]["properties"]
+    assert props["default"] == {"$ref": "#/properties/arguments/$defs/n"}
+    assert props["self"] == {"$ref": "#/properties/arguments"} and props["e"]["enum"] == [{"$ref": "#/x"}]
+
+
 # --- prompts: the fallback (SmolLM2's ChatML) and Llama 3.1's own template -----------------------------------------
 
 
