@@ -60,15 +60,28 @@ class Packed:
 def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | None = None,
                skip_bad_lines: bool = False) -> tuple[list[Example], list[str]]:
     """Read and tokenize every line of `path`. Returns (examples, problems); raises `DataError` listing all bad
-    lines unless `skip_bad_lines`, in which case they are left out and returned as `problems`."""
+    lines unless `skip_bad_lines`, in which case they are left out and returned as `problems`. Lines over
+    `max_len` tokens make the error say which --max-seq-len would take them all."""
+    longest = 0
+
     def parse(obj: Any, n: int) -> Example:
+        nonlocal longest
         ex = encode_example(obj, tok, template, n)
         if len(ex.input_ids) > max_len:
+            longest = max(longest, len(ex.input_ids))
             raise ValueError(f"{len(ex.input_ids)} tokens, over the limit of {max_len} (--max-seq-len)")
         return ex
 
-    return jsonl.read(path, parse, what="a JSONL file of chat or prompt/completion lines",
-                      fix="fix them or pass --skip-bad-lines", skip_bad=skip_bad_lines)
+    examples, problems = jsonl.read(path, parse, what="a JSONL file of chat or prompt/completion lines",
+                                    skip_bad=True, allow_empty=True)
+    if problems and not skip_bad_lines:
+        fix = "fix them or pass --skip-bad-lines"
+        if longest:
+            fix = f"pass --max-seq-len {-(-longest // 64) * 64} (the longest line has {longest} tokens), {fix}"
+        raise DataError(jsonl.bad_lines(path, problems, fix))
+    if not examples:
+        raise DataError(f"{path}: no usable lines; pass a JSONL file of chat or prompt/completion lines")
+    return examples, problems
 
 
 def encode_example(obj: Any, tok: Tokenizer, template: str | None = None, line: int = 0) -> Example:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -66,6 +67,9 @@ def test_every_bad_line_is_reported_by_number(tok, tmp_path):
                     (7, "over the limit of 128"), (8, "JSON object"), (9, "'completion' must be a string")):
         assert f"train.jsonl:{n}: " in msg and what in msg, (n, what, msg)
     assert "7 bad line(s)" in msg and ":1:" not in msg and ":10:" not in msg
+    fix = re.search(r"; pass --max-seq-len (\d+) \(the longest line has (\d+) tokens\)", msg)  # names the fix
+    assert fix and f":7: {fix[2]} tokens, over the limit of 128" in msg
+    assert int(fix[1]) % 64 == 0 and int(fix[1]) - 64 < int(fix[2]) <= int(fix[1])
     examples, problems = load_jsonl(f, tok, max_len=128, skip_bad_lines=True)
     assert [e.line for e in examples] == [1, 10] and len(problems) == 7
 
