@@ -72,15 +72,15 @@ def load_jsonl(path: str | Path, tok: Tokenizer, max_len: int, template: str | N
             raise ValueError(f"{len(ex.input_ids)} tokens, over the limit of {max_len} (--max-seq-len)")
         return ex
 
-    examples, problems = jsonl.read(path, parse, what="a JSONL file of chat or prompt/completion lines",
-                                    skip_bad=True, allow_empty=True)
+    what = "a JSONL file of chat or prompt/completion lines"
+    examples, problems = jsonl.read(path, parse, what=what, skip_bad=True, allow_empty=True)
     if problems and not skip_bad_lines:
         fix = "fix them or pass --skip-bad-lines"
         if longest:
             fix = f"pass --max-seq-len {-(-longest // 64) * 64} (the longest line has {longest} tokens), {fix}"
         raise DataError(jsonl.bad_lines(path, problems, fix))
     if not examples:
-        raise DataError(f"{path}: no usable lines; pass a JSONL file of chat or prompt/completion lines")
+        raise DataError(f"{path}: no usable lines; pass {what}")
     return examples, problems
 
 
