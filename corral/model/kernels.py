@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "int4_linear.cpp")]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("decode_attention.cpp", "int4_linear.cpp",
+                                                                  "decode_step.cpp")]
+_HEADERS = [Path(__file__).parent / "csrc" / "corral_kernels.h"]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -46,9 +48,10 @@ def _build() -> bool:
 
         # The name carries a hash of the sources: two corral versions on one machine (two checkouts, an upgrade)
         # share torch's build cache, and must never load each other's library.
-        digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()[:12]
+        digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()[:12]
         load(name=f"corral_kernels_{digest}", sources=[str(p) for p in _SOURCES], is_python_module=False,
-             extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
+             verbose=False)
     except Exception as e:  # a broken toolchain must not stop inference: fall back, and say why once
         log.warning("building corral's CPU kernels failed (%s): running on PyTorch's CPU kernels, slower", e)
         return False
@@ -86,3 +89,31 @@ def use_for(model: torch.nn.Module) -> None:
 
             model.head_q8 = pack_q8(model.lm_head.weight)
             model.batch_head = None
+        _make_decode_plan(model)
+
+
+def _make_decode_plan(model: torch.nn.Module) -> None:
+    """Give `model` a `DecodePlan` (csrc/decode_step.cpp) where every layer is 4-bit on the VNNI kernel with fused
+    q/k/v and gate/up projections, no biases, fp32 activations: the decode step's layers then run as one call."""
+    from corral.model.quant import Int4Linear
+
+    cfg = model.config
+    if model.dtype != torch.float32 or cfg.head_dim % 2 or cfg.head_dim > 512:
+        return
+    weights, modules = [], []
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        parts = (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj)
+        if not all(isinstance(p, Int4Linear) and p.packed is None and p.bias is None for p in parts):
+            return
+        norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+        if any(w.dtype != torch.float32 for w in norms):
+            return
+        weights += [norms[0].detach(), attn.qkv_proj.vnni_packed, attn.qkv_proj.vnni_scales, attn.o_proj.vnni_packed,
+                    attn.o_proj.vnni_scales, norms[1].detach(), mlp.gate_up_proj.vnni_packed,
+                    mlp.gate_up_proj.vnni_scales, mlp.down_proj.vnni_packed, mlp.down_proj.vnni_scales]
+        modules += [layer.input_layernorm, attn.qkv_proj, attn.o_proj, layer.post_attention_layernorm,
+                    mlp.gate_up_proj, mlp.down_proj]
+    model.decode_plan = torch.classes.corral.DecodePlan(weights, cfg.num_attention_heads, cfg.num_key_value_heads,
+                                                        cfg.head_dim, cfg.rms_norm_eps)
+    model._plan_modules = tuple(modules)

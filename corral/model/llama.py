@@ -268,6 +268,12 @@ class LlamaForCausalLM(nn.Module):
         self.head_q8: tuple[torch.Tensor, ...] | None = None  # or the same as int8 blocks (`kernels.use_for`)
         # Batch-invariant decode on CPU through corral's decode-attention kernel (set by `kernels.use_for`).
         self.cpu_kernels = False
+        # The decoder stack of a decode step in one C++ call (csrc/decode_step.cpp), for 4-bit models on CPUs with
+        # AVX-512 VNNI; set by `kernels.use_for` with the modules it was made from, so a later module swap (LoRA)
+        # turns it off instead of being ignored.
+        self.decode_plan = None
+        self._plan_modules: tuple[nn.Module, ...] = ()
+        self._plan_cache: tuple[int, ...] | None = None
         # Training: recompute each layer's activations in the backward pass instead of keeping them (memory for
         # time: about one more forward per step).
         self.grad_checkpointing = False
@@ -286,6 +292,37 @@ class LlamaForCausalLM(nn.Module):
         """The activation (and KV cache) dtype; the loader may keep embedding/head weights in another."""
         return self.compute_dtype or self.model.embed_tokens.weight.dtype
 
+    def rope_angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin (B, 1, T, hd) of tokens at `positions` (B, T), sin's first half negated (see apply_rope)."""
+        ang = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, hd/2)
+        cos = torch.cat((ang, ang), dim=-1).cos()[:, None].to(self.dtype)  # (B, 1, T, hd)
+        s = ang.sin()
+        return cos, torch.cat((-s, s), dim=-1)[:, None].to(self.dtype)
+
+    def _plan_usable(self) -> bool:
+        """The decode plan still computes this model: none of the modules it was made from has been swapped."""
+        layers = self.model.layers
+        return self.decode_plan is not None and all(
+            a is b for a, b in zip(self._plan_modules, (m for layer in layers for m in (
+                layer.input_layernorm, layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+                layer.post_attention_layernorm, layer.mlp.gate_up_proj, layer.mlp.down_proj)), strict=True))
+
+    def release_cache(self) -> None:
+        """Let go of the KV buffers the decode plan holds (the engine shrinks or drops its cache)."""
+        if self.decode_plan is not None and self._plan_cache is not None:
+            self.decode_plan.set_cache([], [])
+            self._plan_cache = None
+
+    def _fused_decode(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                      slots: torch.Tensor | None) -> torch.Tensor:
+        """The layers of a decode step (a few tokens per row) in one C++ call: hidden states before the final norm."""
+        key = (id(cache), cache.k[0].data_ptr(), cache.v[-1].data_ptr(), len(cache.k))
+        if self._plan_cache != key:
+            self.decode_plan.set_cache(cache.k, cache.v)
+            self._plan_cache = key
+        cos, sin = self.rope_angles(positions)
+        return self.decode_plan.forward(x, cos, sin, positions.contiguous(), slots)
+
     def make_batch(
         self, positions: torch.Tensor, kv_len: int, slots: torch.Tensor | None = None, cache_len: int = 0,
         blocked: bool = False,
@@ -294,11 +331,7 @@ class LlamaForCausalLM(nn.Module):
         cfg = self.config
         B, T = positions.shape
         dev = positions.device
-        ang = positions.to(torch.float32)[..., None] * self.inv_freq  # (B, T, hd/2)
-        dt = self.dtype
-        cos = torch.cat((ang, ang), dim=-1).cos()[:, None].to(dt)  # (B, 1, T, hd)
-        s = ang.sin()
-        sin = torch.cat((-s, s), dim=-1)[:, None].to(dt)
+        cos, sin = self.rope_angles(positions)
         keys = torch.arange(kv_len, device=dev)
         mask = keys.view(1, 1, 1, -1) <= positions[:, None, :, None]  # (B, 1, T, S)
         b = Batch(positions, cos, sin, mask, slots, kv_len)
@@ -355,8 +388,11 @@ class LlamaForCausalLM(nn.Module):
             kv_len = kv_len or cache.max_len
             # Decode on CPU: blocked attention when asked for batch invariance (the engine), or in half
             # precision (where it beats SDPA's CPU kernel); SDPA otherwise (fewer ops: 0.74x vs 0.61x llama.cpp).
-            blocked = T <= SMALL_T and input_ids.device.type == "cpu" and (
-                batch_invariant or self.dtype != torch.float32)
+            small = T <= SMALL_T and input_ids.device.type == "cpu"
+            blocked = small and (batch_invariant or self.dtype != torch.float32)
+            if small and self.decode_plan is not None and not return_hidden and self._plan_usable():
+                x = self._fused_decode(self.model.embed_tokens(input_ids).float(), positions, cache, slots)
+                return self.head(self.model.norm(x[:, -1:] if last_only else x), batch_invariant)
             if blocked:  # it reads whole blocks of keys
                 kv_len = min(-(-kv_len // KV_BLOCK) * KV_BLOCK, cache.max_len)
             b = self.make_batch(positions, kv_len, slots, cache_len=cache.max_len, blocked=blocked)

@@ -25,10 +25,9 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "corral_kernels.h"
 
+namespace corral {
 namespace {
 
 constexpr int kLanes = 16;  // partial sums per dot product: independent lanes the compiler vectorises
@@ -84,20 +83,6 @@ inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
-inline __m512 exp_nonpos16(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-  __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 // R (query heads per KV head) and NV (head_dim / 16) are template parameters so that the accumulators live in
 // registers: with runtime counts they went through the stack, and each fma waited on a store-to-load forward.
@@ -259,6 +244,20 @@ void attend(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
   });
 }
 
+}  // namespace
+
+void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& lengths, const at::Tensor& slots, double scale, at::Tensor& out) {
+  switch (k_cache.scalar_type()) {
+    case at::kFloat: attend<float>(q, k_cache, v_cache, lengths, slots, scale, out); break;
+    case at::kBFloat16: attend<c10::BFloat16>(q, k_cache, v_cache, lengths, slots, scale, out); break;
+    case at::kHalf: attend<c10::Half>(q, k_cache, v_cache, lengths, slots, scale, out); break;
+    default: TORCH_CHECK(false, "decode_attention: cache dtype must be float32, bfloat16 or float16");
+  }
+}
+
+namespace {
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& lengths, const std::optional<at::Tensor>& slots, double scale) {
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu(), "decode_attention: CPU tensors only");
@@ -278,20 +277,16 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
     TORCH_CHECK(q.size(0) <= k_cache.size(0), "decode_attention: more rows than cache slots");
   }
   at::Tensor out = at::empty(q.sizes(), q.options().memory_format(at::MemoryFormat::Contiguous));
-  switch (k_cache.scalar_type()) {
-    case at::kFloat: attend<float>(q, k_cache, v_cache, lengths, sl, scale, out); break;
-    case at::kBFloat16: attend<c10::BFloat16>(q, k_cache, v_cache, lengths, sl, scale, out); break;
-    case at::kHalf: attend<c10::Half>(q, k_cache, v_cache, lengths, sl, scale, out); break;
-    default: TORCH_CHECK(false, "decode_attention: cache dtype must be float32, bfloat16 or float16");
-  }
+  decode_attention_into(q, k_cache, v_cache, lengths, sl, scale, out);
   return out;
 }
 
 }  // namespace
+}  // namespace corral
 
 TORCH_LIBRARY(corral, m) {
   m.def("decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor lengths, Tensor? slots, float scale)"
         " -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(corral, CPU, m) { m.impl("decode_attention", &decode_attention); }
+TORCH_LIBRARY_IMPL(corral, CPU, m) { m.impl("decode_attention", &corral::decode_attention); }

@@ -25,12 +25,9 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#define CORRAL_VNNI 1
-#include <immintrin.h>
-#endif
+#include "corral_kernels.h"
 
-namespace {
+namespace corral {
 
 #ifdef CORRAL_VNNI
 
@@ -55,6 +52,8 @@ void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* dx, f
     }
   });
 }
+
+namespace {
 
 inline __m512i bcast4(const int8_t* p) {
   int32_t v;
@@ -119,13 +118,38 @@ constexpr TileFn kTile[kRows + 1] = {nullptr, &tile_rows<1, kInt8>, &tile_rows<2
                                      &tile_rows<4, kInt8>, &tile_rows<5, kInt8>, &tile_rows<6, kInt8>,
                                      &tile_rows<7, kInt8>, &tile_rows<8, kInt8>};
 
-// x (M, K) → y (M, N) = x @ W.T, W in either layout; threads split the output rows (weight tiles), and each tile
-// stays in L1/L2 while the input rows pass over it.
+}  // namespace
+
+// q (M, K) int8 activations (from quantize_rows) → y (M, N) = x @ W.T, W in either layout; threads split the output
+// rows (weight tiles), and each tile stays in L1/L2 while the input rows pass over it.
+template <bool kInt8>
+void quantized_matmul(const int8_t* qp, const float* dxp, const float* dsp, int64_t M, int64_t nb, const void* packed,
+                      const float* sp, const int32_t* wsum, int64_t N, float* yp) {
+  const int64_t K = nb * 32;
+  const int64_t tile_bytes = nb * (kInt8 ? 512 : 256), tile_scales = nb * (kInt8 ? 16 : 32);
+  const uint8_t* wp = static_cast<const uint8_t*>(packed);
+  at::parallel_for(0, N / 16, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t r = 0; r < M; r += kRows) {
+        const int rb = static_cast<int>(std::min<int64_t>(kRows, M - r));
+        kTile<kInt8>[rb](wp + t * tile_bytes, sp + t * tile_scales, wsum ? wsum + t * nb * 16 : nullptr, nb,
+                         qp + r * K, dxp + r * nb, dsp + r * nb, K, yp + r * N + t * 16, N);
+      }
+    }
+  });
+}
+
+void int4_matmul(const int8_t* q, const float* dx, const float* dsum, int64_t M, int64_t K, const uint8_t* packed,
+                 const float* scales, int64_t N, float* y) {
+  quantized_matmul<false>(q, dx, dsum, M, K / 32, packed, scales, nullptr, N, y);
+}
+
+namespace {
+
 template <bool kInt8>
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales,
                             const int32_t* wsum) {
   const int64_t nb = packed.size(1), K = nb * 32, N = packed.size(0) * 16;
-  const int64_t tile_bytes = nb * (kInt8 ? 512 : 256), tile_scales = nb * (kInt8 ? 16 : 32);
   TORCH_CHECK(x.size(-1) == K, "quantized linear: x has ", x.size(-1), " input features, the weight ", K);
   at::Tensor x2 = x.reshape({-1, K}).contiguous();
   const int64_t M = x2.size(0);
@@ -136,23 +160,14 @@ at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& packed, const
   at::Tensor q = at::empty({M, K}, x.options().dtype(at::kChar));
   at::Tensor dx = at::empty({M, nb}, x.options()), dsum = at::empty({M, nb}, x.options());
   quantize_rows(x2.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), dx.data_ptr<float>(), dsum.data_ptr<float>());
-  const uint8_t* wp = static_cast<const uint8_t*>(packed.data_ptr());
-  const float* sp = scales.data_ptr<float>();
-  const int8_t* qp = q.data_ptr<int8_t>();
-  const float *dxp = dx.data_ptr<float>(), *dsp = dsum.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N / 16, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t r = 0; r < M; r += kRows) {
-        const int rb = static_cast<int>(std::min<int64_t>(kRows, M - r));
-        kTile<kInt8>[rb](wp + t * tile_bytes, sp + t * tile_scales, wsum ? wsum + t * nb * 16 : nullptr, nb,
-                         qp + r * K, dxp + r * nb, dsp + r * nb, K, yp + r * N + t * 16, N);
-      }
-    }
-  });
+  quantized_matmul<kInt8>(q.data_ptr<int8_t>(), dx.data_ptr<float>(), dsum.data_ptr<float>(), M, nb, packed.data_ptr(),
+                          scales.data_ptr<float>(), wsum, N, y.data_ptr<float>());
   return y.view(shape);
 }
+}  // namespace
 #endif
+
+namespace {
 
 at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales) {
 #ifdef CORRAL_VNNI
@@ -196,14 +211,15 @@ bool int4_linear_supported() {
 }
 
 }  // namespace
+}  // namespace corral
 
 TORCH_LIBRARY_FRAGMENT(corral, m) {
   m.def("int4_linear(Tensor x, Tensor packed, Tensor scales) -> Tensor");
   m.def("int8_linear(Tensor x, Tensor packed, Tensor scales, Tensor wsum) -> Tensor");
-  m.def("int4_linear_supported() -> bool", &int4_linear_supported);
+  m.def("int4_linear_supported() -> bool", &corral::int4_linear_supported);
 }
 
 TORCH_LIBRARY_IMPL(corral, CPU, m) {
-  m.impl("int4_linear", &int4_linear);
-  m.impl("int8_linear", &int8_linear);
+  m.impl("int4_linear", &corral::int4_linear);
+  m.impl("int8_linear", &corral::int8_linear);
 }

@@ -1,0 +1,118 @@
+"""The decode step's layers in one C++ call (`DecodePlan`, csrc/decode_step.cpp) on a tiny random 4-bit model: the
+same logits as the PyTorch layers up to int8 rounding, the same bits alone, in a batch, and in a multi-token verify,
+fp16 caches, and a LoRA swap turning it off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from corral.engine.engine import Engine
+from corral.model import kernels
+from corral.model.llama import KVCache
+from corral.model.loader import load_model
+from corral.model.quant import Int4Linear, quantize_q4
+from tests.engine.test_engine import STOPS, prompts, submit
+
+pytestmark = pytest.mark.skipif(not (kernels.available() and torch.ops.corral.int4_linear_supported()),
+                                reason="the decode plan needs corral's CPU kernels on a CPU with AVX-512 VNNI")
+
+
+def q4(*linears: torch.nn.Linear) -> Int4Linear:
+    codes, scale, offset = quantize_q4(torch.cat([lin.weight.detach() for lin in linears]))
+    return Int4Linear(codes, scale, offset, None, torch.device("cpu"))
+
+
+def to_int4(model):
+    """The module layout the GGUF loader makes of a Q4 checkpoint: fused q/k/v and gate/up, all 4-bit."""
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        a.fuse_qkv(q4(a.q_proj, a.k_proj, a.v_proj))
+        a.o_proj = q4(a.o_proj)
+        m.fuse_gate_up(q4(m.gate_proj, m.up_proj))
+        m.down_proj = q4(m.down_proj)
+    kernels.use_for(model)
+    return model
+
+
+@pytest.fixture(params=[64, 32], ids=["head_dim64", "head_dim32"])  # 64: the AVX-512 attention; 32: its portable loop
+def tiny4(make_tiny_hf, request):
+    hd = request.param
+    _, folder = make_tiny_hf(hidden_size=128, intermediate_size=256, num_attention_heads=128 // hd,
+                             num_key_value_heads=64 // hd, head_dim=hd, max_position_embeddings=512)
+    model = to_int4(load_model(str(folder), device="cpu", dtype="float32").model)
+    assert model.decode_plan is not None
+    return model
+
+
+def decode(model, ids, plan, cache_dtype=torch.float32, batch_invariant=True):
+    """Teacher-forced one-token steps over `ids` → (len, V) logits, with the plan on or off."""
+    saved = model.decode_plan
+    model.decode_plan = saved if plan else None
+    cache = KVCache.allocate(model.config, 1, 128, cache_dtype, "cpu")
+    try:
+        with torch.inference_mode():
+            return torch.cat([model(torch.tensor([[t]]), torch.tensor([[i]]), cache, kv_len=i + 1,
+                                    batch_invariant=batch_invariant)[0] for i, t in enumerate(ids)])
+    finally:
+        model.decode_plan = saved
+
+
+def test_the_plan_computes_what_the_pytorch_layers_do(tiny4):
+    ids = prompts(1)[0] + prompts(2)[1]
+    fused, ref = decode(tiny4, ids, True), decode(tiny4, ids, False)
+    # Both quantize activations to int8 per block of 32; the norms sum in another order, which can move a value
+    # across an int8 rounding boundary: close, not equal.
+    assert ((fused - ref).norm() / ref.norm()) < 0.02
+    assert (fused.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+
+
+def test_a_fp16_cache_through_the_plan_stays_close_to_fp32(tiny4):
+    ids = prompts(1)[0]
+    half, full = decode(tiny4, ids, True, torch.float16), decode(tiny4, ids, True, torch.float32)
+    assert ((half - full).norm() / full.norm()) < 0.02
+
+
+def test_a_multi_token_verify_gives_each_token_the_bits_of_one_token_steps(tiny4):
+    """Compared on the layers' output (the fp32 head's matmul, outside the plan, may take another kernel for 8 rows)."""
+    ids = prompts(1)[0][:20]
+    emb = tiny4.model.embed_tokens.weight.detach()
+    caches = [KVCache.allocate(tiny4.config, 2, 128, torch.float32, "cpu") for _ in range(2)]
+    with torch.inference_mode():
+        steps = [tiny4._fused_decode(emb[[t]][None], torch.tensor([[i]]), caches[0], None)[0]
+                 for i, t in enumerate(ids)]
+        for i, t in enumerate(ids[:12]):  # slot 1, one token at a time
+            tiny4._fused_decode(emb[[t]][None], torch.tensor([[i]]), caches[1], torch.tensor([1]))
+        verify = tiny4._fused_decode(emb[ids[12:20]][None], torch.arange(12, 20).view(1, -1), caches[1],
+                                     torch.tensor([1]))[0]
+    assert torch.equal(verify, torch.cat(steps[12:20]))
+
+
+def test_engine_outputs_equal_alone_and_in_a_batch_on_the_plan(tiny4, monkeypatch):
+    calls = []
+    fused = tiny4._fused_decode
+    monkeypatch.setattr(tiny4, "_fused_decode", lambda *a: calls.append(a[0].shape[0]) or fused(*a))
+    ps = prompts(16)
+    eng = Engine(tiny4, stop_ids=STOPS, max_batch=16, max_seq_len=256).start()
+    try:
+        alone = [submit(eng, p).wait().ids for p in ps]
+        batch = [submit(eng, p) for p in ps]
+        assert [c.wait().ids for c in batch] == alone
+    finally:
+        eng.shutdown()
+    assert max(calls) > 1  # batched decode steps ran through the plan
+
+
+def test_a_lora_swap_turns_the_plan_off(tiny4):
+    from corral.model.lora import LoRALinear
+
+    ids = prompts(1)[0][:10]
+    before = decode(tiny4, ids, True)
+    layer = tiny4.model.layers[0].mlp
+    lora = LoRALinear(layer.down_proj, r=4, alpha=8)
+    torch.nn.init.normal_(lora.lora_B.weight, std=0.5)
+    layer.down_proj = lora
+    assert not tiny4._plan_usable()
+    after = decode(tiny4, ids, True)
+    assert torch.equal(after, decode(tiny4, ids, False))  # the PyTorch layers ran, with the adapter
+    assert not torch.allclose(after, before)
