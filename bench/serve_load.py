@@ -29,8 +29,9 @@ bench/decode_cpu.py: on a shared machine interference only slows a run down (one
 so one failure anywhere shows. Every run, with its per-request records and the 1-minute load average before it, goes
 to `--json`.
 
-Ratios are corral / llama-server: above 1 is better for corral on throughput, worse on TTFT. The issue-3 target is
-corral >= 2x llama-server's aggregate at 16 clients with 0 errors and 0 empty responses.
+Ratios are corral / llama-server: above 1 is better for corral on throughput, worse on TTFT. The targets (issue 17):
+corral >= 1x llama-server's aggregate at 1 client, >= 2x at 4, >= 3x at 16, with 0 errors and 0 empty responses.
+Each server's resident memory is read from /proc before its first request, at its peak, and idle after the load.
 
 Run from the repository root with corral installed: `bench/build_llama_server.sh` once (builds
 build/llama-server/llama-server), then `python bench/serve_load.py [--threads 2] [--clients 1,4,16] [--json out.json]`.
@@ -57,6 +58,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LLAMA_SERVER = ROOT / "build" / "llama-server" / "llama-server"
 SERVERS = ("corral", "llama-server")
+TARGETS = {1: 1.0, 4: 2.0, 16: 3.0}  # corral / llama-server aggregate by clients (issue 17)
 LLAMA_CTX = 16384  # shared by the --parallel slots of llama-server: 1024 tokens each at 16
 
 # Short, original user prompts; request k of client c uses PROMPTS[(c + k * clients) % len(PROMPTS)], so with 16
@@ -173,6 +175,16 @@ class Server:
         # Own session, so stop() can signal the whole process group the server may have spawned.
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
+
+    def rss_mib(self, field: str = "VmRSS") -> float | None:
+        """The server process's resident memory now (VmRSS) or at its peak (VmHWM), MiB; None off Linux."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
 
     def log_tail(self, n: int = 25) -> str:
         try:
@@ -328,6 +340,7 @@ async def bench_server(name: str, args: argparse.Namespace, gguf: Path, log_dir:
     server = Server(name, cmd, port, log_dir)
     try:
         ready_s = await server.wait_ready(args.startup_timeout)
+        rss_ready = server.rss_mib()  # before the first request
         async with httpx.AsyncClient(timeout=httpx.Timeout(args.request_timeout)) as http:
             model = await model_id(http, server.base_url)
             warm = await stream_one(http, server.base_url + "/v1/chat/completions",
@@ -345,9 +358,11 @@ async def bench_server(name: str, args: argparse.Namespace, gguf: Path, log_dir:
                       f"aggregate, TTFT p50 {fmt_ms(lv.ttft_p50_s)} ms, {lv.errors} errors, {lv.empty} empty "
                       f"(load average before: {load:.2f})", flush=True)
                 runs.append(asdict(lv) | {"loadavg_1m_before": load})
-            levels.append(summarize(runs))
+            levels.append(summarize(runs) | {"rss_after_mib": server.rss_mib()})
+        await asyncio.sleep(args.idle_wait)  # corral gives back idle KV after a second
         return {"command": cmd, "log": str(server.log_path), "ready_s": ready_s, "model_id": model,
-                "warmup_error": warm.error, "levels": levels}
+                "warmup_error": warm.error, "levels": levels, "rss_ready_mib": rss_ready,
+                "rss_peak_mib": server.rss_mib("VmHWM"), "rss_idle_after_mib": server.rss_mib()}
     finally:
         server.stop()
 
@@ -385,6 +400,8 @@ def print_report(results: dict[str, dict], clients: list[int]) -> dict[int, dict
         if "error" in res:
             print(f"{name:<13}  failed: {res['error'].splitlines()[0]}")
             continue
+        print(f"{name:<13}  RSS (MiB): {res['rss_ready_mib'] or 0:.0f} before the first request, "
+              f"{res['rss_peak_mib'] or 0:.0f} peak, {res['rss_idle_after_mib'] or 0:.0f} idle after the load")
         for lv in res["levels"]:
             print(f"{name:<13}{lv['clients']:>8}{lv['aggregate_tok_s']:>9.1f}{fmt_ms(lv['ttft_p50_s']):>13}"
                   f"{fmt_ms(lv['ttft_p99_s']):>13}{lv['requests']:>10}{lv['errors']:>8}{lv['empty']:>7}"
@@ -396,7 +413,7 @@ def print_report(results: dict[str, dict], clients: list[int]) -> dict[int, dict
     a, b = results.get("corral", {}), results.get("llama-server", {})
     if "levels" not in a or "levels" not in b:
         failed = ", ".join(n for n in SERVERS if n in results and "levels" not in results[n]) or "-"
-        print(f"\n16 clients: corral/llama-server aggregate = n/a (target >= 2) [failed: {failed}]")
+        print(f"\ncorral/llama-server aggregate = n/a [failed: {failed}]")
         return ratios
     by_n = {lv["clients"]: lv for lv in b["levels"]}
     print("\ncorral / llama-server (throughput: above 1 favours corral; TTFT: below 1 favours corral)")
@@ -411,11 +428,12 @@ def print_report(results: dict[str, dict], clients: list[int]) -> dict[int, dict
         agg = "-" if r["aggregate"] is None else f"{r['aggregate']:.2f}"
         ttft = f"{r['ttft_p50']:.2f}" if "ttft_p50" in r else "-"
         print(f"  {lv['clients']:>2} clients: aggregate {agg}, TTFT p50 {ttft}")
-    if 16 in ratios and ratios[16]["aggregate"] is not None:
-        c16 = next(lv for lv in a["levels"] if lv["clients"] == 16)
-        met = ratios[16]["aggregate"] >= 2 and c16["errors"] == 0 and c16["empty"] == 0
-        print(f"16 clients: corral/llama-server aggregate = {ratios[16]['aggregate']:.2f} (target >= 2) "
-              f"[corral errors {c16['errors']}, empty {c16['empty']}; target {'met' if met else 'not met'}]")
+    for n, target in TARGETS.items():
+        if n in ratios and ratios[n]["aggregate"] is not None:
+            lv = next(lv for lv in a["levels"] if lv["clients"] == n)
+            met = ratios[n]["aggregate"] >= target and lv["errors"] == 0 and lv["empty"] == 0
+            print(f"{n:>2} clients: corral/llama-server aggregate = {ratios[n]['aggregate']:.2f} (target >= {target}) "
+                  f"[corral errors {lv['errors']}, empty {lv['empty']}; target {'met' if met else 'not met'}]")
     return ratios
 
 
@@ -437,6 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"llama-server binary (default {DEFAULT_LLAMA_SERVER.relative_to(ROOT)})")
     p.add_argument("--startup-timeout", type=float, default=300, help="seconds to wait for GET /health (default 300)")
     p.add_argument("--request-timeout", type=float, default=600, help="per-request timeout, seconds (default 600)")
+    p.add_argument("--idle-wait", type=float, default=3.0,
+                   help="seconds to wait after the last level before reading the idle RSS (default 3)")
     p.add_argument("--json", type=Path, default=None, help="write every figure and per-request record here")
     args = p.parse_args(argv)
     args.clients = [int(x) for x in args.clients.split(",") if x.strip()]

@@ -60,6 +60,8 @@ def template(cfg: RunOptions) -> str | None:
 def build_service(cfg: Any, hooks: Any = None) -> tuple[Any, Any, Any]:
     """The model, its (not yet started) engine and the `Service` over them, from a config with model, engine (and
     optionally speed and shield) options. `hooks(engine, model_id)` makes the service's metrics hooks."""
+    import torch
+
     from corral.engine.engine import Engine
     from corral.serve.service import Service
 
@@ -78,7 +80,8 @@ def build_service(cfg: Any, hooks: Any = None) -> tuple[Any, Any, Any]:
     speed = cfg if isinstance(cfg, SpeedOptions) else SpeedOptions()
     engine = Engine(lm.model, stop_ids=tok.stop_ids, max_batch=batch, max_seq_len=seq, prefill_chunk=cfg.prefill_chunk,
                     max_queue=cfg.max_queue, compile=speed.compile, draft=load_draft(cfg, lm, tok),
-                    draft_tokens=speed.draft_tokens)
+                    draft_tokens=speed.draft_tokens,
+                    kv_dtype=None if cfg.kv_dtype == "auto" else getattr(torch, cfg.kv_dtype))
     if speed.compile:
         print("compiling the decode step (a few minutes the first time)...", file=sys.stderr, flush=True)
         engine.warm_up()

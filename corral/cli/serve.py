@@ -64,8 +64,9 @@ def serve(cfg: ServeConfig) -> int:
     model_id, seq, batch = service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, service.hooks, keys, cfg.max_body_bytes)
     c = lm.config
+    kv_dtype = engine.cache.k[0].dtype
     kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * engine.kv_tokens_total * (
-        torch.finfo(lm.model.dtype).bits // 8)
+        torch.finfo(kv_dtype).bits // 8)
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     url, key_arg = f"http://{shown}:{cfg.port}", '"<your key>"' if keys else '"none"'
     spec = f"; drafts by {cfg.draft_model} (k={cfg.draft_tokens})" if engine.drafter is not None else ""
@@ -73,8 +74,10 @@ def serve(cfg: ServeConfig) -> int:
         spec += (f"; shields: {sh['shields'].replace(',', ', ')}"
                  + (f" by {sh['guard']} ({sh['guard_mode']})" if sh["guard"] else "")
                  + f", blocks get {'a refusal' if sh['shield_action'] == 'refuse' else 'an error'}")
-    print(f"corral serve — {model_id} on {lm.model.device}; {batch} slots x {seq} tokens of KV cache "
-          f"({kv_bytes / 2**30:.2f} GiB){spec}{'; API keys required' if keys else ''}\n"
+    print(f"corral serve — {model_id} on {lm.model.device}; KV cache of up to {batch} slots x {seq} tokens "
+          f"({kv_bytes / 2**30:.2f} GiB {str(kv_dtype).removeprefix('torch.')}, "
+          f"{'allocated as used' if engine.grows else 'allocated now'})"
+          f"{spec}{'; API keys required' if keys else ''}\n"
           f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"
           f"  from openai import OpenAI\n"
           f"  client = OpenAI(base_url=\"{url}/v1\", api_key={key_arg})\n"

@@ -1,10 +1,13 @@
 """The continuous-batching engine: token ids in, token ids out; knows nothing of HTTP.
 
-KV memory: fixed slots. One static cache of `max_batch` slots x `max_seq_len` tokens is allocated at start; each
-running sequence owns one slot. Fixed slots rather than paged blocks because the model's attention then reads a
-plain view of the cache (`cache[:n]`, no gather, no block tables), which is what makes batched decode cheap on CPU
-with stock PyTorch ops; the price is that a short request reserves a whole slot. `--kv-cache-tokens` sets the
-budget, `max_batch = budget // max_seq_len`.
+KV memory: slots that grow with use. Each running sequence owns one slot of the cache, (slots, kv heads, positions,
+head dim) per layer; the buffers start at one slot of 256 positions and double in slots and length as requests
+need them (`kv_cache.resized`), up to `max_batch` slots x `max_seq_len` tokens (`--kv-cache-tokens` sets the budget,
+`max_batch = budget // max_seq_len`); after a second with nothing to do the engine shrinks back to the one slot it
+keeps for prefix reuse. Slots rather than paged blocks because the model's attention then reads a plain view of the
+cache (`cache[:n]`, no gather, no block tables), which is what makes batched decode cheap on CPU; the price is a
+copy when the buffers grow, and a slot as long as the longest running sequence. On CPU the cache is fp16 by default
+(`kv_dtype`), read by corral's attention kernel.
 
 Running sequences always occupy slots 0..n-1: when one finishes, the last one's KV is moved into its slot (only
 the used prefix is copied). Finished slots keep their tokens, so a new request that shares a prefix with one of
@@ -40,11 +43,12 @@ from typing import Any
 
 import torch
 
-from corral.engine.kv_cache import swap_slots
+from corral.engine.kv_cache import GROW_FROM, blocks, grown_size, resized, swap_slots
 from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
 from corral.model import kernels
 from corral.model.llama import KV_BLOCK, SMALL_T, KVCache, LlamaForCausalLM
+from corral.model.loader import release_freed_memory
 
 
 class QueueFullError(CorralError):
@@ -136,9 +140,18 @@ class Engine:
             extra = draft_tokens
             self.drafter = BatchDrafter(draft, draft_tokens, max_batch, self.max_seq_len + extra, compile,
                                         batch_invariant)
-        # `kv_dtype` (default: the model's activation dtype): fp16 halves the cache's memory and the bytes decode
-        # attention reads per step (llama.cpp's default cache type); keys and values are rounded once, when written.
-        self.cache = KVCache.allocate(model.config, max_batch, self.max_seq_len + extra, kv_dtype or model.dtype,
+        # `kv_dtype`: fp16 halves the cache's memory and the bytes decode attention reads per step (llama.cpp's
+        # default cache type); keys and values are rounded once, when written. Default: fp16 for a 4-bit model on
+        # corral's CPU decode path (its attention kernel widens fp16 as it reads; quality: tests/model/
+        # test_decode_plan.py), else the model's activation dtype (a model asked for in fp32 keeps an fp32 cache).
+        if kv_dtype is None:
+            kv_dtype = torch.float16 if model.decode_plan is not None else model.dtype
+        # The buffers grow with use, except under a CUDA graph, which replays one static cache.
+        self.cache_len = self.max_seq_len + extra
+        self.grows = not self._static_kv
+        self.idle_shrink_s = 1.0  # idle this long, the cache shrinks to one slot
+        self.cache = KVCache.allocate(model.config, 1 if self.grows else max_batch,
+                                      min(GROW_FROM, self.cache_len) if self.grows else self.cache_len, kv_dtype,
                                       model.device)
         if model.device.type == "cuda":
             # Measured on an H200 (bench/gpu_check.py, profiled): SDPA's cuDNN backend spends ~1.9 ms of host
@@ -253,6 +266,8 @@ class Engine:
         if self.running or self.waiting:
             raise RuntimeError("warm_up() runs before the engine takes requests")
         dev = self.model.device
+        self._reserve(min(2, self.max_batch), min(KV_BLOCK, self.max_seq_len - 1) + 1 + (
+            self.drafter.k if self.drafter is not None else 0))
         with torch.inference_mode():
             for b in (1, min(2, self.max_batch)):
                 for pos in (0, min(KV_BLOCK, self.max_seq_len - 1)):
@@ -279,15 +294,53 @@ class Engine:
 
     @property
     def kv_tokens_total(self) -> int:
+        """The cache's budget in tokens (what it may grow to)."""
         return self.max_batch * self.max_seq_len
+
+    @property
+    def kv_blocks(self) -> int:
+        """KV blocks (64 positions of one slot, all layers) allocated now."""
+        return blocks(self.cache)
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.cache.nbytes()
+
+    def _reserve(self, slots: int, length: int) -> None:
+        """Grow the cache (if it may) to at least `slots` slots of `length` positions."""
+        c = self.cache
+        have_s, have_l = c.k[0].shape[0], c.max_len
+        if slots <= have_s and length <= have_l:
+            return
+        if not self.grows:
+            raise RuntimeError(f"the KV cache holds {have_s} x {have_l} positions, {slots} x {length} asked")
+        self._resize(grown_size(have_s, slots, self.max_batch), grown_size(have_l, length, self.cache_len, GROW_FROM))
+
+    def _resize(self, slots: int, length: int) -> None:
+        self.model.release_cache()  # the decode plan lets go of the old buffers
+        self.cache = resized(self.cache, slots, length)
+        n = self.cache.max_len
+        for s in range(self.max_batch):  # what no longer fits is no longer cached
+            self.slot_ids[s] = self.slot_ids[s][:n] if s < slots else []
+
+    def shrink(self) -> None:
+        """Give back the memory of idle slots: keep slot 0 (the last request to finish, for prefix reuse)."""
+        if self.grows and not self.running and not self.waiting:
+            keep = grown_size(1, len(self.slot_ids[0]), self.cache_len, GROW_FROM)
+            if self.cache.k[0].shape[0] > 1 or self.cache.max_len > -(-keep // KV_BLOCK) * KV_BLOCK:
+                self._resize(1, keep)
+                release_freed_memory()
 
     # --- the engine thread ---------------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             with self._cv:
+                idle = time.monotonic()
                 while not self._stop and not self.waiting and not self.running and not self._calls:
                     self._cv.wait(0.5)  # with a timeout, so Ctrl-C reaches a main thread that waits here
+                    if time.monotonic() - idle >= self.idle_shrink_s:
+                        self.shrink()
                 if self._stop:
                     return
                 calls, self._calls = list(self._calls), deque()
@@ -342,6 +395,7 @@ class Engine:
 
     def _admit(self, r: Request) -> None:
         n = len(self.running)
+        self._reserve(n + 1, 1)
         # Prefer the free slot whose leftover tokens share the longest prefix with this prompt.
         best, best_len = n, -1
         for s in range(n, self.max_batch):
@@ -378,6 +432,7 @@ class Engine:
     def _prefill_chunk(self, r: Request) -> None:
         dev = self.model.device
         chunk = r.prompt_ids[r.fed: r.fed + self.prefill_chunk]
+        self._reserve(r.slot + 1, r.fed + len(chunk))
         pos = torch.arange(r.fed, r.fed + len(chunk), device=dev).view(1, -1)
         ids, slot = torch.tensor([chunk], device=dev), torch.tensor([r.slot], device=dev)
         # Slot 0 needs no gather; batch invariance keeps the gather (a view and a copy may round differently).
@@ -400,6 +455,7 @@ class Engine:
         ids = torch.tensor([[r.pending] for r in rows], device=dev)
         pos = torch.tensor([[r.fed] for r in rows], device=dev)
         kv_len = max(r.fed for r in rows) + 1
+        self._reserve(len(rows), kv_len)
         logits = self._forward(ids, pos, kv_len, None)  # rows are slots 0..n-1: attention reads cache views
         for r in rows:
             self.slot_ids[r.slot].append(r.pending)
@@ -422,6 +478,7 @@ class Engine:
 
         sp, dev, k = self.drafter, self.model.device, self.drafter.k
         rows = self._pack(rows)
+        self._reserve(len(rows), max(r.fed for r in rows) + k + 1)
         vocab = self.model.config.vocab_size
         fed = torch.tensor([r.fed for r in rows], device=dev)
         pending = torch.tensor([r.pending for r in rows], device=dev)

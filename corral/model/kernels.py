@@ -95,6 +95,7 @@ def use_for(model: torch.nn.Module) -> None:
 def _make_decode_plan(model: torch.nn.Module) -> None:
     """Give `model` a `DecodePlan` (csrc/decode_step.cpp) where every layer is 4-bit on the VNNI kernel with fused
     q/k/v and gate/up projections, no biases, fp32 activations: the decode step's layers then run as one call."""
+    from corral.model.loader import release_freed_memory
     from corral.model.quant import Int4Linear
 
     cfg = model.config
@@ -117,3 +118,4 @@ def _make_decode_plan(model: torch.nn.Module) -> None:
     model.decode_plan = torch.classes.corral.DecodePlan(weights, cfg.num_attention_heads, cfg.num_key_value_heads,
                                                         cfg.head_dim, cfg.rms_norm_eps)
     model._plan_modules = tuple(modules)
+    release_freed_memory()  # the repacking's temporaries

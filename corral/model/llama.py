@@ -96,6 +96,14 @@ class KVCache:
         v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         return cls(k, v)
 
+    @classmethod
+    def allocate_like(cls, buf: torch.Tensor, layers: int, batch: int, max_len: int) -> KVCache:
+        """Buffers of `batch` x `max_len` positions with `buf`'s heads, head dim, dtype and device."""
+        max_len = -(-max_len // KV_BLOCK) * KV_BLOCK
+        shape = (batch, buf.shape[1], max_len, buf.shape[3])
+        mk = [torch.zeros(shape, dtype=buf.dtype, device=buf.device) for _ in range(2 * layers)]
+        return cls(mk[:layers], mk[layers:])
+
     @property
     def max_len(self) -> int:
         return self.k[0].shape[2]

@@ -112,7 +112,7 @@ class Int4Linear(nn.Module):
         sz = self.scales_and_zeros.float()  # (K/32, N, 2): w = (code - 8) * scale + zero
         d = sz[..., 0].T.contiguous()
         self.vnni_packed, self.vnni_scales = pack_vnni(codes, d, sz[..., 1].T - 8 * d)
-        self.packed = None
+        self.packed = self.scales_and_zeros = None
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,16 @@ class Metrics(Hooks):
               registry=r).labels(**lbl).set_function(lambda: engine.kv_tokens_used)
         Gauge("corral_kv_cache_tokens_total", "KV cache budget in tokens", ["model"], registry=r).labels(
             **lbl).set(engine.kv_tokens_total)
+        Gauge("corral_kv_cache_blocks", "KV blocks allocated now (64 positions of one slot, every layer); the cache "
+              "grows with use and shrinks when idle", ["model"], registry=r).labels(**lbl).set_function(
+            lambda: engine.kv_blocks)
+        Gauge("corral_kv_cache_bytes", "Bytes of KV cache allocated now", ["model"], registry=r).labels(
+            **lbl).set_function(lambda: engine.kv_bytes)
+        # vLLM's prefix-cache counters, in tokens: hits / queries is the prefix cache's hit rate.
+        self.prefix_queries = Counter("corral_prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                                      ["model"], registry=r).labels(**lbl)
+        self.prefix_hits = Counter("corral_prefix_cache_hits", "Prompt tokens found in the prefix cache (KV reused)",
+                                   ["model"], registry=r).labels(**lbl)
         Gauge("corral_kv_slots_free", "KV slots with no running request", ["model"], registry=r).labels(
             **lbl).set_function(lambda: engine.max_batch - len(engine.running))
         self.steps = Gauge("corral_engine_steps", "Engine scheduling steps so far", ["model"], registry=r).labels(
@@ -80,6 +90,8 @@ class Metrics(Hooks):
         self.requests.labels(self.model_id, endpoint, ev.finish_reason).inc()
         self.prompt_tokens.inc(ev.prompt_tokens)
         self.cached_tokens.inc(ev.cached_tokens)
+        self.prefix_queries.inc(ev.prompt_tokens)
+        self.prefix_hits.inc(ev.cached_tokens)
         self.generation_tokens.inc(ev.completion_tokens)
         self.e2e.observe(seconds)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -208,3 +209,30 @@ def test_run_until_idle_finishes_everything_on_the_calling_thread(tiny):
     assert eng.running == [] and not eng.waiting
     for c, p in zip(cs, ps, strict=True):
         assert c.finished.finish_reason == "length" and c.ids == naive_greedy(tiny, p, 6)
+
+
+def test_the_kv_cache_grows_with_use_and_shrinks_back_when_idle(tiny):
+    """One slot of 256 positions at start; 16 long requests at once grow it to 16 slots of 512 (their outputs those
+    of each request alone); idle, it shrinks to the one slot it keeps, whose prefix the next request still reuses."""
+    g = torch.Generator().manual_seed(7)
+    ps = [torch.randint(3, 250, (int(n),), generator=g).tolist() for n in torch.randint(260, 400, (16,), generator=g)]
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=16, max_seq_len=512, prefill_chunk=64)
+    eng.idle_shrink_s = 0.2
+    assert eng.kv_blocks == 256 // 64 and eng.kv_tokens_total == 16 * 512
+    eng.start()
+    try:
+        alone = [submit(eng, p, max_tokens=12).wait().ids for p in ps[:3]]
+        assert eng.cache.k[0].shape[0] == 1 < eng.cache.max_len // 64 <= 512 // 64  # one slot, grown in length
+        batch = [submit(eng, p, max_tokens=12) for p in ps]
+        grown = [c.wait().ids for c in batch]
+        assert grown[:3] == alone
+        assert eng.kv_blocks == 16 * 512 // 64
+        deadline = time.monotonic() + 10
+        while eng.kv_blocks > 512 // 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert eng.cache.k[0].shape[0] == 1 and eng.kv_blocks <= 512 // 64
+        last = next(p for p in ps if eng.slot_ids[0][:len(p)] == p)  # the request that finished last
+        again = submit(eng, last, max_tokens=12).wait()
+        assert again.finished.cached_tokens >= 256 and again.ids == grown[ps.index(last)]
+    finally:
+        eng.shutdown()

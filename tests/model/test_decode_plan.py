@@ -49,7 +49,7 @@ def decode(model, ids, plan, cache_dtype=torch.float32, batch_invariant=True):
     """Teacher-forced one-token steps over `ids` → (len, V) logits, with the plan on or off."""
     saved = model.decode_plan
     model.decode_plan = saved if plan else None
-    cache = KVCache.allocate(model.config, 1, 128, cache_dtype, "cpu")
+    cache = KVCache.allocate(model.config, 1, len(ids), cache_dtype, "cpu")
     try:
         with torch.inference_mode():
             return torch.cat([model(torch.tensor([[t]]), torch.tensor([[i]]), cache, kv_len=i + 1,
@@ -116,3 +116,35 @@ def test_a_lora_swap_turns_the_plan_off(tiny4):
     after = decode(tiny4, ids, True)
     assert torch.equal(after, decode(tiny4, ids, False))  # the PyTorch layers ran, with the adapter
     assert not torch.allclose(after, before)
+
+
+@pytest.mark.slow
+def test_the_default_model_on_the_plan_with_a_fp16_cache_keeps_its_quality():
+    """The real 4-bit model, teacher-forced one token at a time over the bundled prose (~550 tokens): the plan with
+    an fp16 cache (the engine's default here) against the plan with an fp32 cache and against the fp32 model.
+    Measured: mean log-likelihood -3.2790 (fp16 cache), -3.2784 (fp32 cache), -3.2826 (fp32 model); top-1 agreement
+    97.1% each way: the int8 activations' own noise (a tiny change flips a block's rounding), not the cache's."""
+    import json
+    from importlib.resources import files
+
+    from corral.tokenizer import load_tokenizer
+
+    lm = load_model("default", device="cpu")
+    model = lm.model
+    kernels.use_for(model)
+    assert model.decode_plan is not None
+    text = "\n\n".join(json.loads(line)["text"] for line in
+                        files("corral.eval").joinpath("tasks/prose.jsonl").read_text().splitlines())
+    ids = load_tokenizer(lm.path).encode(text)[:512]
+    half, full = (decode(model, ids, True, dt, batch_invariant=False) for dt in (torch.float16, torch.float32))
+    with torch.inference_mode():
+        ref = load_model("default", device="cpu", dtype="float32").model(torch.tensor([ids]))[0]
+    target = torch.tensor(ids[1:])[:, None]
+
+    def mean_logprob(logits):
+        return torch.log_softmax(logits[:-1].float(), -1).gather(-1, target).mean().item()
+
+    assert abs(mean_logprob(half) - mean_logprob(full)) < 0.005
+    assert (half.argmax(-1) == full.argmax(-1)).float().mean() >= 0.96
+    assert abs(mean_logprob(half) - mean_logprob(ref)) < 0.02
+    assert (half.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95

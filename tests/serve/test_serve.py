@@ -36,7 +36,9 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 USER = [{"role": "user", "content": "hi"}]
 METRIC_NAMES = ("corral_time_to_first_token_seconds", "corral_inter_token_latency_seconds",
                 "corral_num_requests_waiting", "corral_num_requests_running", "corral_kv_cache_usage_ratio",
-                "corral_prompt_tokens_total", "corral_generation_tokens_total", "corral_requests_total")
+                "corral_prompt_tokens_total", "corral_generation_tokens_total", "corral_requests_total",
+                "corral_kv_cache_blocks", "corral_kv_cache_bytes", "corral_prefix_cache_queries_total",
+                "corral_prefix_cache_hits_total")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -208,6 +210,7 @@ def test_metrics_names_and_counters(srv):
         assert re.search(rf"^{name}(_bucket|_count)?{{", text, re.M), name
     assert metric(srv.url, "corral_generation_tokens_total") == before + 5
     assert metric(srv.url, "corral_num_requests_running") == 0
+    assert metric(srv.url, "corral_kv_cache_blocks") >= 1 and metric(srv.url, "corral_prefix_cache_queries_total") >= 3
 
 
 # --- fast: errors -----------------------------------------------------------------------------------------------
