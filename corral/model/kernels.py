@@ -76,13 +76,16 @@ def use_for(model: torch.nn.Module) -> None:
     and 4-bit linear layers on the int8 x int4 kernel where the CPU has AVX-512 VNNI."""
     from corral.model.quant import Int4Linear
 
+    vnni = next(model.parameters()).device.type == "cpu" and available() and torch.ops.corral.int4_linear_supported()
+    for m in model.modules():
+        if isinstance(m, Int4Linear):
+            if vnni:
+                m.use_vnni()
+            m.q4_dm = None  # the fp16 scales kept for use_vnni (PyTorch's kernel has its own copy)
     if next(model.parameters()).device.type != "cpu" or not available():
         return
     model.cpu_kernels = True
-    if torch.ops.corral.int4_linear_supported():
-        for m in model.modules():
-            if isinstance(m, Int4Linear):
-                m.use_vnni()
+    if vnni:
         if getattr(model, "batch_head", None) is not None and model.config.hidden_size % 32 == 0 \
                 and model.config.vocab_size % 16 == 0:
             from corral.model.quant import pack_q8
@@ -113,7 +116,7 @@ def _make_decode_plan(model: torch.nn.Module) -> None:
         weights += [norms[0].detach(), attn.qkv_proj.vnni_packed, attn.qkv_proj.vnni_scales, attn.o_proj.vnni_packed,
                     attn.o_proj.vnni_scales, norms[1].detach(), mlp.gate_up_proj.vnni_packed,
                     mlp.gate_up_proj.vnni_scales, mlp.down_proj.vnni_packed, mlp.down_proj.vnni_scales]
-        modules += [layer.input_layernorm, attn.qkv_proj, attn.o_proj, layer.post_attention_layernorm,
+        modules += [layer.input_layernorm.weight, attn.qkv_proj, attn.o_proj, layer.post_attention_layernorm.weight,
                     mlp.gate_up_proj, mlp.down_proj]
     model.decode_plan = torch.classes.corral.DecodePlan(weights, cfg.num_attention_heads, cfg.num_key_value_heads,
                                                         cfg.head_dim, cfg.rms_norm_eps)

@@ -61,7 +61,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
 
 
-class RMSNorm(nn.Module):
+class Swappable(nn.Module):
+    """A module that counts, across all models, the submodules and parameters set on it after it was built (LoRA,
+    quantization, a loaded state dict): a decode plan made from the old ones checks its modules only after a swap."""
+
+    swaps = 0
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, nn.Module | nn.Parameter):
+            Swappable.swaps += 1
+        super().__setattr__(name, value)
+
+
+class RMSNorm(Swappable):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -128,7 +140,7 @@ class Batch:
     causal: bool = False  # no cache, positions 0..T-1 in every row: `mask` is the plain causal one
 
 
-class Attention(nn.Module):
+class Attention(Swappable):
     """Grouped-query self-attention. The projections are passed in, so LoRA or quantization is a module swap."""
 
     def __init__(self, cfg: ModelConfig, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module, o_proj: nn.Module):
@@ -207,7 +219,7 @@ class Attention(nn.Module):
         return (out / denom).to(q.dtype).view(B, H, T, hd)
 
 
-class MLP(nn.Module):
+class MLP(Swappable):
     def __init__(self, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module):
         super().__init__()
         self.gate_proj, self.up_proj, self.down_proj = gate_proj, up_proj, down_proj
@@ -225,7 +237,7 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(Swappable):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         h, hd = cfg.hidden_size, cfg.head_dim
@@ -280,7 +292,8 @@ class LlamaForCausalLM(nn.Module):
         # AVX-512 VNNI; set by `kernels.use_for` with the modules it was made from, so a later module swap (LoRA)
         # turns it off instead of being ignored.
         self.decode_plan = None
-        self._plan_modules: tuple[nn.Module, ...] = ()
+        self._plan_modules: tuple[nn.Module | nn.Parameter, ...] = ()
+        self._plan_swaps = -1
         self._plan_cache: tuple[int, ...] | None = None
         # Training: recompute each layer's activations in the backward pass instead of keeping them (memory for
         # time: about one more forward per step).
@@ -308,12 +321,20 @@ class LlamaForCausalLM(nn.Module):
         return cos, torch.cat((-s, s), dim=-1)[:, None].to(self.dtype)
 
     def _plan_usable(self) -> bool:
-        """The decode plan still computes this model: none of the modules it was made from has been swapped."""
-        layers = self.model.layers
-        return self.decode_plan is not None and all(
-            a is b for a, b in zip(self._plan_modules, (m for layer in layers for m in (
-                layer.input_layernorm, layer.self_attn.qkv_proj, layer.self_attn.o_proj,
-                layer.post_attention_layernorm, layer.mlp.gate_up_proj, layer.mlp.down_proj)), strict=True))
+        """The decode plan still computes this model: none of the modules (or norm weights) it was made from has
+        been swapped. Checked in full only after some module anywhere was swapped (~0.4 ms a step otherwise)."""
+        if self.decode_plan is None:
+            return False
+        if self._plan_swaps == Swappable.swaps:
+            return True
+        now = tuple(x for layer in self.model.layers for x in (
+            layer.input_layernorm.weight, layer.self_attn.qkv_proj, layer.self_attn.o_proj,
+            layer.post_attention_layernorm.weight, layer.mlp.gate_up_proj, layer.mlp.down_proj))
+        if len(now) != len(self._plan_modules) or any(a is not b for a, b in zip(now, self._plan_modules, strict=True)):
+            self.decode_plan = None  # for good: the plan holds the old weights
+            return False
+        self._plan_swaps = Swappable.swaps
+        return True
 
     def release_cache(self) -> None:
         """Let go of the KV buffers the decode plan holds (the engine shrinks or drops its cache)."""
@@ -428,11 +449,13 @@ class LlamaForCausalLM(nn.Module):
         bits at any batch size; with corral's CPU kernels, int8 blocks (`head_q8`) replace it, twice as fast
         again. Its output is rounded to bf16 (steps of 0.06 at 10), so it only ranks: the top
         `RESCORE_K` logits of each row are recomputed in fp32 from the fp16 weights (multiply-and-sum, not a
-        batched matmul, which would regroup with the batch size). Single-sequence decoding keeps the fp16 head,
-        the fastest for one row.
+        batched matmul, which would regroup with the batch size). A single sequence's decode step (a few rows)
+        ranks on the int8 head too (0.33 vs 1.2 ms for one row here); passes over whole sequences (scoring,
+        prompt logprobs) keep the exact fp16 head, whose every logit is exact.
         """
         xs = x.reshape(-1, x.shape[-1])  # 2-D: a 3-D view with a batch stride sends matmul down a copying path
-        if batch_invariant and (self.batch_head is not None or self.head_q8 is not None):
+        decode = xs.shape[0] <= SMALL_T  # a decode step's rows: int8 ranking serves them too
+        if (batch_invariant or decode) and self.head_q8 is not None or batch_invariant and self.batch_head is not None:
             if self.head_q8 is not None:  # int8 weights x int8 activations (csrc/int4_linear.cpp), ~2x the bf16 rate
                 flat = torch.ops.corral.int8_linear(xs.float(), *self.head_q8)  # (N, V)
             else:

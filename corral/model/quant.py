@@ -43,12 +43,12 @@ def unpack_int4_cpu(packed: torch.Tensor, n: int, k: int) -> torch.Tensor:
 
 def pack_vnni(codes: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, K) codes and (N, K/32) per-block d, m (w = code * d + m) → the layout of csrc/int4_linear.cpp:
-    packed (N/16, K/32, 4, 64) uint8 and scales (N/16, K/32, 2, 16) fp32."""
+    packed (N/16, K/32, 4, 64) uint8 and scales (N/16, K/32, 2, 16) fp16 (GGUF's own d and m are fp16)."""
     n, k = codes.shape
     c = codes.to(torch.uint8).view(n // 16, 16, k // 32, 2, 4, 4)  # (tile, row, block, half, group, channel)
     c = c.permute(0, 2, 3, 4, 1, 5).reshape(n // 16, k // 32, 2, 4, 64)
     packed = (c[:, :, 0] | (c[:, :, 1] << 4)).contiguous()
-    scales = torch.stack([t.float().view(n // 16, 16, k // 32).transpose(1, 2) for t in (d, m)], dim=2)
+    scales = torch.stack([t.half().view(n // 16, 16, k // 32).transpose(1, 2) for t in (d, m)], dim=2)
     return packed, scales.contiguous()
 
 
@@ -73,7 +73,7 @@ def unpack_vnni(packed: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tenso
     nt, nb = packed.shape[:2]
     c = torch.stack([packed & 15, packed >> 4], dim=2).view(nt, nb, 2, 4, 16, 4)
     codes = c.permute(0, 4, 1, 2, 3, 5).reshape(nt * 16, nb * 32)
-    d, m = (scales[:, :, i].transpose(1, 2).reshape(nt * 16, nb) for i in (0, 1))
+    d, m = (scales[:, :, i].transpose(1, 2).reshape(nt * 16, nb).float() for i in (0, 1))
     return codes, d, m
 
 
@@ -85,6 +85,9 @@ class Int4Linear(nn.Module):
         super().__init__()
         n, k = codes.shape
         self.in_features, self.out_features = k, n
+        # GGUF's fp16 d and m as they are, for corral's CPU kernel (`use_vnni`), which reads them in fp16; tinygemm
+        # below takes bf16 scale and zero, a rounding of both.
+        self.q4_dm = (scale.half(), offset.half()) if device.type == "cpu" else None
         zero = offset + 8.0 * scale  # (N, K/32)
         sz = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # (K/32, N, 2)
         self.register_buffer("scales_and_zeros", sz.to(device, torch.bfloat16))
@@ -109,10 +112,14 @@ class Int4Linear(nn.Module):
         if self.packed is None or self.packed.device.type != "cpu" or n % 64 or k % GROUP:
             return self.packed is None
         codes = unpack_int4_cpu(self.packed, n, k)
-        sz = self.scales_and_zeros.float()  # (K/32, N, 2): w = (code - 8) * scale + zero
-        d = sz[..., 0].T.contiguous()
-        self.vnni_packed, self.vnni_scales = pack_vnni(codes, d, sz[..., 1].T - 8 * d)
-        self.packed = self.scales_and_zeros = None
+        if self.q4_dm is not None:
+            d, m = self.q4_dm
+        else:
+            sz = self.scales_and_zeros.float()  # (K/32, N, 2): w = (code - 8) * scale + zero
+            d = sz[..., 0].T.contiguous()
+            m = sz[..., 1].T - 8 * d
+        self.vnni_packed, self.vnni_scales = pack_vnni(codes, d, m)
+        self.packed = self.scales_and_zeros = self.q4_dm = None
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -132,7 +132,7 @@ def test_vnni_packing_round_trips():
 
     g = torch.Generator().manual_seed(0)
     codes = torch.randint(0, 16, (64, 96), generator=g, dtype=torch.uint8)
-    d, m = torch.rand(64, 3, generator=g), torch.randn(64, 3, generator=g)
+    d, m = torch.rand(64, 3, generator=g).half().float(), torch.randn(64, 3, generator=g).half().float()  # fp16 scales
     c2, d2, m2 = unpack_vnni(*pack_vnni(codes, d, m))
     assert torch.equal(c2, codes) and torch.equal(d2, d) and torch.equal(m2, m)
 
@@ -140,10 +140,15 @@ def test_vnni_packing_round_trips():
 @vnni
 @pytest.mark.parametrize("n,k", [(960, 576), (64, 1536), (128, 32)])
 def test_int4_linear_is_the_int8_quantized_product_and_keeps_the_weights(n, k):
+    from corral.model.quant import quantize_q4
+
     layer = int4_layer(n, k)
-    w = layer.dequantize()
+    tinygemm = layer.dequantize()  # PyTorch's kernel: scale and zero rounded to bf16
     assert layer.use_vnni() and layer.packed is None
-    torch.testing.assert_close(layer.dequantize(), w, atol=1e-6, rtol=0)  # the same weights, repacked
+    codes, scale, offset = quantize_q4(torch.randn(n, k, generator=torch.Generator().manual_seed(0)))
+    w = codes.float() * scale.float().repeat_interleave(32, 1) + offset.float().repeat_interleave(32, 1)
+    assert torch.equal(layer.dequantize(), w)  # the Q4 grid exactly: fp16 d and m as given
+    assert (tinygemm - w).abs().max() <= w.abs().max() * 2**-7  # ... which bf16 only rounded
     g = torch.Generator().manual_seed(1)
     x = torch.randn(19, k, generator=g)
     x[3, :32] = 0  # an all-zero block: scale 0, no division by zero

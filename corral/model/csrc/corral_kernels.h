@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 
@@ -41,9 +42,9 @@ void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache, const
 #ifdef CORRAL_VNNI
 // int4_linear.cpp: x (M, K) fp32 → int8 q (M, K) and per block of 32: dx, dx * sum(q) (M, K/32).
 void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* dx, float* dsum);
-// y (M, N) = x @ W.T for x already quantized by quantize_rows; W in int4_linear's packed layout.
+// y (M, N) = x @ W.T for x already quantized by quantize_rows; W in int4_linear's packed layout (fp16 scales).
 void int4_matmul(const int8_t* q, const float* dx, const float* dsum, int64_t M, int64_t K, const uint8_t* packed,
-                 const float* scales, int64_t N, float* y);
+                 const c10::Half* scales, int64_t N, float* y);
 #endif
 
 }  // namespace corral

@@ -101,8 +101,8 @@ struct DecodePlan : torch::CustomClassHolder {
       const at::Tensor* L = &w[l * kPerLayer];
       for (int i : {0, 5}) TORCH_CHECK(L[i].scalar_type() == at::kFloat && L[i].numel() == hidden, "DecodePlan: norms");
       for (int i : {1, 3, 6, 8})
-        TORCH_CHECK(L[i].scalar_type() == at::kByte && L[i].is_contiguous() && L[i + 1].is_contiguous(),
-                    "DecodePlan: packed int4 weights");
+        TORCH_CHECK(L[i].scalar_type() == at::kByte && L[i].is_contiguous() && L[i + 1].is_contiguous() &&
+                    L[i + 1].scalar_type() == at::kHalf, "DecodePlan: packed int4 weights, fp16 scales");
       TORCH_CHECK(L[1].size(0) * 16 == (H + 2 * n_kv) * D && L[1].size(1) * 32 == hidden, "DecodePlan: qkv shape");
       TORCH_CHECK(L[3].size(0) * 16 == hidden && L[3].size(1) * 32 == H * D, "DecodePlan: o shape");
       TORCH_CHECK(L[6].size(0) * 16 == 2 * inter && L[6].size(1) * 32 == hidden, "DecodePlan: gate/up shape");
@@ -165,7 +165,7 @@ struct DecodePlan : torch::CustomClassHolder {
     auto linear = [&](const float* in, int64_t K, const at::Tensor& packed, const at::Tensor& scales, int64_t N,
                       float* out) {
       quantize_rows(in, M, K, qp, dxp, dsp);
-      int4_matmul(qp, dxp, dsp, M, K, packed.data_ptr<uint8_t>(), scales.data_ptr<float>(), N, out);
+      int4_matmul(qp, dxp, dsp, M, K, packed.data_ptr<uint8_t>(), scales.data_ptr<c10::Half>(), N, out);
     };
 
     for (int64_t l = 0; l < layers; ++l) {

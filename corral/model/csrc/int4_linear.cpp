@@ -9,7 +9,8 @@
 // Layout (made once by corral/model/kernels.py from the loaded codes):
 //   packed (N/16, K/32, 4, 64) uint8: for 16 output rows and one block, register g in 0..3 holds in its low nibbles
 //     the codes of input channels 4g..4g+3 and in its high nibbles those of 16+4g..16+4g+3, byte 4n + i for row n.
-//   scales (N/16, K/32, 2, 16) fp32: d and m of each row's block.
+//   scales (N/16, K/32, 2, 16) fp16: d and m of each row's block, as the GGUF stores them (20 bytes per 32 weights
+//     read per token, as llama.cpp's Q4_1; fp32 scales were 24, and a single-stream step is bound by those reads).
 // The same loop serves int8 weights (`int8_linear`, the batched LM head: it only ranks, the top logits are recomputed
 // exactly; see LlamaForCausalLM.head).
 // Each output row of each input row is computed by the same instructions in the same order whatever the number of
@@ -66,7 +67,7 @@ inline __m512i bcast4(const int8_t* p) {
 //   8-bit: vpdpbusd wants its first operand unsigned, so the activations go in offset by 128 (q ^ 0x80) and the
 //          block's 128 * sum(w) is taken back out: y += (s - 128 * sum(w)) * d * dx.
 template <int RB, bool kInt8>
-void tile_rows(const uint8_t* wp, const float* sc, const int32_t* wsum, int64_t nb, const int8_t* q, const float* dx,
+void tile_rows(const uint8_t* wp, const void* scv, const int32_t* wsum, int64_t nb, const int8_t* q, const float* dx,
                const float* dsum, int64_t K, float* y, int64_t N) {
   const __m512i lo = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -86,7 +87,7 @@ void tile_rows(const uint8_t* wp, const float* sc, const int32_t* wsum, int64_t 
       }
     }
     if constexpr (kInt8) {
-      const __m512 d = _mm512_loadu_ps(sc + j * 16);
+      const __m512 d = _mm512_loadu_ps(static_cast<const float*>(scv) + j * 16);
       const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(wsum + j * 16), 7);  // 128 * sum(w)
       for (int r = 0; r < RB; ++r) {
         const int8_t* qr = q + r * K + j * 32;
@@ -96,7 +97,9 @@ void tile_rows(const uint8_t* wp, const float* sc, const int32_t* wsum, int64_t 
         acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr)), dd, acc[r]);
       }
     } else {
-      const __m512 d = _mm512_loadu_ps(sc + j * 32), m = _mm512_loadu_ps(sc + j * 32 + 16);
+      const uint16_t* sc = static_cast<const uint16_t*>(scv) + j * 32;
+      const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc)));
+      const __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc + 16)));
       for (int r = 0; r < RB; ++r) {
         const int8_t* qr = q + r * K + j * 32;
         __m512i s = _mm512_setzero_si512();
@@ -110,7 +113,7 @@ void tile_rows(const uint8_t* wp, const float* sc, const int32_t* wsum, int64_t 
   for (int r = 0; r < RB; ++r) _mm512_storeu_ps(y + r * N, acc[r]);
 }
 
-using TileFn = void (*)(const uint8_t*, const float*, const int32_t*, int64_t, const int8_t*, const float*,
+using TileFn = void (*)(const uint8_t*, const void*, const int32_t*, int64_t, const int8_t*, const float*,
                         const float*, int64_t, float*, int64_t);
 constexpr int kRows = 8;  // input rows per pass over a weight tile (8 accumulators + 8 weight registers + scales)
 template <bool kInt8>
@@ -124,15 +127,17 @@ constexpr TileFn kTile[kRows + 1] = {nullptr, &tile_rows<1, kInt8>, &tile_rows<2
 // rows (weight tiles), and each tile stays in L1/L2 while the input rows pass over it.
 template <bool kInt8>
 void quantized_matmul(const int8_t* qp, const float* dxp, const float* dsp, int64_t M, int64_t nb, const void* packed,
-                      const float* sp, const int32_t* wsum, int64_t N, float* yp) {
+                      const void* scales, const int32_t* wsum, int64_t N, float* yp) {
   const int64_t K = nb * 32;
-  const int64_t tile_bytes = nb * (kInt8 ? 512 : 256), tile_scales = nb * (kInt8 ? 16 : 32);
+  // scale bytes per tile: fp32 d (int8) or fp16 d and m (int4), 16 rows a block
+  const int64_t tile_bytes = nb * (kInt8 ? 512 : 256), tile_scale_bytes = nb * 64;
   const uint8_t* wp = static_cast<const uint8_t*>(packed);
+  const uint8_t* sp = static_cast<const uint8_t*>(scales);
   at::parallel_for(0, N / 16, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       for (int64_t r = 0; r < M; r += kRows) {
         const int rb = static_cast<int>(std::min<int64_t>(kRows, M - r));
-        kTile<kInt8>[rb](wp + t * tile_bytes, sp + t * tile_scales, wsum ? wsum + t * nb * 16 : nullptr, nb,
+        kTile<kInt8>[rb](wp + t * tile_bytes, sp + t * tile_scale_bytes, wsum ? wsum + t * nb * 16 : nullptr, nb,
                          qp + r * K, dxp + r * nb, dsp + r * nb, K, yp + r * N + t * 16, N);
       }
     }
@@ -140,7 +145,7 @@ void quantized_matmul(const int8_t* qp, const float* dxp, const float* dsp, int6
 }
 
 void int4_matmul(const int8_t* q, const float* dx, const float* dsum, int64_t M, int64_t K, const uint8_t* packed,
-                 const float* scales, int64_t N, float* y) {
+                 const c10::Half* scales, int64_t N, float* y) {
   quantized_matmul<false>(q, dx, dsum, M, K / 32, packed, scales, nullptr, N, y);
 }
 
@@ -161,7 +166,7 @@ at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& packed, const
   at::Tensor dx = at::empty({M, nb}, x.options()), dsum = at::empty({M, nb}, x.options());
   quantize_rows(x2.data_ptr<float>(), M, K, q.data_ptr<int8_t>(), dx.data_ptr<float>(), dsum.data_ptr<float>());
   quantized_matmul<kInt8>(q.data_ptr<int8_t>(), dx.data_ptr<float>(), dsum.data_ptr<float>(), M, nb, packed.data_ptr(),
-                          scales.data_ptr<float>(), wsum, N, y.data_ptr<float>());
+                          scales.data_ptr(), wsum, N, y.data_ptr<float>());
   return y.view(shape);
 }
 }  // namespace
@@ -174,9 +179,9 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& packed, const at::
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat, "int4_linear: x must be a float32 CPU tensor");
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.dim() == 4 && packed.size(2) == 4 && packed.size(3) == 64 &&
               packed.is_contiguous(), "int4_linear: packed must be (N/16, K/32, 4, 64) uint8");
-  TORCH_CHECK(scales.scalar_type() == at::kFloat && scales.is_contiguous() && scales.dim() == 4 &&
+  TORCH_CHECK(scales.scalar_type() == at::kHalf && scales.is_contiguous() && scales.dim() == 4 &&
               scales.size(0) == packed.size(0) && scales.size(1) == packed.size(1) && scales.size(2) == 2,
-              "int4_linear: scales must be (N/16, K/32, 2, 16) float32");
+              "int4_linear: scales must be (N/16, K/32, 2, 16) float16");
   return quantized_linear<false>(x, packed, scales, nullptr);
 #else
   TORCH_CHECK(false, "int4_linear: this build has no AVX-512 VNNI");
