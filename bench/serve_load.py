@@ -99,6 +99,34 @@ PROMPTS = [
 ]
 
 
+# An original system prompt (a made-up handbook), repeated and cut to --system-tokens tokens: every request of a
+# shared-prefix run starts with it, as clients behind one assistant configuration do.
+HANDBOOK = (
+    "You are the help desk assistant of the Harbour Street Community Workshop, a volunteer-run space with a wood "
+    "shop, a sewing room, a bicycle repair corner and a small electronics bench. Members pay a yearly fee and book "
+    "tools through the front desk. The wood shop opens at nine and closes at eight; the table saw and the planer "
+    "may only be used after the safety induction, which runs on the first Saturday of every month and takes two "
+    "hours. Children under fourteen may visit with an adult but may not use powered tools. Offcuts in the green bin "
+    "are free to take; the blue bin is for the stove. The sewing room has four machines, one overlocker and a "
+    "cutting table; thread and needles are shared, fabric is not. The bicycle corner lends stands, pumps and hand "
+    "tools, and a mechanic volunteers on Tuesday evenings. The electronics bench has two soldering stations with "
+    "fume extraction; lead-free solder is supplied. Lost property is kept for one month. Answer questions about "
+    "the workshop politely and briefly, and when you do not know, say so and suggest asking at the front desk. "
+)
+
+
+def system_prompt(n_tokens: int) -> str:
+    """HANDBOOK repeated and cut to about `n_tokens` tokens of corral's tokenizer for the default model."""
+    from corral.registry import default_model_path
+    from corral.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(default_model_path())
+    text = HANDBOOK
+    while len(tok.encode(text)) < n_tokens:
+        text += HANDBOOK
+    return tok.decode(tok.encode(text)[:n_tokens])
+
+
 @dataclass
 class RequestResult:
     client: int
@@ -135,6 +163,7 @@ class LevelResult:
     tokens_per_request: float
     usage_reported: int  # requests whose stream carried a usage chunk
     error_samples: list[str] = field(default_factory=list)
+    kv_blocks: int | None = None  # corral: KV blocks allocated right after the level (64 positions of one slot)
     per_request: list[dict] = field(default_factory=list)
 
 
@@ -156,10 +185,11 @@ def free_port() -> int:
 
 
 def server_command(name: str, gguf: Path, port: int, threads: int, parallel: int, llama_server: Path,
-                   corral_args: tuple[str, ...] = ()) -> list[str]:
+                   corral_args: tuple[str, ...] = (), ctx: int = LLAMA_CTX) -> list[str]:
     if name == "llama-server":
-        return [str(llama_server), "-m", str(gguf), "-t", str(threads), "--port", str(port), "-c", str(LLAMA_CTX),
-                "--parallel", str(parallel), "--host", "127.0.0.1"]
+        # prompt caching is on by default; --cache-reuse also reuses a slot's cached chunks after a KV shift
+        return [str(llama_server), "-m", str(gguf), "-t", str(threads), "--port", str(port), "-c", str(ctx),
+                "--parallel", str(parallel), "--host", "127.0.0.1", "--cache-reuse", "256"]
     return [sys.executable, "-m", "corral", "serve", str(gguf), "--host", "127.0.0.1", "--port", str(port),
             "--threads", str(threads), "--max-batch", str(parallel), *corral_args]
 
@@ -224,6 +254,15 @@ class Server:
         self._log.close()
 
 
+async def kv_blocks(server: Server) -> int | None:
+    """corral's KV blocks allocated now (64 positions of one slot), from /metrics."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        for line in (await http.get(server.base_url + "/metrics")).text.splitlines():
+            if line.startswith("corral_kv_cache_blocks{"):
+                return int(float(line.split()[-1]))
+    return None
+
+
 async def model_id(client: httpx.AsyncClient, base_url: str) -> str:
     """The first model id from GET /v1/models; "default" when the route fails."""
     try:
@@ -281,10 +320,10 @@ async def stream_one(client: httpx.AsyncClient, url: str, body: dict, res: Reque
     return res
 
 
-def request_body(model: str, prompt: str, max_tokens: int) -> dict:
+def request_body(model: str, prompt: str, max_tokens: int, system: str = "") -> dict:
     return {
         "model": model,
-        "messages": [{"role": "user", "content": prompt}],
+        "messages": ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}],
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": max_tokens,
@@ -293,7 +332,7 @@ def request_body(model: str, prompt: str, max_tokens: int) -> dict:
 
 
 async def run_level(base_url: str, model: str, clients: int, requests_per_client: int, max_tokens: int,
-                    timeout_s: float) -> LevelResult:
+                    timeout_s: float, system: str = "") -> LevelResult:
     """`clients` concurrent clients, each sending `requests_per_client` streaming requests one after another."""
     url = base_url + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
@@ -303,7 +342,8 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
             out = []
             for k in range(requests_per_client):
                 prompt = PROMPTS[(c + k * clients) % len(PROMPTS)]
-                out.append(await stream_one(http, url, request_body(model, prompt, max_tokens), RequestResult(c, k)))
+                out.append(await stream_one(http, url, request_body(model, prompt, max_tokens, system),
+                                            RequestResult(c, k)))
             return out
 
         t0 = time.perf_counter()
@@ -334,8 +374,10 @@ async def run_level(base_url: str, model: str, clients: int, requests_per_client
 
 async def bench_server(name: str, args: argparse.Namespace, gguf: Path, log_dir: Path) -> dict:
     port = free_port()
+    # a shared-prefix run needs room for the system prompt in each of llama-server's slots
+    ctx = max(LLAMA_CTX, args.parallel * 2048) if args.system_tokens else LLAMA_CTX
     cmd = server_command(name, gguf, port, args.threads, args.parallel, args.llama_server,
-                         ("--compile",) if args.compile else ())
+                         ("--compile",) if args.compile else (), ctx)
     print(f"\n[{name}] {' '.join(cmd)}", flush=True)
     server = Server(name, cmd, port, log_dir)
     try:
@@ -353,7 +395,8 @@ async def bench_server(name: str, args: argparse.Namespace, gguf: Path, log_dir:
             for i in range(args.repeats):
                 load = os.getloadavg()[0]
                 lv = await run_level(server.base_url, model, n, args.requests_per_client, args.max_tokens,
-                                     args.request_timeout)
+                                     args.request_timeout, args.system)
+                lv.kv_blocks = await kv_blocks(server) if name == "corral" else None
                 print(f"[{name}] {n:>2} clients, run {i + 1}/{args.repeats}: {lv.aggregate_tok_s:7.1f} tok/s "
                       f"aggregate, TTFT p50 {fmt_ms(lv.ttft_p50_s)} ms, {lv.errors} errors, {lv.empty} empty "
                       f"(load average before: {load:.2f})", flush=True)
@@ -393,7 +436,7 @@ def fmt_ms(s: float | None) -> str:
 
 def print_report(results: dict[str, dict], clients: list[int]) -> dict[int, dict]:
     header = (f"{'server':<13}{'clients':>8}{'tok/s':>9}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}{'requests':>10}"
-              f"{'errors':>8}{'empty':>7}{'tok/req':>9}{'wall s':>8}")
+              f"{'errors':>8}{'empty':>7}{'tok/req':>9}{'wall s':>8}{'KV blocks':>11}")
     print("\n" + header)
     print("-" * len(header))
     for name, res in results.items():
@@ -405,7 +448,8 @@ def print_report(results: dict[str, dict], clients: list[int]) -> dict[int, dict
         for lv in res["levels"]:
             print(f"{name:<13}{lv['clients']:>8}{lv['aggregate_tok_s']:>9.1f}{fmt_ms(lv['ttft_p50_s']):>13}"
                   f"{fmt_ms(lv['ttft_p99_s']):>13}{lv['requests']:>10}{lv['errors']:>8}{lv['empty']:>7}"
-                  f"{lv['tokens_per_request']:>9.1f}{lv['wall_s']:>8.1f}")
+                  f"{lv['tokens_per_request']:>9.1f}{lv['wall_s']:>8.1f}"
+                  f"{'-' if lv.get('kv_blocks') is None else lv['kv_blocks']:>11}")
             for e in lv["error_samples"]:
                 print(f"{'':<13}  error: {e}")
 
@@ -455,6 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"llama-server binary (default {DEFAULT_LLAMA_SERVER.relative_to(ROOT)})")
     p.add_argument("--startup-timeout", type=float, default=300, help="seconds to wait for GET /health (default 300)")
     p.add_argument("--request-timeout", type=float, default=600, help="per-request timeout, seconds (default 600)")
+    p.add_argument("--system-tokens", type=int, default=0,
+                   help="shared-prefix run: every request starts with the same system prompt of about this many "
+                        "tokens (default 0: none); llama-server gets -c parallel x 2048 for room")
     p.add_argument("--idle-wait", type=float, default=3.0,
                    help="seconds to wait after the last level before reading the idle RSS (default 3)")
     p.add_argument("--json", type=Path, default=None, help="write every figure and per-request record here")
@@ -477,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.model = default_model_path()
     gguf = args.model.resolve()
+    args.system = system_prompt(args.system_tokens) if args.system_tokens else ""
     print(f"model {gguf}\nthreads {args.threads}, parallel {args.parallel}, clients {args.clients}, "
           f"{args.requests_per_client} requests per client per level, best of {args.repeats} runs, "
           f"max_tokens {args.max_tokens}, temperature 0")

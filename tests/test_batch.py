@@ -159,7 +159,7 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_cli_on_the_default_model(tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join([
-        req("a", "/v1/chat/completions", chat("What is the capital of France?")),
+        req("a", "/v1/chat/completions", chat("Name the capital city of France.")),
         req("b", "/v1/completions", {"prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}),
         req("c", "/v1/embeddings", {"input": ["hello", "world"]}),
     ]) + "\n")

@@ -270,8 +270,10 @@ def test_bad_prompts(tiny):
 def test_default_model_knows_the_capital_of_france(tok):
     from corral.chat import encode_chat
 
+    # "What is the capital of France?" was a near-tie for this 135M model (fp32: "The" 25.33 against "L" 25.24), and
+    # its Q4_1 file answers "L'Étoile, la Marseillaise, ..." in llama.cpp as in corral; this wording is not (0.73).
     lm = load_model(None, device="cpu", dtype="auto")
-    ids = encode_chat(tok, [{"role": "user", "content": "What is the capital of France?"}])
+    ids = encode_chat(tok, [{"role": "user", "content": "Name the capital city of France."}])
     res = Session(lm.model, tok).generate(ids, SamplingParams(max_tokens=24))
     assert "Paris" in res.text, res.text
     assert res.finish_reason in ("stop", "length") and res.completion_tokens <= 24

@@ -386,10 +386,22 @@ class Engine:
                         self._finish(r, "error", error=f"{type(e).__name__}: {e}")
                     else:
                         r.emit(Finished("error", len(r.prompt_ids), 0, 0, f"{type(e).__name__}: {e}"))
-        prefilling = next((r for r in self.running if r.fed < len(r.prompt_ids)), None)
-        if prefilling is not None:
-            self._prefill_chunk(prefilling)
-        decoding = [r for r in self.running if r.pending is not None and r is not prefilling]
+        # Prefill: chunks of waiting prompts, in slot order, up to `prefill_chunk` tokens a step (the first chunk
+        # always), so a step's latency stays bounded and many short remainders (prompts whose prefix was copied
+        # from another slot) go in one step.
+        budget, prefilled = self.prefill_chunk, set()
+        for r in [r for r in self.running if r.fed < len(r.prompt_ids)]:
+            while r.fed < len(r.prompt_ids) and r.slot >= 0:
+                self._copy_prefix(r)
+                size = self._chunk_size(r)
+                if prefilled and size > budget:
+                    break
+                self._prefill_chunk(r, size)
+                budget -= size
+                prefilled.add(id(r))
+            if budget <= 0:
+                break
+        decoding = [r for r in self.running if r.pending is not None and id(r) not in prefilled]
         if decoding:
             self._decode(decoding)
 
@@ -429,9 +441,40 @@ class Engine:
         return model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
                      batch_invariant=self.batch_invariant)[:, -1]
 
-    def _prefill_chunk(self, r: Request) -> None:
+    def _copy_prefix(self, r: Request) -> None:
+        """Before prefilling, take what another slot (running or free) already holds of this prompt: its keys and
+        values are copied, in whole chunks under batch invariance (they are then the bits this prompt's own
+        prefill would make). Sixteen requests behind one long system prompt prefill it once, not sixteen times.
+        Copied, not shared: each slot still holds its own copy (paged, shared blocks are not built yet)."""
+        if self.drafter is not None:  # the draft's slots would need the same copy
+            return
+        want = r.prompt_ids[:-1]  # the last token is always computed: its logits start the answer
+        src, best = -1, r.fed
+        for s, ids in enumerate(self.slot_ids):
+            if s == r.slot or best >= min(len(ids), len(want)) or ids[best] != want[best]:
+                continue
+            common = _common_prefix(ids, want)
+            if common > best:
+                src, best = s, common
+        unit = self.prefill_chunk if self.batch_invariant else 1
+        reuse = best // unit * unit
+        if src < 0 or reuse <= r.fed:
+            return
+        self._reserve(r.slot + 1, reuse)
+        for buf in self.cache.k + self.cache.v:
+            buf[r.slot, :, r.fed:reuse] = buf[src, :, r.fed:reuse]
+        self.slot_ids[r.slot] = list(r.prompt_ids[:reuse])
+        r.fed = r.cached = reuse
+
+    def _chunk_size(self, r: Request) -> int:
+        """The next prefill chunk of `r`: up to the next multiple of `prefill_chunk` (the grid every prompt is cut
+        on, so cached and fresh prefixes hold the same bits) or the prompt's end."""
+        end = (r.fed // self.prefill_chunk + 1) * self.prefill_chunk
+        return min(end, len(r.prompt_ids)) - r.fed
+
+    def _prefill_chunk(self, r: Request, size: int) -> None:
         dev = self.model.device
-        chunk = r.prompt_ids[r.fed: r.fed + self.prefill_chunk]
+        chunk = r.prompt_ids[r.fed: r.fed + size]
         self._reserve(r.slot + 1, r.fed + len(chunk))
         pos = torch.arange(r.fed, r.fed + len(chunk), device=dev).view(1, -1)
         ids, slot = torch.tensor([chunk], device=dev), torch.tensor([r.slot], device=dev)

@@ -88,7 +88,7 @@ def test_bad_argument_values():
 
 @pytest.mark.slow
 def test_generate_chat_answers_paris():
-    r = run_cli("generate", "default", "What is the capital of France?", "--chat", "--max-tokens", "32",
+    r = run_cli("generate", "default", "Name the capital city of France.", "--chat", "--max-tokens", "32",
                 "--threads", "2", "--stats")
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
@@ -97,7 +97,7 @@ def test_generate_chat_answers_paris():
 
 @pytest.mark.slow
 def test_chat_session_commands():
-    script = "/system Answer in one short sentence.\nWhat is the capital of France?\n/reset\n/exit\n"
+    script = "/system Answer in one short sentence.\nName the capital city of France.\n/reset\n/exit\n"
     r = run_cli("chat", "--temperature", "0", "--max-tokens", "24", "--threads", "2", stdin=script)
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout

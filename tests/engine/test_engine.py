@@ -236,3 +236,26 @@ def test_the_kv_cache_grows_with_use_and_shrinks_back_when_idle(tiny):
         assert again.finished.cached_tokens >= 256 and again.ids == grown[ps.index(last)]
     finally:
         eng.shutdown()
+
+
+def test_requests_behind_one_long_prefix_copy_it_from_the_first_and_change_nothing(tiny):
+    """Eight requests at once with the same 200-token system prompt: the first prefills it, the others copy its
+    keys and values (whole chunks) from that running slot instead of prefilling their own, and every answer is the
+    one the request gets alone on a fresh engine."""
+    g = torch.Generator().manual_seed(11)
+    system = torch.randint(3, 250, (200,), generator=g).tolist()
+    ps = [system + torch.randint(3, 250, (5 + i,), generator=g).tolist() for i in range(8)]
+    eng = Engine(tiny, stop_ids=STOPS, max_batch=8, max_seq_len=512, prefill_chunk=64).start()
+    try:
+        together = [submit(eng, p, max_tokens=10) for p in ps]
+        done = [c.wait() for c in together]
+    finally:
+        eng.shutdown()
+    assert done[0].finished.cached_tokens == 0
+    assert all(c.finished.cached_tokens == 192 for c in done[1:])  # three whole chunks of 64
+    for p, c in zip(ps[::3], done[::3], strict=True):
+        fresh = Engine(tiny, stop_ids=STOPS, max_batch=1, max_seq_len=512, prefill_chunk=64).start()
+        try:
+            assert submit(fresh, p, max_tokens=10).wait().ids == c.ids
+        finally:
+            fresh.shutdown()

@@ -82,7 +82,7 @@ def model_id(live) -> str:
     return client(live).models.list().data[0].id
 
 
-FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+FRANCE = [{"role": "user", "content": "Name the capital city of France."}]
 
 
 def test_live_chat_answers_and_counts_exactly(live, model_id):

@@ -78,7 +78,7 @@ def ask(page, text: str) -> object:
 
 def test_chat_answers_and_screenshot(page):
     page.fill("#temperature", "0")  # greedy: the default model answers this one with "...Paris."
-    answer = ask(page, "What is the capital of France?")
+    answer = ask(page, "Name the capital city of France.")
     sync_api.expect(answer).to_have_attribute("data-done", "1", timeout=ANSWER_TIMEOUT_MS)
     text = answer.locator(".body").inner_text()
     assert "Paris" in text, text
@@ -86,7 +86,7 @@ def test_chat_answers_and_screenshot(page):
     # Usage came back from the server: "N prompt tokens · M tokens · ... tok/s".
     assert re.search(r"\d+ prompt tokens · \d+ tokens?", answer.locator(".meta").inner_text())
     # The user's message is in the transcript too, and the page is ready for the next one.
-    assert "capital of France" in page.locator("#transcript .msg.user").last.inner_text()
+    assert "capital city of France" in page.locator("#transcript .msg.user").last.inner_text()
     assert page.locator("#send").is_enabled() and page.locator("#stop").is_disabled()
 
     SCREENSHOT.parent.mkdir(exist_ok=True)
