@@ -11,11 +11,12 @@ copy when the buffers grow, and a slot as long as the longest running sequence. 
 
 Running sequences always occupy slots 0..n-1: when one finishes, the last one's KV is moved into its slot (only
 the used prefix is copied). Finished slots keep their tokens, so a new request that shares a prefix with one of
-them (a system prompt) is placed there and skips that part of its prefill, in whole chunks (see `_admit`).
+them (a system prompt) is placed there and skips that part of its prefill (see `_admit`); a request whose prefix
+another slot holds, a running one included, copies those keys and values before it prefills (`_copy_prefix`).
 
-One `step()`: admit waiting requests into free slots, run one prefill chunk (at most `prefill_chunk` tokens of
-one request, so a long prompt cannot stall the others), then one decode forward for every sequence that has a
-token to feed. Sampled ids are read on the host once per step (stop ids and the callers' events need them).
+One `step()`: admit waiting requests into free slots, run prefill chunks (up to `prefill_chunk` tokens in all, so a
+long prompt cannot stall the others), then one decode forward for every sequence that has a token to feed.
+Sampled ids are read on the host once per step (stop ids and the callers' events need them).
 
 Text is the caller's: a request's events are `Tokens` (its new ids, with logprobs if asked) and one `Finished`;
 `corral.text.text_events` turns them into text and applies stop strings (a hit cancels the request here).
@@ -117,8 +118,8 @@ class Engine:
         self.model, self.stop_ids = model, frozenset(stop_ids)  # a sampled stop id ends a request (not ignore_eos)
         kernels.use_for(model)
         # `batch_invariant` (the server): a request's tokens do not depend on its neighbours or on what was cached,
-        # so prefixes are reused in whole prefill chunks. Off (one stream, `corral.text.Session`): any cached
-        # prefix is reused and single-row forwards take the fastest kernels.
+        # so prefixes are reused in whole prefill chunks (any length on the CPU decode plan). Off (one stream,
+        # `corral.text.Session`): any cached prefix is reused and single-row forwards take the fastest kernels.
         self.batch_invariant = batch_invariant
         # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
         # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager. On CUDA with
@@ -416,9 +417,7 @@ class Engine:
                 best, best_len = s, common
         if best != n:
             self._swap_slots(best, n, max(len(self.slot_ids[best]), len(self.slot_ids[n])))
-        # Reuse whole prefill chunks only: chunks then always start at multiples of `prefill_chunk`, so a prompt
-        # computes bit-identical KV and logits whether or not part of it was cached (batch invariance).
-        unit = self.prefill_chunk if self.batch_invariant else 1
+        unit = self._reuse_unit()
         reuse = max(best_len, 0) // unit * unit
         if self.drafter is not None:  # the draft slot must hold the reused prefix too
             reuse = min(reuse, _common_prefix(self.drafter.slot_ids[n], r.prompt_ids[:reuse]))
@@ -441,10 +440,18 @@ class Engine:
         return model(ids, positions, self.cache, kv_len=kv_len, slots=slots, last_only=True,
                      batch_invariant=self.batch_invariant)[:, -1]
 
+    def _reuse_unit(self) -> int:
+        """Cached prefixes are reused in multiples of this many tokens. Under batch invariance, whole prefill chunks
+        (chunks then always start at multiples of `prefill_chunk`, so a prompt computes bit-identical KV and logits
+        whether or not part of it was cached), unless the model's bits do not depend on chunking at all (the CPU
+        decode plan): then any length."""
+        models = [self.model] + ([self.drafter.model] if self.drafter is not None else [])
+        return 1 if not self.batch_invariant or all(m.chunking_free for m in models) else self.prefill_chunk
+
     def _copy_prefix(self, r: Request) -> None:
         """Before prefilling, take what another slot (running or free) already holds of this prompt: its keys and
-        values are copied, in whole chunks under batch invariance (they are then the bits this prompt's own
-        prefill would make). Sixteen requests behind one long system prompt prefill it once, not sixteen times.
+        values are copied (in `_reuse_unit`s: they are then the bits this prompt's own prefill would make).
+        Sixteen requests behind one long system prompt prefill it once, not sixteen times.
         Copied, not shared: each slot still holds its own copy (paged, shared blocks are not built yet)."""
         if self.drafter is not None:  # the draft's slots would need the same copy
             return
@@ -456,7 +463,7 @@ class Engine:
             common = _common_prefix(ids, want)
             if common > best:
                 src, best = s, common
-        unit = self.prefill_chunk if self.batch_invariant else 1
+        unit = self._reuse_unit()
         reuse = best // unit * unit
         if src < 0 or reuse <= r.fed:
             return

@@ -31,6 +31,7 @@ def to_int4(model):
         a.o_proj = q4(a.o_proj)
         m.fuse_gate_up(q4(m.gate_proj, m.up_proj))
         m.down_proj = q4(m.down_proj)
+    model.batch_head = model.lm_head.weight.detach().to(torch.bfloat16)  # as the loader does: use_for makes it int8
     kernels.use_for(model)
     return model
 
@@ -46,16 +47,17 @@ def tiny4(make_tiny_hf, request):
 
 
 def decode(model, ids, plan, cache_dtype=torch.float32, batch_invariant=True):
-    """Teacher-forced one-token steps over `ids` → (len, V) logits, with the plan on or off."""
-    saved = model.decode_plan
-    model.decode_plan = saved if plan else None
+    """Teacher-forced one-token steps over `ids` → (len, V) logits, with the plan on or off; through the exact
+    head (the int8 one ranks decode rows, its other logits carry int8 noise that would blur the comparisons)."""
+    saved, head_q8 = model.decode_plan, model.head_q8
+    model.decode_plan, model.head_q8 = saved if plan else None, None
     cache = KVCache.allocate(model.config, 1, len(ids), cache_dtype, "cpu")
     try:
         with torch.inference_mode():
             return torch.cat([model(torch.tensor([[t]]), torch.tensor([[i]]), cache, kv_len=i + 1,
                                     batch_invariant=batch_invariant)[0] for i, t in enumerate(ids)])
     finally:
-        model.decode_plan = saved
+        model.decode_plan, model.head_q8 = saved, head_q8
 
 
 def test_the_plan_computes_what_the_pytorch_layers_do(tiny4):
@@ -79,19 +81,19 @@ def test_a_multi_token_verify_gives_each_token_the_bits_of_one_token_steps(tiny4
     emb = tiny4.model.embed_tokens.weight.detach()
     caches = [KVCache.allocate(tiny4.config, 2, 128, torch.float32, "cpu") for _ in range(2)]
     with torch.inference_mode():
-        steps = [tiny4._fused_decode(emb[[t]][None], torch.tensor([[i]]), caches[0], None)[0]
+        steps = [tiny4._fused_layers(emb[[t]][None], torch.tensor([[i]]), caches[0], None)[0]
                  for i, t in enumerate(ids)]
         for i, t in enumerate(ids[:12]):  # slot 1, one token at a time
-            tiny4._fused_decode(emb[[t]][None], torch.tensor([[i]]), caches[1], torch.tensor([1]))
-        verify = tiny4._fused_decode(emb[ids[12:20]][None], torch.arange(12, 20).view(1, -1), caches[1],
+            tiny4._fused_layers(emb[[t]][None], torch.tensor([[i]]), caches[1], torch.tensor([1]))
+        verify = tiny4._fused_layers(emb[ids[12:20]][None], torch.arange(12, 20).view(1, -1), caches[1],
                                      torch.tensor([1]))[0]
     assert torch.equal(verify, torch.cat(steps[12:20]))
 
 
 def test_engine_outputs_equal_alone_and_in_a_batch_on_the_plan(tiny4, monkeypatch):
     calls = []
-    fused = tiny4._fused_decode
-    monkeypatch.setattr(tiny4, "_fused_decode", lambda *a: calls.append(a[0].shape[0]) or fused(*a))
+    fused = tiny4._fused_layers
+    monkeypatch.setattr(tiny4, "_fused_layers", lambda *a: calls.append(a[0].shape[0]) or fused(*a))
     ps = prompts(16)
     eng = Engine(tiny4, stop_ids=STOPS, max_batch=16, max_seq_len=256).start()
     try:
@@ -148,3 +150,28 @@ def test_the_default_model_on_the_plan_with_a_fp16_cache_keeps_its_quality():
     assert (half.argmax(-1) == full.argmax(-1)).float().mean() >= 0.96
     assert abs(mean_logprob(half) - mean_logprob(ref)) < 0.02
     assert (half.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.95
+
+
+def test_on_the_plan_chunking_changes_no_bits_so_any_prefix_length_is_reused(tiny4):
+    """A prompt prefilled in chunks of 16 or of 128 gives the same logits; so the engine reuses a cached prefix at
+    any length (here 203 tokens, not a multiple of the chunk), copied from a running slot, and answers stay those
+    of a fresh engine."""
+    g = torch.Generator().manual_seed(12)
+    system = torch.randint(3, 250, (203,), generator=g).tolist()
+    ps = [system + torch.randint(3, 250, (4 + i,), generator=g).tolist() for i in range(4)]
+    answers = {}
+    for chunk in (16, 128):
+        eng = Engine(tiny4, stop_ids=STOPS, max_batch=4, max_seq_len=512, prefill_chunk=chunk).start()
+        try:
+            done = [c.wait() for c in [submit(eng, p, max_tokens=8, top_logprobs=0) for p in ps]]
+        finally:
+            eng.shutdown()
+        assert done[0].finished.cached_tokens == 0 and all(c.finished.cached_tokens == 203 for c in done[1:])
+        answers[chunk] = [(c.ids, [lp.logprob for lp in c.logprobs]) for c in done]
+    assert answers[16] == answers[128]
+    fresh = Engine(tiny4, stop_ids=STOPS, max_batch=1, max_seq_len=512, prefill_chunk=64).start()
+    try:
+        c = submit(fresh, ps[2], max_tokens=8, top_logprobs=0).wait()
+    finally:
+        fresh.shutdown()
+    assert (c.ids, [lp.logprob for lp in c.logprobs]) == answers[16][2]
