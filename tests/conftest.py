@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# The packed-model cache (corral.formats.packed) of this test run: out of the user's home, and shared by the CLI
+# subprocesses the tests start.
+os.environ["CORRAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="corral-test-cache-")
 
 # Llama 3.1's rope scaling, with a tiny original context so that positions past 64 exercise all three bands
 # (head_dim 16 and theta 5e5 give one unscaled, one smoothed and six fully scaled frequencies).

@@ -28,6 +28,16 @@ _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
+def vnni() -> bool:
+    """True when the kernels are built and the CPU runs the int8 x int4 one (AVX-512 VNNI)."""
+    return available() and torch.ops.corral.int4_linear_supported()
+
+
+def build_id() -> str:
+    """What identifies this build of the kernels (their sources and flags): part of the packed cache's key."""
+    return _state.get("name", "")
+
+
 def available() -> bool:
     """True when the CPU kernels are built and loaded (building them on the first call)."""
     with _lock:
@@ -36,22 +46,29 @@ def available() -> bool:
         return _state["ok"]
 
 
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"]
+
+
 def _build() -> bool:
     if os.environ.get("CORRAL_KERNELS", "1") == "0":
         return False
-    if shutil.which(os.environ.get("CXX", "c++")) is None:
-        log.warning("no C++ compiler found: running on PyTorch's CPU kernels, slower under load "
-                    "(install g++ for corral's own kernels)")
-        return False
-    try:
-        from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import _get_build_directory, load
 
-        # The name carries a hash of the sources: two corral versions on one machine (two checkouts, an upgrade)
-        # share torch's build cache, and must never load each other's library.
-        digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)).hexdigest()[:12]
-        load(name=f"corral_kernels_{digest}", sources=[str(p) for p in _SOURCES], is_python_module=False,
-             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
-             verbose=False)
+    # The name carries a hash of the sources and flags: two corral versions on one machine (two checkouts, an
+    # upgrade) share torch's build cache, and must never load each other's library.
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + " ".join(_CFLAGS).encode())
+    name = _state["name"] = f"corral_kernels_{digest.hexdigest()[:12]}"
+    built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
+    try:
+        if built.is_file():  # built before: load it as it is (cpp_extension's checks cost ~0.1 s a start)
+            torch.ops.load_library(str(built))
+        elif shutil.which(os.environ.get("CXX", "c++")) is None:
+            log.warning("no C++ compiler found: running on PyTorch's CPU kernels, slower under load "
+                        "(install g++ for corral's own kernels)")
+            return False
+        else:
+            load(name=name, sources=[str(p) for p in _SOURCES], is_python_module=False, extra_cflags=_CFLAGS,
+                 extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as e:  # a broken toolchain must not stop inference: fall back, and say why once
         log.warning("building corral's CPU kernels failed (%s): running on PyTorch's CPU kernels, slower", e)
         return False

@@ -282,7 +282,8 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+        # on the CPU even inside a meta-device build: arange on meta goes through torch._refs, ~1 s of imports
+        self.register_buffer("inv_freq", rope_inv_freq(cfg, "cpu"), persistent=False)
         self.compute_dtype: torch.dtype | None = None
         self.batch_head: torch.Tensor | None = None  # (V, H) bf16 head for batched decoding (`head`)
         self.head_q8: tuple[torch.Tensor, ...] | None = None  # or the same as int8 blocks (`kernels.use_for`)

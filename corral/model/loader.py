@@ -147,7 +147,86 @@ def _load_hf(folder: Path, dev: torch.device, dtype: str) -> LoadedModel:
     return LoadedModel(model.eval(), cfg, folder, "hf", False)
 
 
+def _packed_key(path: Path, dev: torch.device, dtype: str) -> str | None:
+    """The packed cache's key for this load, or None where the packed form does not apply (not the 4-bit CPU path
+    on corral's VNNI kernels)."""
+    from corral.formats.packed import file_key
+    from corral.model import kernels
+
+    if dev.type != "cpu" or dtype not in ("auto", "int4") or not kernels.vnni():
+        return None
+    return file_key(path, kernels.build_id())
+
+
 def _load_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
+    from corral.formats.packed import load_packed
+
+    key = _packed_key(path, dev, dtype)
+    hit = load_packed(key) if key else None
+    if hit is not None:
+        return _from_packed(path, *hit)
+    lm = _parse_gguf(path, dev, dtype)
+    if key and lm.quantized:
+        _save_packed(key, lm)
+    return lm
+
+
+def _save_packed(key: str, lm: LoadedModel) -> None:
+    """Repack for corral's kernels now (what the engine would do) and cache the result for the next load."""
+    from corral.formats.packed import save_packed
+    from corral.model import kernels
+    from corral.model.quant import Int4Linear
+
+    model = lm.model
+    kernels.use_for(model)
+    tensors: dict[str, torch.Tensor] = {}
+    int4 = []
+    for name, m in model.named_modules():
+        if isinstance(m, Int4Linear):
+            if m.packed is not None:  # a shape the kernel does not take: not cacheable
+                return
+            int4.append(name)
+            tensors[f"{name}.vnni_packed"], tensors[f"{name}.vnni_scales"] = m.vnni_packed, m.vnni_scales
+            if m.bias is not None:
+                tensors[f"{name}.bias"] = m.bias.detach()
+    for k, v in model.state_dict().items():
+        if not (k == "lm_head.weight" and lm.config.tie_word_embeddings):
+            tensors[k] = v.detach()
+    tensors["inv_freq"] = model.inv_freq
+    for i, t in enumerate(model.head_q8 or ()):
+        tensors[f"head_q8.{i}"] = t
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    save_packed(key, tensors, {"config": lm.config.__dict__, "int4": int4})
+
+
+def _from_packed(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> LoadedModel:
+    from corral.model import kernels
+    from corral.model.quant import Int4Linear
+
+    cfg = ModelConfig(**meta["config"])
+    model = _build(cfg)
+    for name in meta["int4"]:
+        m = Int4Linear.from_vnni(tensors.pop(f"{name}.vnni_packed"), tensors.pop(f"{name}.vnni_scales"),
+                                 tensors.pop(f"{name}.bias", None))
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if child == "qkv_proj":
+            parent.fuse_qkv(m)
+        elif child == "gate_up_proj":
+            parent.fuse_gate_up(m)
+        else:
+            setattr(parent, child, m)
+    inv_freq = tensors.pop("inv_freq")
+    head_q8 = tuple(tensors.pop(f"head_q8.{i}") for i in range(3) if f"head_q8.{i}" in tensors)
+    _assign(model, tensors, path)
+    model.compute_dtype = torch.float32
+    model.reset_rope(inv_freq)
+    model.head_q8 = head_q8 or None
+    kernels.use_for(model)  # the decode plan over the cached weights
+    return LoadedModel(model.eval(), cfg, path, "gguf", True)
+
+
+def _parse_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
     g = GGUFFile(path)
     names = g.tensor_names()
     tokens = g.array("tokenizer.ggml.tokens")

@@ -104,6 +104,19 @@ class Int4Linear(nn.Module):
         self._mm = torch._weight_int4pack_mm_for_cpu if device.type == "cpu" else torch._weight_int4pack_mm
         self.bias = None if bias is None else nn.Parameter(bias.to(device, torch.bfloat16), requires_grad=False)
 
+    @classmethod
+    def from_vnni(cls, packed: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> Int4Linear:
+        """A layer already in corral's CPU kernel layout (`use_vnni`'s output, read back from the packed cache)."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.out_features, layer.in_features = packed.shape[0] * 16, packed.shape[1] * GROUP
+        layer.register_buffer("scales_and_zeros", None)
+        layer.register_buffer("packed", None)
+        layer.vnni_packed, layer.vnni_scales, layer.q4_dm = packed, scales, None
+        layer._mm = torch._weight_int4pack_mm_for_cpu
+        layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        return layer
+
     def use_vnni(self) -> bool:
         """Compute with corral's int8 x int4 CPU kernel from now on (csrc/int4_linear.cpp, AVX-512 VNNI): the
         activations are quantized to int8 per block of 32, as llama.cpp does, and each block's dot product is one

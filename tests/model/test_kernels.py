@@ -97,8 +97,11 @@ def test_compiles_inside_a_torch_compile_graph():
     assert torch.equal(torch.compile(f, fullgraph=True)(q, lengths), f(q, lengths))
 
 
-def test_without_a_compiler_corral_says_so_and_falls_back(monkeypatch, caplog):
+def test_without_a_compiler_corral_says_so_and_falls_back(monkeypatch, caplog, tmp_path):
+    import torch.utils.cpp_extension as ext
+
     monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    monkeypatch.setattr(ext, "_get_build_directory", lambda name, verbose: str(tmp_path))  # nothing built yet
     with caplog.at_level(logging.WARNING):
         assert kernels._build() is False
     assert "no C++ compiler" in caplog.text
