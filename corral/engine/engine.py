@@ -49,7 +49,6 @@ from corral.engine.sampling import SamplingParams, sample
 from corral.errors import CorralError, InvalidArgumentError
 from corral.model import kernels
 from corral.model.llama import KV_BLOCK, SMALL_T, KVCache, LlamaForCausalLM
-from corral.model.loader import release_freed_memory
 
 
 class QueueFullError(CorralError):
@@ -124,6 +123,9 @@ class Engine:
         # `compile`: the decode forward through torch.compile with symbolic batch size and cache length (one
         # graph for 1 sequence, one for 2..max_batch; ~1 min each on first use), prefill stays eager. On CUDA with
         # one slot: one static graph replayed with CUDA graphs, attending over the whole (masked) cache.
+        # With the CPU decode plan (4-bit models on VNNI CPUs) the layers are one C++ call already: nothing for
+        # torch.compile to fuse, so `compile` is ignored there.
+        compile = compile and model.decode_plan is None
         self._static_kv = compile and model.device.type == "cuda" and max_batch == 1
         self._decode_model = (torch.compile(model, mode="reduce-overhead", dynamic=False) if self._static_kv
                               else torch.compile(model, dynamic=True) if compile else model)
@@ -330,7 +332,7 @@ class Engine:
             keep = grown_size(1, len(self.slot_ids[0]), self.cache_len, GROW_FROM)
             if self.cache.k[0].shape[0] > 1 or self.cache.max_len > -(-keep // KV_BLOCK) * KV_BLOCK:
                 self._resize(1, keep)
-                release_freed_memory()
+                kernels.release_freed_memory()
 
     # --- the engine thread ---------------------------------------------------------------------------------
 
@@ -375,6 +377,9 @@ class Engine:
         for r in [r for r in self.running if r.cancelled]:
             self._finish(r, "cancelled")
         with self._cv:
+            if self.waiting and len(self.running) < self.max_batch:  # grow once for all admissions of this step
+                batch = list(itertools.islice(self.waiting, self.max_batch - len(self.running)))
+                self._reserve(len(self.running) + len(batch), max(len(r.prompt_ids) for r in batch))
             while self.waiting and len(self.running) < self.max_batch:
                 r = self.waiting.popleft()
                 if r.cancelled:

@@ -131,7 +131,8 @@ class BatchDrafter:
                  batch_invariant: bool = True):
         self.model, self.k, self.invariant = model, k, batch_invariant
         kernels.use_for(model)
-        self._step = torch.compile(model, dynamic=True) if compile else model
+        # the CPU decode plan is one C++ call already (see Engine): nothing to compile
+        self._step = torch.compile(model, dynamic=True) if compile and model.decode_plan is None else model
         self.cache = KVCache.allocate(model.config, max_batch, cache_len, model.dtype, model.device)
         self.slot_ids: list[list[int]] = [[] for _ in range(max_batch)]
         self.proposed = self.accepted = 0  # totals since start (acceptance rate = accepted / proposed)

@@ -8,7 +8,6 @@ safetensors file of the target dtype is used in place, memory-mapped, without a 
 
 from __future__ import annotations
 
-import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from corral.config import ModelConfig
 from corral.errors import InvalidArgumentError, ModelFormatError
 from corral.formats import hf
 from corral.formats.gguf import GGUFFile, Q4Tensor
+from corral.model import kernels
 from corral.model.llama import LlamaForCausalLM
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -151,7 +151,6 @@ def _packed_key(path: Path, dev: torch.device, dtype: str) -> str | None:
     """The packed cache's key for this load, or None where the packed form does not apply (not the 4-bit CPU path
     on corral's VNNI kernels)."""
     from corral.formats.packed import file_key
-    from corral.model import kernels
 
     if dev.type != "cpu" or dtype not in ("auto", "int4") or not kernels.vnni():
         return None
@@ -174,7 +173,6 @@ def _load_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
 def _save_packed(key: str, lm: LoadedModel) -> None:
     """Repack for corral's kernels now (what the engine would do) and cache the result for the next load."""
     from corral.formats.packed import save_packed
-    from corral.model import kernels
     from corral.model.quant import Int4Linear
 
     model = lm.model
@@ -200,7 +198,6 @@ def _save_packed(key: str, lm: LoadedModel) -> None:
 
 
 def _from_packed(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> LoadedModel:
-    from corral.model import kernels
     from corral.model.quant import Int4Linear
 
     cfg = ModelConfig(**meta["config"])
@@ -261,17 +258,8 @@ def _parse_gguf(path: Path, dev: torch.device, dtype: str) -> LoadedModel:
     model.compute_dtype = dt
     factors = g.rope_freq_factors()
     model.reset_rope(None if factors is None else _inv_freq_with_factors(cfg, factors))
-    release_freed_memory()  # the dequantizing and repacking above leave ~150 MB of freed heap behind
+    kernels.release_freed_memory()  # the dequantizing and repacking above leave ~150 MB of freed heap behind
     return LoadedModel(model.eval(), cfg, path, "gguf", quantized)
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by large temporaries back to the OS (glibc keeps it in the process otherwise: the server
-    held ~150 MB more than it used after loading). A no-op where the C library has no `malloc_trim`."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError):
-        pass
 
 
 def _swap_in_int4(model: LlamaForCausalLM, q4: dict[str, Q4Tensor], sd: dict[str, torch.Tensor],

@@ -67,12 +67,16 @@ CHAT = [
 # (ours, reference) → (min top-1 agreement, max mean KL). Measured on this machine (2-core CPU), prose / chat:
 #   fp32 vs llama.cpp F32   top-1 1.000 / 1.000, KL 7e-7 / 9e-7
 #   fp32 vs llama.cpp Q4_1  top-1 0.949 / 0.964, KL 3.9e-3 / 3.0e-3  (llama.cpp Q4_1 vs its own F32 run: 0.949 too)
-#   int4 vs llama.cpp F32   top-1 0.991 / 0.985, KL 2.6e-4 / 4.0e-4  (bf16 activations, before 04a4249: 0.978 / 7e-4)
-#   int4 vs llama.cpp Q4_1  top-1 0.952 / 0.964, KL 4.1e-3 / 3.5e-3
+#   int4 vs llama.cpp F32   top-1 0.958 / 0.964, KL 2.2e-3 / 2.6e-3
+#   int4 vs llama.cpp Q4_1  top-1 0.956 / 0.949, KL 3.5e-3 / 3.6e-3
+# `int4` is what `load_model` gives on CPU: on VNNI CPUs corral's kernel, which quantizes activations to int8 per
+# block of 32 as llama.cpp's Q4_1 matmuls do (before 2026-12-07 a loaded model ran PyTorch's int4 kernel with bf16
+# activations until an engine switched it: 0.991 / 0.985, KL 2.6e-4 / 4.0e-4). Its bar against the F32 reference is
+# llama.cpp's own Q4_1 run against its F32 run (top-1 0.949, KL 3.9e-3): at least as close as that.
 BARS = {
     ("fp32", "llama_f32"): (0.99, 1e-4),
     ("fp32", "llama_q4"): (0.93, 0.01),
-    ("int4", "llama_f32"): (0.96, 0.002),
+    ("int4", "llama_f32"): (0.949, 0.0039),
     ("int4", "llama_q4"): (0.93, 0.01),
 }
 
