@@ -64,9 +64,10 @@ def _build() -> bool:
         return False
     from torch.utils.cpp_extension import _get_build_directory, load
 
-    # The name carries a hash of the sources and flags: two corral versions on one machine (two checkouts, an
-    # upgrade) share torch's build cache, and must never load each other's library.
-    digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + " ".join(_CFLAGS).encode())
+    # The name carries a hash of the sources, flags and torch version: two corral versions on one machine (two
+    # checkouts, an upgrade of either) share torch's build cache, and must never load each other's library.
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS)
+                          + f"{' '.join(_CFLAGS)} {torch.__version__}".encode())
     name = _state["name"] = f"corral_kernels_{digest.hexdigest()[:12]}"
     built = Path(_get_build_directory(name, verbose=False)) / f"{name}.so"
     try:
