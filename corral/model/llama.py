@@ -289,9 +289,9 @@ class LlamaForCausalLM(nn.Module):
         self.head_q8: tuple[torch.Tensor, ...] | None = None  # or the same as int8 blocks (`kernels.use_for`)
         # Batch-invariant decode on CPU through corral's decode-attention kernel (set by `kernels.use_for`).
         self.cpu_kernels = False
-        # The decoder stack of a decode step in one C++ call (csrc/decode_step.cpp), for 4-bit models on CPUs with
-        # AVX-512 VNNI; set by `kernels.use_for` with the modules it was made from, so a later module swap (LoRA)
-        # turns it off instead of being ignored.
+        # The decoder stack of every pass over a KV cache (decode, verify, prefill chunks) in one C++ call
+        # (csrc/decode_step.cpp), for 4-bit models on CPUs with AVX-512 VNNI; set by `kernels.use_for` with the
+        # modules it was made from, so a later module swap (LoRA) turns it off instead of being ignored.
         self.decode_plan = None
         self._plan_modules: tuple[nn.Module | nn.Parameter, ...] = ()
         self._plan_swaps = -1
