@@ -129,7 +129,8 @@ def check_choice(choice: Any, tools: list[Tool], where: str = "tool_choice") -> 
 
 
 def check_message_calls(calls: Any, where: str) -> list[dict[str, Any]]:
-    """An assistant message's `tool_calls` (OpenAI's shape, arguments as JSON text), checked."""
+    """An assistant message's `tool_calls` (OpenAI's shape, arguments as JSON text), checked. Blank arguments (""),
+    which clients send back for a call without arguments, become "{}" in place."""
     if not isinstance(calls, list):
         raise InvalidArgumentError(f"{where}: expected a list of tool calls")
     for j, c in enumerate(calls):
@@ -137,6 +138,8 @@ def check_message_calls(calls: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not isinstance(f.get("arguments"), str):
             raise InvalidArgumentError(f"{where}[{j}]: expected {{\"id\", \"type\": \"function\", \"function\": "
                                        "{\"name\": str, \"arguments\": JSON text}}")
+        if not f["arguments"].strip():
+            f["arguments"] = "{}"
         try:
             args = json.loads(f["arguments"])
         except json.JSONDecodeError as e:

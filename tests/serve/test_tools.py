@@ -313,6 +313,12 @@ def test_none_and_auto_answer_text(srv):
     assert r.choices[0].message.tool_calls is None
     r = c.chat.completions.create(model="tiny", messages=ASK, tools=TOOLS, max_tokens=40, seed=3)
     assert_valid(r.choices[0].message.tool_calls or [])
+    # a past call sent back with blank arguments (some clients do, for a call without any) reads as {}
+    blank = [*ASK, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "c", "content": "14:05"}]
+    r = c.chat.completions.create(model="tiny", messages=blank, tools=TOOLS, max_tokens=8)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
 
 
 @pytest.mark.parametrize("body, param", [
