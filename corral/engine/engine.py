@@ -397,8 +397,8 @@ class Engine:
         # from another slot) go in one step.
         budget, prefilled = self.prefill_chunk, set()
         for r in [r for r in self.running if r.fed < len(r.prompt_ids)]:
+            self._copy_prefix(r)  # once: after it, no slot holds more of this prompt than the prompt's own chunks
             while r.fed < len(r.prompt_ids) and r.slot >= 0:
-                self._copy_prefix(r)
                 size = self._chunk_size(r)
                 if prefilled and size > budget:
                     break
@@ -412,8 +412,7 @@ class Engine:
             self._decode(decoding)
 
     def _admit(self, r: Request) -> None:
-        n = len(self.running)
-        self._reserve(n + 1, 1)
+        n = len(self.running)  # `step` grew the cache for this slot
         # Prefer the free slot whose leftover tokens share the longest prefix with this prompt.
         best, best_len = n, -1
         for s in range(n, self.max_batch):

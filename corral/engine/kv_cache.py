@@ -27,9 +27,8 @@ def swap_slots(cache: KVCache, a: int, b: int, length: int) -> None:
 
 def resized(cache: KVCache, slots: int, length: int) -> KVCache:
     """A cache of `slots` x `length` (rounded up to KV_BLOCK) positions holding what fits of `cache`'s entries."""
-    k0 = cache.k[0]
-    new = KVCache.allocate_like(k0, len(cache.k), slots, length)
-    s, n = min(slots, k0.shape[0]), min(new.max_len, cache.max_len)
+    new = cache.allocate_like(slots, length)
+    s, n = min(slots, cache.k[0].shape[0]), min(new.max_len, cache.max_len)
     with torch.no_grad():
         for old, buf in zip(cache.k + cache.v, new.k + new.v, strict=True):
             buf[:s, :, :n] = old[:s, :, :n]

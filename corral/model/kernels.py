@@ -104,23 +104,25 @@ def use_for(model: torch.nn.Module) -> None:
     and 4-bit linear layers on the int8 x int4 kernel where the CPU has AVX-512 VNNI."""
     from corral.model.quant import Int4Linear
 
-    vnni = next(model.parameters()).device.type == "cpu" and available() and torch.ops.corral.int4_linear_supported()
+    cpu = next(model.parameters()).device.type == "cpu"
+    fast = cpu and vnni()
     for m in model.modules():
         if isinstance(m, Int4Linear):
-            if vnni:
+            if fast:
                 m.use_vnni()
             m.q4_dm = None  # the fp16 scales kept for use_vnni (PyTorch's kernel has its own copy)
-    if next(model.parameters()).device.type != "cpu" or not available():
+    if not cpu or not available():
         return
     model.cpu_kernels = True
-    if vnni:
+    if fast:
         if getattr(model, "batch_head", None) is not None and model.config.hidden_size % 32 == 0 \
                 and model.config.vocab_size % 16 == 0:
             from corral.model.quant import pack_q8
 
             model.head_q8 = pack_q8(model.lm_head.weight)
             model.batch_head = None
-        _make_decode_plan(model)
+        if model.decode_plan is None:  # the loader may have made it already (a second call changes nothing)
+            _make_decode_plan(model)
 
 
 def _make_decode_plan(model: torch.nn.Module) -> None:

@@ -101,20 +101,21 @@ class KVCache:
     def allocate(
         cls, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str
     ) -> KVCache:
-        max_len = -(-max_len // KV_BLOCK) * KV_BLOCK
-        shape = (batch, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        # zeros, not empty: garbage NaNs in never-written slots would leak through 0 * NaN in P @ V.
-        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
-        return cls(k, v)
+        return cls._zeros(cfg.num_hidden_layers, batch, cfg.num_key_value_heads, max_len, cfg.head_dim, dtype, device)
+
+    def allocate_like(self, batch: int, max_len: int) -> KVCache:
+        """Buffers of `batch` x `max_len` positions with this cache's layers, heads, head dim, dtype and device."""
+        _, n_kv, _, hd = self.k[0].shape
+        return self._zeros(len(self.k), batch, n_kv, max_len, hd, self.k[0].dtype, self.k[0].device)
 
     @classmethod
-    def allocate_like(cls, buf: torch.Tensor, layers: int, batch: int, max_len: int) -> KVCache:
-        """Buffers of `batch` x `max_len` positions with `buf`'s heads, head dim, dtype and device."""
-        max_len = -(-max_len // KV_BLOCK) * KV_BLOCK
-        shape = (batch, buf.shape[1], max_len, buf.shape[3])
-        mk = [torch.zeros(shape, dtype=buf.dtype, device=buf.device) for _ in range(2 * layers)]
-        return cls(mk[:layers], mk[layers:])
+    def _zeros(cls, layers: int, batch: int, n_kv: int, max_len: int, hd: int, dtype: torch.dtype,
+               device: torch.device | str) -> KVCache:
+        shape = (batch, n_kv, -(-max_len // KV_BLOCK) * KV_BLOCK, hd)
+        # zeros, not empty: garbage NaNs in never-written slots would leak through 0 * NaN in P @ V.
+        k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        return cls(k, v)
 
     @property
     def max_len(self) -> int:

@@ -64,6 +64,19 @@ def submit(eng: Engine, prompt: list[int], tok=None, constraint=None, **kw) -> C
     return c
 
 
+def alone_then_batched(eng: Engine, ps: list[list[int]]) -> list[list[int]]:
+    """Each prompt alone, then all at once on the (not yet started) engine: the batched outputs must equal the
+    lone ones. Returns the lone outputs; shuts the engine down."""
+    eng.start()
+    try:
+        alone = [submit(eng, p).wait().ids for p in ps]
+        batch = [submit(eng, p) for p in ps]
+        assert [c.wait().ids for c in batch] == alone
+    finally:
+        eng.shutdown()
+    return alone
+
+
 @pytest.mark.parametrize("cpu_kernels", [True, False], ids=["decode-kernel", "matmul-attention"])
 def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny, cpu_kernels):
     """With corral's decode-attention kernel and with the batched-matmul attention it falls back to."""
@@ -72,13 +85,7 @@ def test_greedy_outputs_equal_alone_and_in_a_batch_of_16(tiny, cpu_kernels):
     if cpu_kernels and not tiny.cpu_kernels:
         pytest.skip("corral's CPU kernels did not build here (no C++ compiler?)")
     tiny.cpu_kernels = cpu_kernels
-    eng.start()
-    try:
-        alone = [submit(eng, p).wait().ids for p in ps]
-        batch = [submit(eng, p) for p in ps]
-        assert [c.wait().ids for c in batch] == alone
-    finally:
-        eng.shutdown()
+    alone = alone_then_batched(eng, ps)
     assert alone[0] == naive_greedy(tiny, ps[0], 24)
 
 

@@ -12,9 +12,9 @@ from corral.model import kernels
 from corral.model.llama import KVCache
 from corral.model.loader import load_model
 from corral.model.quant import Int4Linear, quantize_q4
-from tests.engine.test_engine import STOPS, prompts, submit
+from tests.engine.test_engine import STOPS, alone_then_batched, prompts, submit
 
-pytestmark = pytest.mark.skipif(not (kernels.available() and torch.ops.corral.int4_linear_supported()),
+pytestmark = pytest.mark.skipif(not kernels.vnni(),
                                 reason="the decode plan needs corral's CPU kernels on a CPU with AVX-512 VNNI")
 
 
@@ -94,14 +94,7 @@ def test_engine_outputs_equal_alone_and_in_a_batch_on_the_plan(tiny4, monkeypatc
     calls = []
     fused = tiny4._fused_layers
     monkeypatch.setattr(tiny4, "_fused_layers", lambda *a: calls.append(a[0].shape[0]) or fused(*a))
-    ps = prompts(16)
-    eng = Engine(tiny4, stop_ids=STOPS, max_batch=16, max_seq_len=256).start()
-    try:
-        alone = [submit(eng, p).wait().ids for p in ps]
-        batch = [submit(eng, p) for p in ps]
-        assert [c.wait().ids for c in batch] == alone
-    finally:
-        eng.shutdown()
+    alone_then_batched(Engine(tiny4, stop_ids=STOPS, max_batch=16, max_seq_len=256), prompts(16))
     assert max(calls) > 1  # batched decode steps ran through the plan
 
 

@@ -109,7 +109,7 @@ def test_without_a_compiler_corral_says_so_and_falls_back(monkeypatch, caplog, t
 
 # ---- int4_linear: 4-bit weights x int8 activations (AVX-512 VNNI) ----
 
-vnni = pytest.mark.skipif(not (kernels.available() and torch.ops.corral.int4_linear_supported()),
+vnni = pytest.mark.skipif(not kernels.vnni(),
                           reason="this CPU has no AVX-512 VNNI: 4-bit layers keep PyTorch's int4 kernel")
 
 
