@@ -102,8 +102,9 @@ class BatchOptions(Options):
 class EngineOptions(BatchOptions):
     kv_cache_tokens: int | None = opt(None, "KV cache budget in tokens, allocated as requests need it: slots = "
                                             "budget // --max-seq-len (default --max-batch x --max-seq-len)")
-    kv_dtype: str = opt("auto", "KV cache dtype; auto: float16 for 4-bit models on CPU, else the model's dtype",
-                        choices=["auto", "float32", "float16", "bfloat16"])
+    kv_dtype: str = opt("auto", "KV cache dtype; auto: float16 for 4-bit models on CPU, else the model's dtype; "
+                                "q8_0: int8 with a scale per 32 numbers, about half of float16's memory",
+                        choices=["auto", "float32", "float16", "bfloat16", "q8_0"])
     max_queue: int = opt(256, "waiting requests before 503")
     prefill_chunk: int = opt(128, "prompt tokens prefilled per step")
 

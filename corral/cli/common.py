@@ -57,10 +57,23 @@ def template(cfg: RunOptions) -> str | None:
     return p.read_text()
 
 
+def kv_dtype(name: str, config: Any) -> Any:
+    """The engine's KV cache dtype for `--kv-dtype` (None: auto; int8: q8_0 rows)."""
+    import torch
+
+    if name == "auto":
+        return None
+    if name == "q8_0":
+        if config.head_dim % 32:
+            raise InvalidArgumentError(f"--kv-dtype q8_0 needs a head dim that is a multiple of 32; this model's is "
+                                       f"{config.head_dim}: pick --kv-dtype float16")
+        return torch.int8
+    return getattr(torch, name)
+
+
 def build_service(cfg: Any, hooks: Any = None) -> tuple[Any, Any, Any]:
     """The model, its (not yet started) engine and the `Service` over them, from a config with model, engine (and
     optionally speed and shield) options. `hooks(engine, model_id)` makes the service's metrics hooks."""
-    import torch
 
     from corral.engine.engine import Engine
     from corral.serve.service import Service
@@ -81,7 +94,7 @@ def build_service(cfg: Any, hooks: Any = None) -> tuple[Any, Any, Any]:
     engine = Engine(lm.model, stop_ids=tok.stop_ids, max_batch=batch, max_seq_len=seq, prefill_chunk=cfg.prefill_chunk,
                     max_queue=cfg.max_queue, compile=speed.compile, draft=load_draft(cfg, lm, tok),
                     draft_tokens=speed.draft_tokens,
-                    kv_dtype=None if cfg.kv_dtype == "auto" else getattr(torch, cfg.kv_dtype))
+                    kv_dtype=kv_dtype(cfg.kv_dtype, lm.config))
     if speed.compile:
         print("compiling the decode step (a few minutes the first time)...", file=sys.stderr, flush=True)
         engine.warm_up()

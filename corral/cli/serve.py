@@ -47,9 +47,9 @@ def serve(cfg: ServeConfig) -> int:
     import os
     import signal
 
-    import torch
     import uvicorn
 
+    from corral.model.llama import Q8
     from corral.serve.app import create_app
     from corral.serve.metrics import Metrics
 
@@ -63,10 +63,8 @@ def serve(cfg: ServeConfig) -> int:
     lm, engine, service = build_service(cfg, hooks=Metrics)
     model_id, seq, batch = service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, service.hooks, keys, cfg.max_body_bytes)
-    c = lm.config
-    kv_dtype = engine.cache.k[0].dtype
-    kv_bytes = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * engine.kv_tokens_total * (
-        torch.finfo(kv_dtype).bits // 8)
+    kv_bytes = engine.cache.bytes_per_token() * engine.kv_tokens_total
+    kv_dtype = "q8_0" if engine.cache.k[0].dtype == Q8 else str(engine.cache.k[0].dtype).removeprefix("torch.")
     shown = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
     url, key_arg = f"http://{shown}:{cfg.port}", '"<your key>"' if keys else '"none"'
     spec = f"; drafts by {cfg.draft_model} (k={cfg.draft_tokens})" if engine.drafter is not None else ""
@@ -75,7 +73,7 @@ def serve(cfg: ServeConfig) -> int:
                  + (f" by {sh['guard']} ({sh['guard_mode']})" if sh["guard"] else "")
                  + f", blocks get {'a refusal' if sh['shield_action'] == 'refuse' else 'an error'}")
     print(f"corral serve — {model_id} on {lm.model.device}; KV cache of up to {batch} slots x {seq} tokens "
-          f"({kv_bytes / 2**30:.2f} GiB {str(kv_dtype).removeprefix('torch.')}, "
+          f"({kv_bytes / 2**30:.2f} GiB {kv_dtype}, "
           f"{'allocated as used' if engine.grows else 'allocated now'})"
           f"{spec}{'; API keys required' if keys else ''}\n"
           f"  chat page: {url}/\n  API:       {url}/v1   (docs {url}/docs, metrics {url}/metrics)\n\n"

@@ -7,7 +7,7 @@ need them (`kv_cache.resized`), up to `max_batch` slots x `max_seq_len` tokens (
 keeps for prefix reuse. Slots rather than paged blocks because the model's attention then reads a plain view of the
 cache (`cache[:n]`, no gather, no block tables), which is what makes batched decode cheap on CPU; the price is a
 copy when the buffers grow, and a slot as long as the longest running sequence. On CPU the cache is fp16 by default
-(`kv_dtype`), read by corral's attention kernel.
+(`kv_dtype`), read by corral's attention kernel; `kv_dtype=torch.int8` keeps q8_0 rows (`llama.kv_pack`).
 
 Running sequences always occupy slots 0..n-1: when one finishes, the last one's KV is moved into its slot (only
 the used prefix is copied). Finished slots keep their tokens, so a new request that shares a prefix with one of

@@ -86,12 +86,34 @@ class RMSNorm(Swappable):
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
+Q8 = torch.int8  # a cache "dtype" of int8 means q8_0 rows (`kv_pack`)
+
+
+def kv_pack(x: torch.Tensor) -> torch.Tensor:
+    """Key or value rows (..., hd) as q8_0 rows (..., hd + hd/16) int8: hd int8 values, then one fp16 scale per
+    block of 32 as bytes (GGUF's Q8_0; the same bytes corral's C++ kernels write, csrc/corral_kernels.h)."""
+    xb = x.float().unflatten(-1, (-1, 32))
+    d = (xb.abs().amax(-1, keepdim=True) / 127).half()
+    df = d.float()
+    inv = torch.where(df > 0, 1.0 / df, torch.zeros_like(df))
+    q = (xb * inv).round().clamp(-127, 127).to(torch.int8).flatten(-2)
+    return torch.cat((q, d.squeeze(-1).view(torch.int8)), dim=-1)
+
+
+def kv_unpack(rows: torch.Tensor, hd: int, dtype: torch.dtype) -> torch.Tensor:
+    """q8_0 rows (..., hd + hd/16) back to (..., hd) numbers in `dtype`."""
+    q = rows[..., :hd].float().unflatten(-1, (-1, 32))
+    d = rows[..., hd:].contiguous().view(torch.float16).float()
+    return (q * d[..., None]).flatten(-2).to(dtype)
+
+
 @dataclass
 class KVCache:
     """Static key/value buffers: one (B, n_kv, max_len, hd) pair per layer, allocated once.
 
     Slot b of the batch dimension is one sequence. Entries past a sequence's position are never attended
-    (the mask is by position), so reusing a slot for a new sequence needs no clearing.
+    (the mask is by position), so reusing a slot for a new sequence needs no clearing. A cache of dtype `Q8`
+    (int8) holds q8_0 rows instead, hd + hd/16 bytes wide (`kv_pack`): about half of fp16.
     """
 
     k: list[torch.Tensor]
@@ -105,13 +127,16 @@ class KVCache:
 
     def allocate_like(self, batch: int, max_len: int) -> KVCache:
         """Buffers of `batch` x `max_len` positions with this cache's layers, heads, head dim, dtype and device."""
-        _, n_kv, _, hd = self.k[0].shape
-        return self._zeros(len(self.k), batch, n_kv, max_len, hd, self.k[0].dtype, self.k[0].device)
+        return self._zeros(len(self.k), batch, self.k[0].shape[1], max_len, self.head_dim, self.k[0].dtype,
+                           self.k[0].device)
 
     @classmethod
     def _zeros(cls, layers: int, batch: int, n_kv: int, max_len: int, hd: int, dtype: torch.dtype,
                device: torch.device | str) -> KVCache:
-        shape = (batch, n_kv, -(-max_len // KV_BLOCK) * KV_BLOCK, hd)
+        if dtype == Q8 and hd % 32:
+            raise ValueError(f"a q8_0 KV cache needs a head dim that is a multiple of 32, not {hd}; "
+                             "pick --kv-dtype float16")
+        shape = (batch, n_kv, -(-max_len // KV_BLOCK) * KV_BLOCK, hd + hd // 16 if dtype == Q8 else hd)
         # zeros, not empty: garbage NaNs in never-written slots would leak through 0 * NaN in P @ V.
         k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
@@ -121,8 +146,17 @@ class KVCache:
     def max_len(self) -> int:
         return self.k[0].shape[2]
 
+    @property
+    def head_dim(self) -> int:
+        w = self.k[0].shape[3]
+        return w * 16 // 17 if self.k[0].dtype == Q8 else w
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    def bytes_per_token(self) -> int:
+        """Bytes one position of one slot takes, every layer's keys and values."""
+        return sum(t.shape[1] * t.shape[3] * t.element_size() for t in self.k + self.v)
 
 
 @dataclass
@@ -170,9 +204,13 @@ class Attention(Swappable):
         if cache_k is not None:
             # The cache may be kept in a narrower dtype than the activations (the engine's `kv_dtype`).
             # index_copy_ into the flattened cache: ~7 us a call where index_put_ took ~25-100 us, 60 calls a step.
-            hd_rows = (-1, hd)
-            cache_k.view(hd_rows).index_copy_(0, b.write_rows, k.reshape(hd_rows).to(cache_k.dtype))
-            cache_v.view(hd_rows).index_copy_(0, b.write_rows, v.reshape(hd_rows).to(cache_v.dtype))
+            q8 = cache_k.dtype == Q8
+            k_rows, v_rows = k.reshape(-1, hd), v.reshape(-1, hd)
+            if q8:
+                k_rows, v_rows = kv_pack(k_rows), kv_pack(v_rows)
+            rows = (-1, cache_k.shape[-1])
+            cache_k.view(rows).index_copy_(0, b.write_rows, k_rows.to(cache_k.dtype))
+            cache_v.view(rows).index_copy_(0, b.write_rows, v_rows.to(cache_v.dtype))
             if b.lengths is not None:  # the CPU kernel reads each sequence's own keys straight from the cache
                 y = torch.ops.corral.decode_attention(q.float(), cache_k, cache_v, b.lengths, b.slots, hd**-0.5)
                 return self.o_proj(y.to(q.dtype).transpose(1, 2).reshape(B, T, H * hd))
@@ -180,6 +218,8 @@ class Attention(Swappable):
                 k, v = cache_k[:B, :, : b.kv_len], cache_v[:B, :, : b.kv_len]  # views, no copy
             else:
                 k, v = cache_k[b.slots, :, : b.kv_len], cache_v[b.slots, :, : b.kv_len]
+            if q8:  # dequantized whole for SDPA: correct on any device, but no memory saved while attending
+                k, v = kv_unpack(k, hd, q.dtype), kv_unpack(v, hd, q.dtype)
             k, v = k.to(q.dtype), v.to(q.dtype)  # no-ops unless the cache is narrower
         if b.bias is not None:
             y = self._attend_blocked(q, k, v, b.bias)

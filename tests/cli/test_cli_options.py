@@ -79,6 +79,10 @@ def test_verbs_run_from_python_without_argparse(make_tiny_hf, tok, tmp_path, cap
                    '"body": {"prompt": "hi", "max_tokens": 3}}\n')
     assert batch(BatchConfig(model=str(folder), input=str(inp), output=str(outp), max_batch=2, max_seq_len=64)) == 0
     assert '"custom_id": "a"' in outp.read_text()
+    # --kv-dtype q8_0 packs blocks of 32 numbers: a head dim of 16 is one clear error
+    capsys.readouterr()
+    code = main(["batch", str(folder), str(inp), str(outp), "--kv-dtype", "q8_0"])
+    assert_clean_error(code, capsys.readouterr().err, "--kv-dtype q8_0", "multiple of 32")
 
 
 def test_every_verb_module_has_a_docstring_and_its_verbs():

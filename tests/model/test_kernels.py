@@ -47,6 +47,29 @@ def test_matches_softmax_attention(D, H, n_kv, dtype):
     torch.testing.assert_close(out.double(), reference(q, kc, vc, lengths), atol=2e-6, rtol=2e-5)
 
 
+@pytest.mark.parametrize("D,H,n_kv", [(64, 9, 3), (128, 8, 2), (32, 6, 2), (64, 16, 1)])
+def test_q8_0_rows_attend_as_the_numbers_they_stand_for(D, H, n_kv):
+    """An int8 cache holds q8_0 rows (`kv_pack`): the kernel reads them as `kv_unpack` does, and packing loses at
+    most half a step (max|x|/254) per block of 32."""
+    from corral.model.llama import kv_pack, kv_unpack
+
+    g = torch.Generator().manual_seed(2)
+    kf, vf = torch.randn(2, 4, n_kv, 200, D, generator=g) * torch.tensor([1.0, 30.0]).view(2, 1, 1, 1, 1)
+    kf[0, 0, 5] = 0  # an all-zero row: scale 0
+    kc, vc = kv_pack(kf), kv_pack(vf)
+    assert kc.dtype == torch.int8 and kc.shape[-1] == D + D // 16
+    ku = kv_unpack(kc, D, torch.float32)
+    blocks = kf.unflatten(-1, (-1, 32))
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    assert ((ku.unflatten(-1, (-1, 32)) - blocks).abs() <= step * 0.5 * 1.01 + 1e-6).all()
+    assert torch.equal(ku[0, 0, 5], torch.zeros(D))
+    q = torch.randn(4, H, 1, D, generator=g)
+    lengths = torch.tensor([[1], [33], [150], [200]])
+    out = run(q, kc, vc, lengths)
+    torch.testing.assert_close(out.double(), reference(q, ku, kv_unpack(vc, D, torch.float32), lengths),
+                               atol=2e-6, rtol=2e-5)
+
+
 def test_a_row_gets_the_same_bits_alone_as_in_any_batch():
     """What the engine's batch invariance rests on: no reduction depends on the other rows or the batch size."""
     g = torch.Generator().manual_seed(1)

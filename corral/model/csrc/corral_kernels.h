@@ -5,6 +5,7 @@
 #include <c10/util/Half.h>
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -34,8 +35,20 @@ inline __m512 exp_nonpos16(__m512 x) {
 }
 #endif
 
+// The KV cache's q8_0 rows (`--kv-dtype q8_0`, an int8 cache): a key or value row of D numbers is D int8 values,
+// then D/32 fp16 scales, D + D/16 bytes (GGUF's Q8_0 blocks, scales moved to the row's end): x = q * d per block
+// of 32, d = max|x| / 127 rounded to fp16.
+inline int64_t q8_row_bytes(int64_t D) { return D + D / 16; }
+inline float q8_scale(const int8_t* row, int64_t D, int64_t block) {
+  uint16_t bits;
+  std::memcpy(&bits, row + D + 2 * block, sizeof bits);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
+}
+// decode_attention.cpp: one row quantized as above (llama.py's `kv_pack` gives the same bytes).
+void q8_write_row(int8_t* dst, const float* src, int64_t D);
+
 // decode_attention.cpp: q (B, H, T, D) fp32 (last dim contiguous) against caches (slots, n_kv, L, D) → out
-// (B, H, T, D) contiguous fp32; lengths (B, T) int64; slots (B,) int64 or undefined (rows 0..B-1).
+// (B, H, T, D) contiguous fp32 (caches of int8 hold q8_0 rows, D + D/16 wide); lengths (B, T) int64; slots (B,) int64 or undefined (rows 0..B-1).
 void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& lengths, const at::Tensor& slots, double scale, at::Tensor& out);
 

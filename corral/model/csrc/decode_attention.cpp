@@ -11,7 +11,8 @@
 // same bits alone or in a batch of 16 (the engine's batch invariance), and a speculative verify of k+1 tokens gives
 // each token the bits a one-token decode would.
 //
-// The cache may be fp32, bf16 or fp16; keys and values are widened to fp32 as they are read, sums are in fp32.
+// The cache may be fp32, bf16, fp16 or q8_0 (int8 rows with per-32 fp16 scales, corral_kernels.h); keys and values
+// are widened to fp32 as they are read, sums are in fp32.
 
 #include <torch/library.h>
 #include <ATen/ATen.h>
@@ -23,6 +24,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "corral_kernels.h"
@@ -57,14 +59,23 @@ inline float exp_nonpos(float x) {
   return p * scale;
 }
 
+// Element d of a cache row of D numbers, as fp32.
+template <typename T>
+inline float elem(const T* row, int64_t d, int64_t) { return widen(row[d]); }
+inline float elem(const int8_t* row, int64_t d, int64_t D) { return row[d] * q8_scale(row, D, d / 32); }
+
+// Cache row stride in elements of T: D, or D + D/16 bytes for q8_0 rows.
+template <typename T>
+constexpr int64_t row_stride(int64_t D) { return std::is_same_v<T, int8_t> ? D + D / 16 : D; }
+
 template <typename T>
 inline float dot(const float* q, const T* k, int64_t D) {
   float acc[kLanes] = {0};
   int64_t d = 0;
   for (; d + kLanes <= D; d += kLanes)
-    for (int j = 0; j < kLanes; ++j) acc[j] += q[d + j] * widen(k[d + j]);
+    for (int j = 0; j < kLanes; ++j) acc[j] += q[d + j] * elem(k, d + j, D);
   float s = 0.f;
-  for (; d < D; ++d) s += q[d] * widen(k[d]);
+  for (; d < D; ++d) s += q[d] * elem(k, d, D);
   for (int w = kLanes / 2; w > 0; w /= 2)  // fixed pairwise order
     for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
   return acc[0] + s;
@@ -83,27 +94,38 @@ inline __m512 load16(const c10::Half* p) {
   return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
+// Numbers 16i..16i+15 of a cache row of D (q8_0 rows: int8 widened, times their block's scale).
+template <typename T, int64_t D>
+inline __m512 load_at(const T* row, int i) {
+  if constexpr (std::is_same_v<T, int8_t>) {
+    const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i * 16))));
+    return _mm512_mul_ps(x, _mm512_set1_ps(q8_scale(row, D, i / 2)));
+  } else {
+    return load16(row + i * 16);
+  }
+}
+
 
 // R (query heads per KV head) and NV (head_dim / 16) are template parameters so that the accumulators live in
 // registers: with runtime counts they went through the stack, and each fma waited on a store-to-load forward.
 template <typename T, int R, int NV>
 void attend_item_avx512(const float* qrow, const T* K, const T* V, int64_t S, float* scores, float* dst,
                         int64_t dst_stride) {
-  constexpr int64_t D = NV * 16;
+  constexpr int64_t D = NV * 16, RS = row_stride<T>(D);
   __m512 qv[R * NV];
   for (int i = 0; i < R * NV; ++i) qv[i] = _mm512_loadu_ps(qrow + i * 16);
-  constexpr int64_t row_bytes = D * static_cast<int64_t>(sizeof(T));
+  constexpr int64_t row_bytes = RS * static_cast<int64_t>(sizeof(T));
   for (int64_t s = 0; s < S; ++s) {
     // Prefetch: the key row a few iterations ahead, and this value row for the second pass (each sequence's
     // keys start a fresh stretch of memory, which the hardware prefetcher ramps up on too slowly).
-    const char* kn = reinterpret_cast<const char*>(K + std::min(s + 8, S - 1) * D);
-    const char* vn = reinterpret_cast<const char*>(V + s * D);
+    const char* kn = reinterpret_cast<const char*>(K + std::min(s + 8, S - 1) * RS);
+    const char* vn = reinterpret_cast<const char*>(V + s * RS);
     for (int64_t off = 0; off < row_bytes; off += 64) {
       _mm_prefetch(kn + off, _MM_HINT_T0);
       _mm_prefetch(vn + off, _MM_HINT_T1);
     }
     __m512 kv[NV];
-    for (int i = 0; i < NV; ++i) kv[i] = load16(K + s * D + i * 16);
+    for (int i = 0; i < NV; ++i) kv[i] = load_at<T, D>(K + s * RS, i);
     for (int r = 0; r < R; ++r) {
       __m512 a = _mm512_mul_ps(qv[r * NV], kv[0]);
       for (int i = 1; i < NV; ++i) a = _mm512_fmadd_ps(qv[r * NV + i], kv[i], a);
@@ -135,7 +157,7 @@ void attend_item_avx512(const float* qrow, const T* K, const T* V, int64_t S, fl
   for (int i = 0; i < R * NV; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t s = 0; s < S; ++s) {
     __m512 vv[NV];
-    for (int i = 0; i < NV; ++i) vv[i] = load16(V + s * D + i * 16);
+    for (int i = 0; i < NV; ++i) vv[i] = load_at<T, D>(V + s * RS, i);
     for (int r = 0; r < R; ++r) {
       const __m512 p = _mm512_set1_ps(scores[r * S + s]);
       for (int i = 0; i < NV; ++i) acc[r * NV + i] = _mm512_fmadd_ps(p, vv[i], acc[r * NV + i]);
@@ -190,7 +212,7 @@ void attend(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
   const int64_t* sp = slots.defined() ? slots.data_ptr<int64_t>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t qs0 = q.stride(0), qs1 = q.stride(1), qs2 = q.stride(2);
-  const int64_t cs0 = kc.stride(0), cs1 = kc.stride(1);  // cache rows are contiguous (stride D)
+  const int64_t cs0 = kc.stride(0), cs1 = kc.stride(1), RS = row_stride<T>(D);  // cache rows are contiguous
   const float fscale = static_cast<float>(scale);
 #if defined(__AVX512F__)
   const ItemFn fast = pick_item<T>(R, D);
@@ -216,7 +238,7 @@ void attend(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
         continue;
       }
       for (int64_t s = 0; s < S; ++s)  // each key row is read once for all n_rep query heads
-        for (int64_t r = 0; r < R; ++r) scores[r * S + s] = dot(&qrow[r * D], K + s * D, D);
+        for (int64_t r = 0; r < R; ++r) scores[r * S + s] = dot(&qrow[r * D], K + s * RS, D);
       for (int64_t r = 0; r < R; ++r) {
         float* sc = &scores[r * S];
         float m = -INFINITY;
@@ -228,11 +250,11 @@ void attend(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t s = 0; s < S; ++s) {  // each value row is read once for all n_rep query heads
-        const T* vrow = V + s * D;
+        const T* vrow = V + s * RS;
         for (int64_t r = 0; r < R; ++r) {
           const float p = scores[r * S + s];
           float* a = &acc[r * D];
-          for (int64_t d = 0; d < D; ++d) a[d] += p * widen(vrow[d]);
+          for (int64_t d = 0; d < D; ++d) a[d] += p * elem(vrow, d, D);
         }
       }
       for (int64_t r = 0; r < R; ++r) {
@@ -246,13 +268,27 @@ void attend(const at::Tensor& q, const at::Tensor& kc, const at::Tensor& vc, con
 
 }  // namespace
 
+void q8_write_row(int8_t* dst, const float* src, int64_t D) {
+  for (int64_t b = 0; b < D / 32; ++b) {
+    const float* x = src + b * 32;
+    float amax = 0.f;
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const c10::Half dh(amax / 127.0f);
+    const float d = static_cast<float>(dh), id = d > 0.f ? 1.0f / d : 0.f;
+    for (int j = 0; j < 32; ++j)
+      dst[b * 32 + j] = static_cast<int8_t>(std::clamp(std::nearbyint(x[j] * id), -127.0f, 127.0f));
+    std::memcpy(dst + D + 2 * b, &dh.x, sizeof dh.x);
+  }
+}
+
 void decode_attention_into(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& lengths, const at::Tensor& slots, double scale, at::Tensor& out) {
   switch (k_cache.scalar_type()) {
     case at::kFloat: attend<float>(q, k_cache, v_cache, lengths, slots, scale, out); break;
     case at::kBFloat16: attend<c10::BFloat16>(q, k_cache, v_cache, lengths, slots, scale, out); break;
     case at::kHalf: attend<c10::Half>(q, k_cache, v_cache, lengths, slots, scale, out); break;
-    default: TORCH_CHECK(false, "decode_attention: cache dtype must be float32, bfloat16 or float16");
+    case at::kChar: attend<int8_t>(q, k_cache, v_cache, lengths, slots, scale, out); break;
+    default: TORCH_CHECK(false, "decode_attention: cache dtype must be float32, bfloat16, float16 or int8 (q8_0)");
   }
 }
 
@@ -264,7 +300,10 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k_cache, cons
   TORCH_CHECK(q.dim() == 4 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
               "decode_attention: q (B, H, T, D), caches (slots, n_kv, L, D)");
   TORCH_CHECK(q.scalar_type() == at::kFloat, "decode_attention: q must be float32");
-  TORCH_CHECK(q.size(3) == k_cache.size(3) && q.size(1) % k_cache.size(1) == 0, "decode_attention: shapes");
+  const int64_t D = q.size(3);
+  const bool q8 = k_cache.scalar_type() == at::kChar;
+  TORCH_CHECK(k_cache.size(3) == (q8 ? q8_row_bytes(D) : D) && (!q8 || D % 32 == 0) &&
+              q.size(1) % k_cache.size(1) == 0, "decode_attention: shapes (q8_0 rows: head_dim a multiple of 32)");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "decode_attention: caches must be contiguous");
   TORCH_CHECK(q.stride(3) == 1, "decode_attention: q's last dimension must be contiguous");
   TORCH_CHECK(lengths.scalar_type() == at::kLong && lengths.is_contiguous() &&

@@ -113,10 +113,13 @@ struct DecodePlan : torch::CustomClassHolder {
   void set_cache(std::vector<at::Tensor> k_cache, std::vector<at::Tensor> v_cache) {
     TORCH_CHECK((k_cache.empty() || static_cast<int64_t>(k_cache.size()) == layers) && v_cache.size() == k_cache.size(),
                 "DecodePlan: one key and one value buffer per layer (or none, to let them go)");
-    for (size_t i = 0; i < k_cache.size(); ++i)
+    for (size_t i = 0; i < k_cache.size(); ++i) {
+      const bool q8 = k_cache[i].scalar_type() == at::kChar;
       TORCH_CHECK(k_cache[i].is_contiguous() && v_cache[i].is_contiguous() && k_cache[i].dim() == 4 &&
-                  k_cache[i].size(1) == n_kv && k_cache[i].size(3) == D && v_cache[i].sizes() == k_cache[i].sizes() &&
+                  k_cache[i].size(1) == n_kv && k_cache[i].size(3) == (q8 ? q8_row_bytes(D) : D) &&
+                  (!q8 || D % 32 == 0) && v_cache[i].sizes() == k_cache[i].sizes() &&
                   v_cache[i].scalar_type() == k_cache[i].scalar_type(), "DecodePlan: cache buffers");
+    }
     k = std::move(k_cache);
     v = std::move(v_cache);
   }
@@ -178,7 +181,7 @@ struct DecodePlan : torch::CustomClassHolder {
         rope(row, H + n_kv, D, cp + m * D, sp + m * D);  // q and k heads, contiguous
         const int64_t slot = sl ? sl[m / T] : m / T;
         for (int64_t g = 0; g < n_kv; ++g) {
-          const int64_t off = ((slot * n_kv + g) * L + pos[m]) * D;
+          const int64_t off = ((slot * n_kv + g) * L + pos[m]) * kc.stride(2);
           const float* ks = row + (H + g) * D;
           const float* vs = row + (H + n_kv + g) * D;
           switch (kc.scalar_type()) {
@@ -194,7 +197,11 @@ struct DecodePlan : torch::CustomClassHolder {
               write_row(kc.data_ptr<c10::BFloat16>() + off, ks, D);
               write_row(vc.data_ptr<c10::BFloat16>() + off, vs, D);
               break;
-            default: TORCH_CHECK(false, "DecodePlan: cache dtype must be float32, float16 or bfloat16");
+            case at::kChar:
+              q8_write_row(kc.data_ptr<int8_t>() + off, ks, D);
+              q8_write_row(vc.data_ptr<int8_t>() + off, vs, D);
+              break;
+            default: TORCH_CHECK(false, "DecodePlan: cache dtype must be float32, float16, bfloat16 or int8 (q8_0)");
           }
         }
       }
