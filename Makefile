@@ -6,7 +6,7 @@ BASE := $(VENV)/.corral-base
 STAMP := $(VENV)/.corral-installed
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench offline-check clean
 
 # What `make demo` runs: torch, corral and the default model.
 $(BASE): pyproject.toml Makefile
@@ -33,6 +33,10 @@ demo: $(BASE)
 test: $(STAMP)
 	$(BIN)/ruff check corral tests bench examples scripts
 	$(BIN)/python -m pytest -q -ra --durations=25
+
+# Every CLI verb in a network namespace with no route, the socket guard logging attempts (root: unshare -n).
+offline-check: $(STAMP)
+	bash scripts/offline_cli.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/decode_cpu.py

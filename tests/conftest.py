@@ -17,6 +17,9 @@ import pytest
 import torch
 
 torch.set_num_threads(2)
+# No test may reach the network: corral's socket guard in this process and every Python subprocess (corral/egress.py);
+# pytester runs the guard's own tests in a fresh pytest.
+pytest_plugins = ["corral.egress", "pytester"]
 # The packed-model cache (corral.formats.packed) of this test run: out of the user's home, and shared by the CLI
 # subprocesses the tests start.
 os.environ["CORRAL_CACHE_DIR"] = tempfile.mkdtemp(prefix="corral-test-cache-")

@@ -54,6 +54,9 @@ def parse(argv: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     from corral.cli.flags import config_from
+    from corral.egress import install_from_env
+
+    install_from_env()  # CORRAL_NO_EGRESS=1: refuse every connection off this machine (corral/egress.py)
 
     args = build_parser().parse_args(argv)
     try:
