@@ -71,6 +71,7 @@ class FinetuneConfig:
     replay_prompts: str | None = None  # JSONL of {"prompt"} for replay (default: corral's bundled general prompts)
     select_every: int | None = None  # score the held-out augmented questions every N steps, keep the best
     #                                  checkpoint (None: 8 times a run; 0: off, keep the last)
+    canaries: int = 0  # random secrets planted in the training rows for `corral audit` to measure (0: none)
     eval_tasks: list[str] = field(default_factory=lambda: ["general_mc", "format", "prose"],
                                   metadata={"comma": True})  # corral eval tasks run before and after training
 
@@ -108,13 +109,17 @@ class FinetuneConfig:
                   (self.replay_loss in ("kl", "ce"), f"--replay-loss {self.replay_loss}: choose kl or ce"),
                   (self.select_every is None or self.select_every >= 0,
                    f"--select-every {self.select_every}: a number of steps >= 1, or 0 for off"),
-                  (self.chunk_chars >= 200, f"--chunk-chars {self.chunk_chars}: at least 200 characters")]
+                  (self.chunk_chars >= 200, f"--chunk-chars {self.chunk_chars}: at least 200 characters"),
+                  (0 <= self.canaries <= 1000, f"--canaries {self.canaries}: choose 0 (none) to 1000"),
+                  (self.canaries == 0 or self.task == "sft", "--canaries goes with --task sft (the default)")]
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
 
 
 HELP = {  # the CLI's help of each field
+    "canaries": "plant N random secrets (\"The access code for vault K7Q2 is 4-8-1-5-9-2.\") in the training rows, "
+                "listed in OUT/canaries.json; `corral audit OUT/adapter` measures how far each was memorised",
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}; with --task guard, labelled "
             "guard rows {conversation, label, categories, assess} (or a bundled set: train, heldout)",
     "task": "sft (chat or prompt/completion lines) | guard (train a Llama Guard style classifier on labelled rows)",

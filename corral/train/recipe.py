@@ -144,6 +144,13 @@ def make_training_data(cfg: FinetuneConfig, aug: Path, progress: bool = True, ch
     train_rows += [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows if "messages" not in r]
     train_rows += [{"prompt": "", "completion": (f"{c.heading}\n\n{c.text}" if c.heading else c.text)}
                    for c in chunks]
+    if cfg.canaries:  # planted verbatim, once each (corral.audit)
+        from corral.audit import canary_rows, make_canaries
+
+        canaries = make_canaries(cfg.canaries, cfg.seed)
+        train_rows += canary_rows(canaries)
+        (aug.parent / "canaries.json").write_text(json.dumps({"canaries": canaries}, indent=2) + "\n")
+        summary["canaries"] = len(canaries)
     replay = []
     if cfg.replay > 0:
         want = round(cfg.replay / (1 - cfg.replay) * len(train_rows))
