@@ -61,17 +61,24 @@ class FinetuneConfig:
     guard_policy: str | None = None  # task guard: the policy YAML the prompts list (None: Llama Guard 3's S1-S14)
     guard_repeat_unsafe: int = 1  # task guard: each unsafe training row this many times per epoch
     # --- the recipe around the loop (task sft; corral.train.recipe). Defaults chosen by measurement: README.
-    augment: int = 4  # a teacher writes this many new wordings of each question and answer (0: off)
+    augment: int | None = None  # a teacher writes this many new wordings of each question and answer (0: off;
+    #                             None: 4, or 0 with --dp)
     teacher: str | None = None  # the augmenting model (default: `model` itself)
     # documents (Markdown, text, HTML, PDF) turned into training data
     docs: list[str] = field(default_factory=list, metadata={"metavar": "FILE"})
     chunk_chars: int = 1200  # document chunks of at most this many characters
-    replay: float = 0.25  # share of training rows that are the base model's own answers to general prompts (0: off)
+    replay: float | None = None  # share of training rows that are the base model's own answers to general prompts
+    #                              (0: off; None: 0.25, or 0 with --dp)
     replay_loss: str = "kl"  # kl: held to the base model's next-token distributions | ce: trained on its text
     replay_prompts: str | None = None  # JSONL of {"prompt"} for replay (default: corral's bundled general prompts)
     select_every: int | None = None  # score the held-out augmented questions every N steps, keep the best
     #                                  checkpoint (None: 8 times a run; 0: off, keep the last)
     canaries: int = 0  # random secrets planted in the training rows for `corral audit` to measure (0: none)
+    # differentially private training (corral.train.dp): DP-SGD on the LoRA weights within (epsilon, delta)
+    dp: bool = False
+    epsilon: float = 8.0
+    delta: float | None = None  # None: 1 / (10 x training rows)
+    max_grad_norm: float = 1.0  # each row's gradient clipped to this norm before the noise
     eval_tasks: list[str] = field(default_factory=lambda: ["general_mc", "format", "prose"],
                                   metadata={"comma": True})  # corral eval tasks run before and after training
 
@@ -83,9 +90,17 @@ class FinetuneConfig:
             defaults = TASK_DEFAULTS[self.task]
             if self.task == "sft" and self.method == "full":
                 defaults = {**defaults, "lr": FULL_SFT_LR, "ema": 0.0}  # an average of every weight: 2x the memory
+            if self.dp:  # one row per sample, no rows derived from others, batches big enough to outvote the noise
+                from corral.train.dp import DP_BATCH
+
+                defaults = {**defaults, "packing": False, "batch_size": DP_BATCH}
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
+        if self.augment is None:
+            self.augment = 0 if self.dp else 4
+        if self.replay is None:
+            self.replay = 0.0 if self.dp else 0.25
         checks = [(self.method in ("lora", "qlora", "full"), f"--method {self.method}: choose lora, qlora or full"),
                   (self.precision in ("auto", "bf16", "fp32"), f"--precision {self.precision}: choose auto, bf16 or "
                                                                  "fp32"),
@@ -115,9 +130,18 @@ class FinetuneConfig:
         for ok, msg in checks:
             if not ok:
                 raise InvalidArgumentError(msg)
+        if self.dp:
+            from corral.train.dp import check
+
+            check(self)
 
 
 HELP = {  # the CLI's help of each field
+    "dp": "differentially private training (DP-SGD on the LoRA weights, Opacus' accountant): each row's gradient "
+          "clipped and noised so the run stays within --epsilon / --delta; no packing, augmentation or replay",
+    "epsilon": "--dp: the privacy budget of the whole run (lower is more private; 8 is common, 1 strict)",
+    "delta": "--dp: the chance the guarantee may fail (default 1 / (10 x training rows))",
+    "max_grad_norm": "--dp: each row's gradient is clipped to this norm before the noise is added",
     "canaries": "plant N random secrets (\"The access code for vault K7Q2 is 4-8-1-5-9-2.\") in the training rows, "
                 "listed in OUT/canaries.json; `corral audit OUT/adapter` measures how far each was memorised",
     "data": "training JSONL: chat lines {messages: [...]} or {prompt, completion}; with --task guard, labelled "
@@ -137,13 +161,14 @@ HELP = {  # the CLI's help of each field
     "compile": "torch.compile each decoder layer: faster steps after a ~30 s first one (default: on with --task sft, "
                "off with guard; eager where it cannot build, e.g. no C++ compiler)",
     "augment": "a teacher writes 2N new wordings of each fact's questions and N of each answer, filtered "
-               "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off",
+               "(they must keep the answer's key strings; rejects go to OUT/augment/teacher.rejected.jsonl); 0: off "
+               "(default 4, 0 with --dp)",
     "teacher": "the model that writes the augmentation (default: MODEL itself)",
     "docs": "Markdown, text, HTML or PDF files: chunks become plain training text, and the teacher writes "
             "questions about each sentence that states a fact",
     "chunk_chars": "documents are cut into chunks of at most this many characters, along their headings",
     "replay": "share of the training rows that are the base model's own answers to general prompts, so it keeps "
-              "what it knew (0: off)",
+              "what it knew (0: off; default 0.25, 0 with --dp)",
     "replay_loss": "kl: the replay rows hold the model to the base model's next-token distributions (a KL term) | "
                    "ce: plain cross-entropy on the base model's text",
     "replay_prompts": "JSONL of {prompt} lines for --replay (default: corral's bundled general prompts)",

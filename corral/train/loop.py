@@ -264,6 +264,9 @@ def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: 
     model.grad_checkpointing = cfg.grad_checkpointing
     memory = {"model_mb": tensor_bytes(model) / 2**20, "fp32_model_mb": base_fp32 / 2**20,
               "trainable_mb": tensor_bytes(model, trainable=True) / 2**20}
+    if cfg.dp and dist.world > 1:
+        raise InvalidArgumentError("--dp runs in one process: per-row clipping across FSDP shards is not built; "
+                                   "run it without torchrun")
     if dist.world > 1:
         import warnings
 
@@ -291,9 +294,16 @@ def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: 
     autocast = (lambda: torch.autocast(dist.device.type, dtype=torch.bfloat16)) if amp else nullcontext
     objective.setup(rows, dist, autocast, model)
     ema = MovingAverage(params, cfg.ema, total) if cfg.ema > 0 else None
+    dp = None
+    if cfg.dp:
+        from corral.train.dp import DPSGD
+
+        dp = DPSGD(params, len(rows), cfg.batch_size, total, cfg.epsilon, cfg.delta, cfg.max_grad_norm, cfg.seed)
     state = {"step": 0, "epoch": 0, "cursor": 0}
     if cfg.resume and (run / CHECKPOINT).is_dir():
         state = _load_checkpoint(run / CHECKPOINT, model, names, opt, dist, ema)
+        if dp:
+            dp.resume(state["step"])
     selector = Selector(run, select, tok, template, total, cfg.select_every, dist.world) if select else None
     metrics = None
     if dist.main:
@@ -306,28 +316,17 @@ def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: 
     t_last, tokens_since = time.perf_counter(), 0
     try:
         while state["step"] < total:
-            batches = []
-            for _ in range(cfg.grad_accum):
-                picked, state["epoch"], state["cursor"] = _next_rows(rows, cfg, dist.world, state["epoch"],
-                                                                     state["cursor"])
-                n_tok = sum(sum(t != IGNORE for t in r.labels[1:]) for r in picked)
-                batches.append((collate(picked[dist.rank * cfg.batch_size: (dist.rank + 1) * cfg.batch_size],
-                                         dist.device), n_tok))
-            n_tok = max(1, sum(n for _, n in batches))  # over all processes: each sees the global draw
-            lr = lr_at(state["step"], cfg, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            loss_sum, grad_norm = train_step(model, opt, params, [b for b, _ in batches], n_tok, cfg.clip,
-                                             autocast, dist.world, objective.loss)
-            tokens_since += sum(b["tokens"] for b, _ in batches)
-            state["step"] += 1
+            if dp:
+                rec = _dp_step(dp, model, opt, rows, state, objective, autocast, dist.device,
+                               lr_at(state["step"], cfg, total))
+                if dist.main:  # the guarantee so far, every step: a run stopped half-way still says what it spent
+                    (run / "dp.json").write_text(json.dumps(dp.summary(), indent=2) + "\n")
+            else:
+                rec = _step(model, opt, params, rows, state, cfg, dist, objective, autocast, total)
+            tokens_since += rec.pop("tokens")
+            rec["tokens_per_s"] = dist.sum(tokens_since) / max(time.perf_counter() - t_last, 1e-9)
             if ema:
                 ema.update(params, state["step"])
-            loss_sum = dist.sum(loss_sum)
-            now = time.perf_counter()
-            rec: dict[str, Any] = {"step": state["step"], "loss": loss_sum, "lr": lr, "grad_norm": grad_norm,
-                                   "tokens_per_s": dist.sum(tokens_since) / max(now - t_last, 1e-9),
-                                   "epoch": state["epoch"]}
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
                 with autocast():
                     rec["val_loss"] = evaluate(model, val, cfg, dist.device)
@@ -353,6 +352,43 @@ def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: 
         selector.restore_best(model, names)
     _finish(run, model, lm, tok, cfg, dist, task)
     return run
+
+
+def _step(model, opt, params, rows, state, cfg, dist, objective, autocast, total) -> dict[str, Any]:
+    """One optimizer step over the next grad_accum micro-batches: its metrics record (and "tokens")."""
+    batches = []
+    for _ in range(cfg.grad_accum):
+        picked, state["epoch"], state["cursor"] = _next_rows(rows, cfg, dist.world, state["epoch"], state["cursor"])
+        n_tok = sum(sum(t != IGNORE for t in r.labels[1:]) for r in picked)
+        batches.append((collate(picked[dist.rank * cfg.batch_size: (dist.rank + 1) * cfg.batch_size],
+                                 dist.device), n_tok))
+    n_tok = max(1, sum(n for _, n in batches))  # over all processes: each sees the global draw
+    lr = lr_at(state["step"], cfg, total)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss_sum, grad_norm = train_step(model, opt, params, [b for b, _ in batches], n_tok, cfg.clip,
+                                     autocast, dist.world, objective.loss)
+    state["step"] += 1
+    return {"step": state["step"], "loss": dist.sum(loss_sum), "lr": lr, "grad_norm": grad_norm,
+            "epoch": state["epoch"], "tokens": sum(b["tokens"] for b, _ in batches)}
+
+
+def _dp_step(dp, model, opt, rows, state, objective, autocast, device, lr) -> dict[str, Any]:
+    """One DP-SGD step (corral.train.dp) on a Poisson sample of the rows: its metrics record (and "tokens")."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    picked = [rows[i] for i in dp.draw()]
+
+    def row_loss(row):  # the row's mean loss per trained token: each row weighs the same
+        batch = collate([row], device)
+        with autocast():
+            return objective.loss(model, batch) / max(1, sum(t != IGNORE for t in row.labels[1:]))
+
+    loss, clipped = dp.step(row_loss, picked, opt)
+    state["step"] += 1
+    state["epoch"] = int(state["step"] * dp.q)  # expected passes over the data
+    return {"step": state["step"], "loss": loss, "lr": lr, "rows": len(picked), "clipped": clipped,
+            "epsilon": dp.spent(), "epoch": state["epoch"], "tokens": sum(len(r.input_ids) for r in picked)}
 
 
 class MovingAverage:
