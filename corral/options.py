@@ -14,6 +14,28 @@ from typing import Any
 from corral.errors import InvalidArgumentError
 
 
+def yaml_mapping(path: Any, flag: str, what: str = "fields") -> dict[str, Any]:
+    """A YAML file of a mapping (`--config`, `--hardware`, ...), or one clear error naming `flag` and the file."""
+    from pathlib import Path
+
+    import yaml
+
+    p = path if hasattr(path, "read_text") else Path(path)
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise InvalidArgumentError(f"{flag} {path}: {'no such file' if isinstance(e, FileNotFoundError) else e}"
+                                   ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InvalidArgumentError(f"{flag} {path}: not valid YAML{where} "
+                                   f"({getattr(e, 'problem', None) or 'cannot parse'})") from None
+    if not isinstance(loaded, dict):
+        raise InvalidArgumentError(f"{flag} {path}: expected a mapping of {what}")
+    return loaded
+
+
 def opt(default: Any, help: str, **cli: Any) -> Any:
     """A field with its help text; `cli` is handed to argparse (metavar, choices, nargs) or says `positional=True`
     / `comma=True` (a list given as one comma-separated value)."""
@@ -144,6 +166,23 @@ class SamplingOptions(LengthOptions):
 @dataclass
 class ChatFlag(Options):
     chat: bool = opt(False, "render the text as a user message with the model's chat template")
+
+
+@dataclass
+class DataOptions(Options):
+    data: str | None = opt(None, "your chat or prompt/completion JSONL (synth: with --augment, the rows to reword; "
+                                 "audit: the rows the model was trained on)")
+
+
+@dataclass
+class ScoreOptions(Options):
+    batch_tokens: int = opt(2048, "padded tokens per log-likelihood batch")
+
+
+@dataclass
+class HardwareOptions(Options):
+    hardware: str | None = opt(None, "YAML: the machine's price, write-off years, utilization, watts, electricity "
+                                     "price (default: corral/data/hardware.yaml; copy and edit it)", metavar="FILE")
 
 
 @dataclass

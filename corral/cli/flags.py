@@ -74,20 +74,12 @@ def config_from(args: argparse.Namespace, cls: type, verb: str) -> Any:
     values: dict[str, Any] = {}
     path = getattr(args, "config", None)
     if path:
-        import yaml
+        from corral.options import yaml_mapping
 
         p = Path(path)
         if not p.is_file():
             raise InvalidArgumentError(f"--config {p}: no such file")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise InvalidArgumentError(f"--config {p}: not valid YAML{where} "
-                                       f"({getattr(e, 'problem', None) or 'cannot parse'})") from None
-        if not isinstance(loaded, dict):
-            raise InvalidArgumentError(f"--config {p}: expected a mapping of {cls.__name__} fields")
+        loaded = yaml_mapping(p, "--config", f"{cls.__name__} fields")
         unknown = sorted(set(loaded) - names)
         if unknown:
             raise InvalidArgumentError(f"--config {p}: unknown field(s) {unknown}; see corral {verb} --help")

@@ -12,11 +12,20 @@ from typing import Any
 
 from corral.cli.common import build_service, describe_shields
 from corral.errors import InvalidArgumentError
-from corral.options import EngineOptions, KeyOptions, ModelOptions, ShieldOptions, SpeedOptions, at_least, opt
+from corral.options import (
+    EngineOptions,
+    HardwareOptions,
+    KeyOptions,
+    ModelOptions,
+    ShieldOptions,
+    SpeedOptions,
+    at_least,
+    opt,
+)
 
 
 @dataclass
-class ServeConfig(KeyOptions, ShieldOptions, EngineOptions, SpeedOptions, ModelOptions):
+class ServeConfig(HardwareOptions, KeyOptions, ShieldOptions, EngineOptions, SpeedOptions, ModelOptions):
     max_seq_len: int = 2048
     host: str = opt("127.0.0.1", "bind address (others than loopback need --api-key or --allow-no-auth)")
     port: int = opt(8000, "port")
@@ -60,7 +69,10 @@ def serve(cfg: ServeConfig) -> int:
     cfg.check()
     at_least(("--port", cfg.port, 1))
     cfg.shields()
-    lm, engine, service = build_service(cfg, hooks=Metrics)
+    from corral.cost import Hardware
+
+    watts = Hardware.load(cfg.hardware).watts  # the energy counter's fallback where RAPL/NVML cannot be read
+    lm, engine, service = build_service(cfg, hooks=lambda eng, model_id: Metrics(eng, model_id, watts))
     model_id, seq, batch = service.model_id, engine.max_seq_len, engine.max_batch
     app = create_app(service, service.hooks, keys, cfg.max_body_bytes)
     kv_bytes = engine.cache.bytes_per_token() * engine.kv_tokens_total

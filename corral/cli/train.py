@@ -13,6 +13,7 @@ from corral.distill.config import DistillConfig
 from corral.errors import InvalidArgumentError
 from corral.options import (
     BatchOptions,
+    DataOptions,
     DtypeOptions,
     ModelOptions,
     ModelPath,
@@ -31,7 +32,7 @@ FINETUNE_HELP = {**TRAIN_HELP, **{n: f"{TRAIN_HELP.get(n, '')} (default: {v} wit
 
 
 @dataclass
-class SynthConfig(OutOptions, SamplingOptions, BatchOptions, SpeedOptions, ModelOptions):
+class SynthConfig(DataOptions, OutOptions, SamplingOptions, BatchOptions, SpeedOptions, ModelOptions):
     max_seq_len: int = 2048
     temperature: float = 0.8
     prompts: str | None = opt(None, "prompt file (JSONL)")
@@ -39,7 +40,6 @@ class SynthConfig(OutOptions, SamplingOptions, BatchOptions, SpeedOptions, Model
                                     "fact's questions and N of each answer of --data's chat rows (and of --docs' "
                                     "facts), filtered; writes OUT/train.jsonl, select.jsonl (held-out questions), "
                                     "teacher.jsonl and teacher.rejected.jsonl (reasons)", metavar="N")
-    data: str | None = opt(None, "--augment: your chat JSONL")
     docs: list[str] = opt([], "--augment: documents (Markdown, text, HTML, PDF)", metavar="FILE")
     n: int = opt(4, "samples per prompt")
     filter: list[str] = opt([], "keep only samples this scorer accepts (repeatable: all must pass)", action="append",

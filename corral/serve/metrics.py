@@ -21,7 +21,7 @@ _LATENCY = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
 
 
 class Metrics(Hooks):
-    def __init__(self, engine: Engine, model_id: str):
+    def __init__(self, engine: Engine, model_id: str, watts: float | None = None):
         self.registry = r = CollectorRegistry()
         lbl = {"model": model_id}
         self.requests = Counter("corral_requests", "Finished generation requests", ["model", "endpoint",
@@ -78,6 +78,7 @@ class Metrics(Hooks):
                                           "(decided by the guard's on_parse_error policy)", ["shield"], registry=r)
         if engine.drafter is not None:
             r.register(_DraftCounters(engine, model_id))
+        r.register(_EnergyCounter(model_id, watts))
         self.model_id = model_id
 
     def on_first_token(self, seconds: float) -> None:
@@ -123,3 +124,20 @@ class _DraftCounters:
             c = CounterMetricFamily(name, doc, labels=["model"])
             c.add_metric([self.model_id], value)
             yield c
+
+
+class _EnergyCounter:
+    """`corral_energy_joules_total{source}`: energy since the server started, from RAPL or NVML counters where
+    readable (source "rapl" / "nvml"), else the declared watts x uptime ("declared"; `--hardware`, corral cost)."""
+
+    def __init__(self, model_id: str, watts: float | None):
+        from corral.cost import EnergyMeter, Hardware
+
+        self.meter = EnergyMeter(Hardware.load(None).watts if watts is None else watts)
+        self.model_id = model_id
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        c = CounterMetricFamily("corral_energy_joules", "Energy used since the server started", labels=["model",
+                                                                                                          "source"])
+        c.add_metric([self.model_id, self.meter.source], self.meter.joules())
+        yield c

@@ -91,9 +91,9 @@ class FinetuneConfig:
             if self.task == "sft" and self.method == "full":
                 defaults = {**defaults, "lr": FULL_SFT_LR, "ema": 0.0}  # an average of every weight: 2x the memory
             if self.dp:  # one row per sample, no rows derived from others, batches big enough to outvote the noise
-                from corral.train.dp import DP_BATCH
+                from corral.train.dp import DP_DEFAULTS
 
-                defaults = {**defaults, "packing": False, "batch_size": DP_BATCH}
+                defaults = {**defaults, **DP_DEFAULTS}
             for name, value in defaults.items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)

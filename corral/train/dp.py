@@ -28,7 +28,9 @@ import torch
 
 from corral.errors import InvalidArgumentError
 
-DP_BATCH = 32  # expected rows per step under --dp unless --batch-size says otherwise: noise is ~C sigma / batch
+# --dp's defaults for the fields left unset: a noise of sigma C / batch per coordinate is outvoted by a bigger batch,
+# and it grows with the trainable weights' count (the clipped signal does not), so a smaller LoRA rank.
+DP_DEFAULTS = {"packing": False, "batch_size": 32, "lora_r": 8, "lora_alpha": 16.0}
 
 
 def check(cfg: Any) -> None:

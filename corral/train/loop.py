@@ -323,8 +323,14 @@ def run_loop(cfg: FinetuneConfig, dist: Dist, stop_after: int | None, progress: 
                     (run / "dp.json").write_text(json.dumps(dp.summary(), indent=2) + "\n")
             else:
                 rec = _step(model, opt, params, rows, state, cfg, dist, objective, autocast, total)
-            tokens_since += rec.pop("tokens")
-            rec["tokens_per_s"] = dist.sum(tokens_since) / max(time.perf_counter() - t_last, 1e-9)
+            tokens = rec.pop("tokens")
+            tokens_since += tokens
+            step_s = time.perf_counter() - t_last
+            rec["tokens_per_s"] = dist.sum(tokens_since) / max(step_s, 1e-9)
+            # the run's own timing (corral cost): training time, evaluation and checkpoints left out
+            state["train_ms"] = state.get("train_ms", 0) + round(1000 * step_s)
+            state["trained_tokens"] = state.get("trained_tokens", 0) + int(dist.sum(tokens))
+            rec.update(train_s=state["train_ms"] / 1000, trained_tokens=state["trained_tokens"])
             if ema:
                 ema.update(params, state["step"])
             if val and (state["step"] % cfg.eval_every == 0 or state["step"] == total):
@@ -676,7 +682,7 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, names: list[str], opt
     torch.set_rng_state(tensors[f"rng/torch/{dist.rank}"])
     if dist.device.type == "cuda" and f"rng/cuda/{dist.rank}" in tensors:
         torch.cuda.set_rng_state(tensors[f"rng/cuda/{dist.rank}"], dist.device)
-    return {k: int(meta[k]) for k in ("step", "epoch", "cursor")}
+    return {k: int(meta.get(k, 0)) for k in ("step", "epoch", "cursor", "train_ms", "trained_tokens")}
 
 
 def _finish(run: Path, model: torch.nn.Module, lm: Any, tok: Any, cfg: FinetuneConfig, dist: Any, task: Task

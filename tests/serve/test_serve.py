@@ -38,7 +38,7 @@ METRIC_NAMES = ("corral_time_to_first_token_seconds", "corral_inter_token_latenc
                 "corral_num_requests_waiting", "corral_num_requests_running", "corral_kv_cache_usage_ratio",
                 "corral_prompt_tokens_total", "corral_generation_tokens_total", "corral_requests_total",
                 "corral_kv_cache_blocks", "corral_kv_cache_bytes", "corral_prefix_cache_queries_total",
-                "corral_prefix_cache_hits_total")
+                "corral_prefix_cache_hits_total", "corral_energy_joules_total")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
