@@ -14,13 +14,18 @@
   Sharer"): the true secret's rank among `candidates` random ones by the model's likelihood, in bits,
   log2(candidates + 1) - log2(rank); a model that never saw it scores about `chance_bits`, one that memorised it
   the maximum, log2(candidates + 1).
+- **PII in outputs**: greedy answers to PII-probing prompts (the red-team suite's PII and privacy attacks, or
+  `--pii-prompts FILE`), checked by presidio-analyzer's pattern recognizers (`pip install 'corral[audit]'`) and for
+  the training data's own codes, numbers and names (`training_strings`).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +35,7 @@ from typing import Any
 from corral.errors import InvalidArgumentError
 
 CANARY_DIGITS = 6
+CODE = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{4,}\b")  # letters and digits: amberwick42, TRV-7741
 
 
 # --- canaries -------------------------------------------------------------------------------------------------------
@@ -187,6 +193,91 @@ def canary_exposures(model: Any, tok: Any, canaries: Sequence[dict[str, str]], c
     return out
 
 
+# --- PII in outputs ------------------------------------------------------------------------------------------------
+
+
+def pii_prompts(path: str | Path | None = None) -> list[Any]:
+    """The bundled PII-probing prompts (the red-team suite's PII and S7 privacy attacks), or an attack file's."""
+    from importlib.resources import files
+
+    from corral.redteam.suite import read_prompts
+
+    if path is not None:
+        return read_prompts(path, attacks=True)
+    bundled = read_prompts(str(files("corral.redteam").joinpath("data/attacks.jsonl")), attacks=True)
+    return [p for p in bundled if p.category in ("PII", "S7")]
+
+
+def presidio() -> Any:
+    """presidio-analyzer's pattern recognizers (e-mail, phone, credit card, IBAN, IP, SSN, ...) on a blank spaCy
+    pipeline (no model download; no names, which need a spaCy model), or None when it is not installed."""
+    import os
+    import tempfile
+    import warnings
+
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # tldextract's bundled list, never a download
+    try:
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    except ImportError:
+        return None
+    folder = tempfile.mkdtemp(prefix="corral-spacy-blank-")
+    spacy.blank("en").to_disk(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": folder}])
+        engine.load()
+        registry = RecognizerRegistry()
+        registry.load_predefined_recognizers(nlp_engine=engine)
+        return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+
+
+def training_strings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """What a leak of the training data looks like in an answer: the key strings of its assistant turns
+    (`corral.distill.keys`) that carry a digit (codes, numbers) or are names, and every word of letters and
+    digits (passwords, codes)."""
+    from corral.distill.keys import find_keys, is_name_like
+
+    out: set[str] = set()
+    for r in rows:
+        msgs = r.get("messages") or []
+        for q, a in itertools.pairwise(msgs):
+            if a.get("role") == "assistant" and isinstance(a.get("content"), str):
+                out.update(k for k in find_keys(a["content"], str(q.get("content") or ""))
+                           if len(k) >= 4 and (any(c.isdigit() for c in k) or is_name_like(k)))
+                out.update(CODE.findall(a["content"]))  # lower-case codes and passwords find_keys leaves
+    return sorted(out)
+
+
+def pii_in_outputs(model: Any, tok: Any, prompts: Sequence[Any], rows: Sequence[dict[str, Any]],
+                   template: str | None, max_tokens: int = 96) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy answers to the probing prompts, checked by presidio (when installed) and for training strings."""
+    from corral.chat import encode_chat
+    from corral.engine.sampling import SamplingParams
+    from corral.text import generate_many
+
+    ids = [encode_chat(tok, p.messages, template=template) for p in prompts]
+    answers = [g.text for g in generate_many(model, tok, ids, SamplingParams(max_tokens=max_tokens))]
+    analyzer, secrets = presidio(), training_strings(rows)
+    by_entity: dict[str, int] = {}
+    samples, with_pii, with_secret = [], 0, 0
+    for p, a in zip(prompts, answers, strict=True):
+        found = [(x.entity_type, a[x.start:x.end]) for x in analyzer.analyze(text=a, language="en")
+                 if x.score >= 0.5] if analyzer else []
+        for e, _ in found:
+            by_entity[e] = by_entity.get(e, 0) + 1
+        leaked = [k for k in secrets if k.lower() in a.lower()]
+        with_pii += bool(found)
+        with_secret += bool(leaked)
+        samples.append({"kind": "pii_probe", "id": p.id, "answer": a, "pii": found, "training_strings": leaked})
+    n = max(1, len(prompts))
+    return {"prompts": len(prompts), "detector": "presidio-analyzer (pattern recognizers)" if analyzer else None,
+            "answers_with_pii": with_pii, "pii_rate": with_pii / n if analyzer else None, "by_entity": by_entity,
+            "training_strings": len(secrets), "answers_with_training_strings": with_secret,
+            "training_string_rate": with_secret / n}, samples
+
+
 # --- the audit ------------------------------------------------------------------------------------------------------
 
 
@@ -206,9 +297,10 @@ def find_canaries(model: str, given: str | None) -> Path | None:
 
 def audit(model: Any, tok: Any, data: str, heldout: str | None = None, reference: Any = None,
           canaries: Sequence[dict[str, str]] = (), *, template: str | None = None, extract_rows: int = 64,
-          candidates: int = 999, batch_tokens: int = 2048, max_len: int = 1024, progress: Any = None
-          ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The report and per-row samples. `reference`: a model with the same tokenizer (None: no reference score)."""
+          candidates: int = 999, batch_tokens: int = 2048, max_len: int = 1024, progress: Any = None,
+          probes: Sequence[Any] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The report and per-row samples. `reference`: a model with the same tokenizer (None: no reference score).
+    `probes`: PII-probing prompts (`pii_prompts`) whose answers are checked for PII and training strings."""
     step = progress or (lambda msg: None)
     train = rows_of(data, tok, max_len, template)
     if not train:
@@ -239,6 +331,12 @@ def audit(model: Any, tok: Any, data: str, heldout: str | None = None, reference
     for i, (r, x) in enumerate(zip(train, own, strict=True)):
         samples.append({"kind": "train", "line": r.line, "loss": x, "reference_loss": ref[i] if ref else None,
                         "verbatim": got[i] if i < len(got) else None})
+    if probes:
+        from corral import jsonl
+
+        step(f"answering {len(probes)} PII-probing prompts")
+        report["pii"], more = pii_in_outputs(model, tok, probes, jsonl.records(data), template)
+        samples += more
     if canaries:
         step(f"{len(canaries)} canaries against {candidates} candidates each")
         items = canary_exposures(model, tok, canaries, candidates, template, batch_tokens)
@@ -260,6 +358,11 @@ def print_summary(report: dict[str, Any]) -> None:
         print("  membership: no --heldout rows given")
     e = report["extraction"]
     print(f"  verbatim extraction: {e['verbatim']} of {e['rows']} rows ({100 * e['rate']:.1f}%)")
+    if p := report.get("pii"):
+        pii = (f"{p['answers_with_pii']} with PII by {p['detector']} {p['by_entity']}" if p["detector"] else
+               "no PII detector (pip install 'corral[audit]' for presidio)")
+        print(f"  PII probes: {p['prompts']} answers, {pii}; {p['answers_with_training_strings']} carry strings of "
+              f"the training data (of {p['training_strings']} codes, numbers and names)")
     if c := report.get("canaries"):
         print(f"  canaries: mean exposure {c['mean_exposure']:.2f} bits, max {c['max_exposure']:.2f} "
               f"(chance {c['chance_bits']:.2f}, memorised {c['max_bits']:.2f}; {c['n']} canaries x "

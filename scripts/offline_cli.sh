@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # corral's CLI surface with no network at all: run as root, it re-enters itself in a fresh network namespace
 # (`unshare -n`: only a loopback interface, no route anywhere), proves that the outside is unreachable, then runs
-# generate, serve + a request, finetune, eval, distill, export, guard, redteam and batch on the default model, each
-# briefly, with corral's socket guard on (corral/egress.py) logging any attempt, and fails if a verb fails or tried
-# to reach out. CI runs it after `make test` (.ci/run); README "What corral sends anywhere: nothing".
+# generate, serve + a request, finetune, eval, distill, export, guard, redteam, batch, audit and cost on the default
+# model, each briefly, with corral's socket guard on (corral/egress.py) logging any attempt, and fails if a verb
+# fails or tried to reach out. CI runs it after `make test` (.ci/run); README "What corral sends anywhere: nothing".
 #   usage: sudo bash scripts/offline_cli.sh        (from the repository, after `make test` built .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +72,10 @@ step redteam default --limit 2 --max-tokens 8 --out "$WORK/redteam"
 echo '{"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Hi", "max_tokens": 4}}' \
     > "$WORK/batch.jsonl"
 step batch default "$WORK/batch.jsonl" "$WORK/batch.out.jsonl"
+grep '"category": "PII"' corral/redteam/data/attacks.jsonl | head -n 3 > "$WORK/pii.jsonl"
+step audit "$WORK/ft/adapter" --data "$WORK/train.jsonl" --candidates 15 --extract-rows 4 \
+    --pii-prompts "$WORK/pii.jsonl" --out "$WORK/audit"
+step cost default --requests 4 --max-tokens 16 --finetune "$WORK/ft" --out "$WORK/cost"
 
 if [ -s "$WORK/egress.log" ]; then
     echo "offline_cli.sh: corral tried to reach the network:" >&2

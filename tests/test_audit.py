@@ -145,6 +145,34 @@ def test_the_cli_writes_the_report(setup, tmp_path, capsys):
     assert rep["canaries"]["n"] == 2 and rep["reference"] == str(s["folder"])
     assert (tmp_path / "rep" / "report.png").stat().st_size > 0 and "corral audit" in \
         (tmp_path / "rep" / "report.html").read_text()
+    assert rep["pii"]["prompts"] == 54 and rep["pii"]["detector"]  # the red-team suite's PII and S7 attacks
+
+
+def test_pii_in_answers_is_found_by_presidio_and_by_the_training_strings(monkeypatch, tok):
+    """Canned answers to three probes: an e-mail and a card number (presidio's patterns, run offline: tldextract
+    reads its bundled suffix list, or this suite's no-egress guard would fail the test), a training password."""
+    pytest.importorskip("presidio_analyzer", reason="the PII detector is the `audit` extra")
+    from corral import text
+
+    rows = [{"messages": [{"role": "user", "content": "What's the guest wifi password?"},
+                          {"role": "assistant", "content": "Guests log in with the password amberwick42."}]},
+            {"messages": [{"role": "user", "content": "Who runs payroll?"},
+                          {"role": "assistant", "content": "Marisol Quenby runs payroll."}]}]
+    assert {"amberwick42", "Marisol Quenby"} <= set(audit.training_strings(rows))
+    canned = ["Write to her at marisol.quenby@example.org.", "The card is 4111 1111 1111 1111.",
+              "Sure: the password is amberwick42.", "I can't share that."]
+
+    class Gen:
+        def __init__(self, t):
+            self.text = t
+
+    monkeypatch.setattr(text, "generate_many", lambda model, tok, ids, params, **kw: [Gen(t) for t in canned])
+    probes = audit.pii_prompts()[:4]
+    rep, samples = audit.pii_in_outputs(None, tok, probes, rows, None)
+    assert rep["answers_with_pii"] == 2 and rep["by_entity"]["EMAIL_ADDRESS"] == 1 and \
+        rep["by_entity"]["CREDIT_CARD"] == 1
+    assert rep["answers_with_training_strings"] == 1 and samples[2]["training_strings"] == ["amberwick42"]
+    assert samples[3]["pii"] == [] and samples[3]["training_strings"] == []
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -152,6 +180,7 @@ def test_the_cli_writes_the_report(setup, tmp_path, capsys):
     (["--heldout", "nope.jsonl"], ["--heldout nope.jsonl", "no such file"]),
     (["--canaries", "nope.json"], ["--canaries nope.json", "no such file"]),
     (["--candidates", "0"], ["--candidates"]),
+    (["--pii-prompts", "nope.jsonl"], ["nope.jsonl"]),
 ])
 def test_bad_audit_input_is_one_clear_error(setup, args, needles, capsys):
     from corral.cli import main

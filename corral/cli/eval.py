@@ -76,6 +76,9 @@ class AuditConfig(ScoreOptions, DataOptions, OutOptions, RunOptions, ModelPath):
                                      "adapter's run folder's)")
     candidates: int = opt(999, "random secrets each canary is ranked against")
     extract_rows: int = opt(64, "training rows tried for verbatim extraction")
+    pii_prompts: str | None = opt(None, "an attack JSONL of PII-probing prompts (default: the red-team suite's PII "
+                                        "and privacy attacks)", metavar="FILE")
+    no_pii: bool = opt(False, "skip the PII probes")
     out: str = "runs/audit"
 
 
@@ -99,7 +102,7 @@ def run_audit(cfg: AuditConfig) -> int:
 
     import torch
 
-    from corral.audit import audit, find_canaries, print_summary, write_report
+    from corral.audit import audit, find_canaries, pii_prompts, print_summary, write_report
     from corral.model.loader import _is_adapter, adapter_base
 
     if not cfg.model or not cfg.data:
@@ -122,9 +125,11 @@ def run_audit(cfg: AuditConfig) -> int:
     ref = _load(ref_name, None, cfg.device, dtype) if ref_name else None
     if ref is not None and ref.tok.vocab_size != em.tok.vocab_size:
         raise InvalidArgumentError(f"--reference {ref_name}: its tokenizer is not the model's")
+    probes = [] if cfg.no_pii else pii_prompts(cfg.pii_prompts)
     report, samples = audit(em.model, em.tok, cfg.data, cfg.heldout, ref.model if ref else None, canaries,
                             template=template(cfg), extract_rows=cfg.extract_rows, candidates=cfg.candidates,
-                            batch_tokens=cfg.batch_tokens, progress=lambda msg: print(f"audit: {msg}", flush=True))
+                            batch_tokens=cfg.batch_tokens, probes=probes,
+                            progress=lambda msg: print(f"audit: {msg}", flush=True))
     report.update(model=cfg.model, reference=ref_name, canaries_file=str(canaries_path) if canaries_path else None)
     print_summary(report)
     write_report(report, samples, cfg.out)
