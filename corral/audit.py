@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from corral.errors import InvalidArgumentError
 
 CANARY_DIGITS = 6
@@ -161,11 +163,38 @@ def extracted(model: Any, rows: Sequence[Row], batch_tokens: int) -> list[bool]:
     return [g for _, g in loglikelihoods(model, pairs, batch_tokens=batch_tokens)]
 
 
+@torch.inference_mode()
+def shared_prefix_logprobs(model: Any, ctx: list[int], conts: Sequence[list[int]], batch: int = 64) -> list[float]:
+    """log P(cont | ctx) for many continuations of one context: the context's KV computed once and copied into
+    each batch row, so only the continuations run (the same values as `loglikelihoods`, a fraction of the work)."""
+    from corral.model.llama import KVCache
+
+    dev, P = model.device, len(ctx)
+    T = max(len(c) for c in conts)
+    one = KVCache.allocate(model.config, 1, P + T, model.dtype, dev)
+    first = torch.log_softmax(model(torch.tensor([ctx], device=dev), torch.arange(P, device=dev)[None], one,
+                                    kv_len=P)[0, -1].float(), -1)
+    out = []
+    for i in range(0, len(conts), batch):
+        chunk = conts[i:i + batch]
+        lps = [float(first[c[0]]) for c in chunk]
+        if T > 1:
+            cache = KVCache.allocate(model.config, len(chunk), P + T, model.dtype, dev)
+            for buf, src in zip(cache.k + cache.v, one.k + one.v, strict=True):
+                buf[:, :, :P] = src[:, :, :P]
+            ids = torch.tensor([c[:-1] + [0] * (T - len(c)) for c in chunk], device=dev)  # pads sit past each row
+            pos = torch.arange(P, P + T - 1, device=dev).expand(len(chunk), -1)
+            logp = torch.log_softmax(model(ids, pos, cache, kv_len=P + T - 1).float(), -1)
+            for r, c in enumerate(chunk):
+                lps[r] += float(sum(logp[r, j, c[j + 1]] for j in range(len(c) - 1)))
+        out += lps
+    return out
+
+
 def canary_exposures(model: Any, tok: Any, canaries: Sequence[dict[str, str]], candidates: int, template: str | None,
                      batch_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
     """Each canary's rank among `candidates` random secrets and its exposure in bits."""
     from corral.chat import encode_chat
-    from corral.eval.harness import loglikelihoods
 
     out = []
     for c in canaries:
@@ -177,16 +206,14 @@ def canary_exposures(model: Any, tok: Any, canaries: Sequence[dict[str, str]], c
                 others.add(s)
         secrets = [c["secret"], *sorted(others)]
         q = [{"role": "user", "content": canary_question(c["name"])}]
-        ctx = encode_chat(tok, q, add_generation_prompt=True, template=template)
-        pairs = []
-        for s in secrets:
-            full = encode_chat(tok, [*q, {"role": "assistant", "content": canary_answer(c["name"], s)}],
-                               add_generation_prompt=False, template=template)
-            if full[: len(ctx)] != ctx:
-                raise InvalidArgumentError("the chat template does not render a question's prompt as the start of "
-                                           "the answered conversation; use another --chat-template")
-            pairs.append((ctx, full[len(ctx):]))
-        lps = [lp for lp, _ in loglikelihoods(model, pairs, batch_tokens=batch_tokens)]
+        fulls = [encode_chat(tok, [*q, {"role": "assistant", "content": canary_answer(c["name"], s)}],
+                             add_generation_prompt=False, template=template) for s in secrets]
+        # the part every candidate shares (prompt, "The access code for vault K7Q2 is") adds the same to each:
+        # the ranking needs only what follows it
+        shared = min(len(f) for f in fulls) - 1
+        while shared > 0 and any(f[:shared] != fulls[0][:shared] for f in fulls):
+            shared -= 1
+        lps = shared_prefix_logprobs(model, fulls[0][:shared], [f[shared:] for f in fulls])
         rank = 1 + sum(lp > lps[0] for lp in lps[1:]) + sum(lp == lps[0] for lp in lps[1:]) / 2
         out.append({"name": c["name"], "rank": rank, "candidates": candidates,
                     "exposure": math.log2(candidates + 1) - math.log2(rank)})

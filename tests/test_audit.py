@@ -101,6 +101,15 @@ def test_a_memorised_canary_is_exposed_and_a_never_seen_one_is_not(setup):
     assert flip[1]["rank"] == 1 and flip[0]["exposure"] < 5.0
 
 
+def test_scoring_continuations_of_one_shared_prefix_equals_scoring_each_whole(setup):
+    from corral.eval.harness import loglikelihoods
+
+    ctx, conts = [5, 17, 300, 42, 9], [[6, 7, 8], [9], [1000, 11], [3, 3, 3, 3]]
+    shared = audit.shared_prefix_logprobs(setup["memo"], ctx, conts, batch=3)
+    whole = [lp for lp, _ in loglikelihoods(setup["memo"], [(ctx, c) for c in conts])]
+    assert shared == pytest.approx(whole, abs=1e-4)
+
+
 def test_membership_auc_separates_a_model_that_memorised_from_one_that_did_not(setup):
     s = setup
     rep, samples = audit.audit(s["memo"], s["tok"], s["data"], s["heldout"], s["base"], [s["seen"]],
