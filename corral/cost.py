@@ -92,7 +92,7 @@ class EnergyMeter:
     """Joules since it was made: RAPL package counters, else NVML's GPU counters, else declared watts x time."""
 
     def __init__(self, watts: float):
-        self.watts, self.t0 = watts, time.monotonic()
+        self.watts = watts
         self.rapl = [p for p in sorted(glob.glob(RAPL))
                      if Path(p).parent.name.count(":") == 1 and _readable(p)]  # packages, not their sub-domains
         self.nvml = _nvml_handles()

@@ -100,7 +100,9 @@ class DPSGD:
         losses, clipped = [], 0
         for row in rows:
             loss = per_row_loss(row)
-            grads = torch.autograd.grad(loss, self.params)
+            grads = [torch.zeros_like(p) if g is None else g  # a weight this row does not reach
+                     for p, g in zip(self.params, torch.autograd.grad(loss, self.params, allow_unused=True),
+                                     strict=True)]
             norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads))
             scale = torch.clamp(self.C / (norm + 1e-6), max=1.0)
             clipped += int(scale < 1)
