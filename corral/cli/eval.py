@@ -210,7 +210,8 @@ def _print_cost(r: dict) -> None:
           f"{'measured by ' + s['energy_source'].upper() if s['energy_source'] != 'declared' else 'declared watts'}")
     print(f"corral here: ${c['usd_per_1m_tokens']:.2f} and {c['kwh_per_1m_tokens']:.2f} kWh per 1M output tokens "
           f"(prompts of {r['prompt_tokens_per_output_token']:.2f} tokens per output token included)")
-    print(f"closed APIs (list prices as of {r['api_prices_as_of']}; $ per 1M output tokens with this prompt mix):")
+    print(f"closed APIs (list prices as of {r['api_prices_as_of']}; $ per 1M output tokens with this prompt mix; "
+          "other models: weigh what each answers well, not only its price):")
     for m in r["apis"]:
         print(f"  {m['name']:<18} ${m['usd_per_1m_output_at_this_mix']:>7.2f}   (input ${m['input']:g}, output "
               f"${m['output']:g} per 1M)")
