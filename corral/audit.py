@@ -131,7 +131,7 @@ class Row:
 
 def rows_of(path: str | Path, tok: Any, max_len: int, template: str | None) -> list[Row]:
     """A chat / prompt-completion JSONL (the finetune format) as rows split at their first trained token."""
-    from corral.eval.harness import _prefix_id
+    from corral.eval.harness import prefix_id
     from corral.train.data import IGNORE, load_jsonl
 
     if not Path(path).is_file():
@@ -141,7 +141,7 @@ def rows_of(path: str | Path, tok: Any, max_len: int, template: str | None) -> l
     for e in examples:
         first = next((i for i, t in enumerate(e.labels) if t != IGNORE), None)
         if first is not None:
-            out.append(Row(e.input_ids[:first] or [_prefix_id(tok)], e.input_ids[first:], e.line))
+            out.append(Row(e.input_ids[:first] or [prefix_id(tok)], e.input_ids[first:], e.line))
     return out
 
 

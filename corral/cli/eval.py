@@ -103,7 +103,7 @@ def run_audit(cfg: AuditConfig) -> int:
     import torch
 
     from corral.audit import audit, find_canaries, pii_prompts, print_summary, write_report
-    from corral.model.loader import _is_adapter, adapter_base
+    from corral.model.loader import adapter_base, is_adapter
 
     if not cfg.model or not cfg.data:
         raise InvalidArgumentError("corral audit MODEL --data TRAIN.jsonl [--heldout FILE]: name the model and "
@@ -120,7 +120,7 @@ def run_audit(cfg: AuditConfig) -> int:
     # fp32 for both: an adapter merges into fp32, and a reference in another precision would add its own loss gap
     dtype = "float32" if cfg.dtype == "auto" else cfg.dtype
     em = _load(cfg.model, cfg.adapter, cfg.device, dtype)
-    adapter = cfg.adapter or (cfg.model if _is_adapter(Path(cfg.model)) else None)
+    adapter = cfg.adapter or (cfg.model if is_adapter(Path(cfg.model)) else None)
     ref_name = cfg.reference or (cfg.model if cfg.adapter else adapter_base(adapter) if adapter else None)
     ref = _load(ref_name, None, cfg.device, dtype) if ref_name else None
     if ref is not None and ref.tok.vocab_size != em.tok.vocab_size:

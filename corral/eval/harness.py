@@ -110,7 +110,7 @@ def loglikelihoods(model: LlamaForCausalLM, requests: Sequence[tuple[list[int], 
     return out
 
 
-def _prefix_id(tok: Tokenizer) -> int:
+def prefix_id(tok: Tokenizer) -> int:
     """The token a text with no context is scored after: BOS where the model wants one, else EOS (as
     lm-evaluation-harness uses EOT)."""
     for tid in ((tok.bos_id, tok.eos_id) if tok.add_bos else (tok.eos_id, tok.bos_id)):
@@ -126,7 +126,7 @@ def encode_pair(tok: Tokenizer, context: str, continuation: str) -> tuple[list[i
         context, continuation = context[:-n_space], context[-n_space:] + continuation
     prefix = [tok.bos_id] if tok.add_bos and tok.bos_id is not None else []
     if not context:
-        return [_prefix_id(tok)], tok.encode(continuation)
+        return [prefix_id(tok)], tok.encode(continuation)
     whole = tok.encode(context + continuation)
     ctx = tok.encode(context)
     cont = whole[len(ctx):]
@@ -172,7 +172,7 @@ def run_task(em: EvalModel, task: Task, limit: int | None = None, batch_tokens: 
 def _perplexity(em, task, examples, *, batch_tokens, bar, **_):
     tok, ctx = em.tok, em.model.config.max_position_embeddings
     L = min(task.max_len, ctx)
-    prefix = _prefix_id(tok)
+    prefix = prefix_id(tok)
     reqs, owner, counts = [], [], []
     for k, ex in enumerate(examples):
         ids = [prefix] + tok.encode(ex.text)

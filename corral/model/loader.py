@@ -71,7 +71,7 @@ def load_model(path_or_name: str | Path | None = None, device: str = "auto", dty
     adapter_config.json names, with that adapter."""
     from corral.registry import resolve_model_path
 
-    if adapter is None and path_or_name is not None and _is_adapter(Path(path_or_name).expanduser()):
+    if adapter is None and path_or_name is not None and is_adapter(Path(path_or_name).expanduser()):
         adapter = Path(path_or_name).expanduser()
         path_or_name = adapter_base(adapter)
     if adapter is not None:
@@ -90,7 +90,8 @@ def load_model(path_or_name: str | Path | None = None, device: str = "auto", dty
     return lm
 
 
-def _is_adapter(p: Path) -> bool:
+def is_adapter(p: Path) -> bool:
+    """A PEFT adapter folder (adapter_config.json, no config.json of its own)."""
     return p.is_dir() and (p / "adapter_config.json").is_file() and not (p / "config.json").is_file()
 
 
