@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import re
 import string
@@ -134,9 +135,7 @@ def rows_of(path: str | Path, tok: Any, max_len: int, template: str | None) -> l
     from corral.eval.harness import prefix_id
     from corral.train.data import IGNORE, load_jsonl
 
-    if not Path(path).is_file():
-        raise InvalidArgumentError(f"{path}: no such file; pass a JSONL file of chat or prompt/completion lines")
-    examples, _ = load_jsonl(path, tok, max_len, template)
+    examples, _ = load_jsonl(path, tok, max_len, template)  # a missing file or bad lines: one clear error
     out = []
     for e in examples:
         first = next((i for i, t in enumerate(e.labels) if t != IGNORE), None)
@@ -192,7 +191,7 @@ def shared_prefix_logprobs(model: Any, ctx: list[int], conts: Sequence[list[int]
 
 
 def canary_exposures(model: Any, tok: Any, canaries: Sequence[dict[str, str]], candidates: int, template: str | None,
-                     batch_tokens: int, seed: int = 0) -> list[dict[str, Any]]:
+                     seed: int = 0) -> list[dict[str, Any]]:
     """Each canary's rank among `candidates` random secrets and its exposure in bits."""
     from corral.chat import encode_chat
 
@@ -210,9 +209,7 @@ def canary_exposures(model: Any, tok: Any, canaries: Sequence[dict[str, str]], c
                              add_generation_prompt=False, template=template) for s in secrets]
         # the part every candidate shares (prompt, "The access code for vault K7Q2 is") adds the same to each:
         # the ranking needs only what follows it
-        shared = min(len(f) for f in fulls) - 1
-        while shared > 0 and any(f[:shared] != fulls[0][:shared] for f in fulls):
-            shared -= 1
+        shared = min(len(os.path.commonprefix(fulls)), min(len(f) for f in fulls) - 1)  # each keeps a token
         lps = shared_prefix_logprobs(model, fulls[0][:shared], [f[shared:] for f in fulls])
         rank = 1 + sum(lp > lps[0] for lp in lps[1:]) + sum(lp == lps[0] for lp in lps[1:]) / 2
         out.append({"name": c["name"], "rank": rank, "candidates": candidates,
@@ -370,7 +367,7 @@ def audit(model: Any, tok: Any, data: str, heldout: str | None = None, reference
         samples += more
     if canaries:
         step(f"{len(canaries)} canaries against {candidates} candidates each")
-        items = canary_exposures(model, tok, canaries, candidates, template, batch_tokens)
+        items = canary_exposures(model, tok, canaries, candidates, template)
         exps = [c["exposure"] for c in items]
         report["canaries"] = {"n": len(items), "candidates": candidates, "chance_bits": chance_exposure(candidates),
                               "max_bits": math.log2(candidates + 1), "mean_exposure": sum(exps) / len(exps),

@@ -18,7 +18,6 @@ hours of it. kWh per 1M tokens = joules per token x 1e6 / 3.6e6.
 from __future__ import annotations
 
 import glob
-import json
 import time
 from dataclasses import dataclass, fields
 from importlib.resources import files
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import InvalidArgumentError
+from corral.jsonl import records
 from corral.options import yaml_mapping
 
 HOURS_PER_YEAR = 8760.0
@@ -34,21 +34,24 @@ RAPL = "/sys/class/powercap/intel-rapl:*/energy_uj"  # package domains (intel-ra
 
 @dataclass
 class Hardware:
-    name: str = "this machine"
-    price_usd: float = 1500.0
-    lifetime_years: float = 3.0
-    utilization: float = 0.5
-    watts: float = 65.0
-    electricity_usd_per_kwh: float = 0.15
-    overhead_usd_per_year: float = 0.0
+    """The fields of corral/data/hardware.yaml, whose values are the defaults."""
+
+    name: str
+    price_usd: float
+    lifetime_years: float
+    utilization: float
+    watts: float
+    electricity_usd_per_kwh: float
+    overhead_usd_per_year: float
 
     @classmethod
     def load(cls, path: str | Path | None) -> Hardware:
-        data = yaml_mapping(path or files("corral").joinpath("data/hardware.yaml"), "--hardware")
-        known = {f.name for f in fields(cls)}
-        if unknown := sorted(set(data) - known):
-            raise InvalidArgumentError(f"--hardware {path}: unknown field(s) {unknown}; known: {sorted(known)}")
-        hw = cls(**data)
+        """The bundled defaults, with the fields of the YAML at `path` (if any) over them."""
+        data = yaml_mapping(files("corral").joinpath("data/hardware.yaml"), "--hardware")
+        given = yaml_mapping(path, "--hardware") if path else {}
+        if unknown := sorted(set(given) - set(data)):
+            raise InvalidArgumentError(f"--hardware {path}: unknown field(s) {unknown}; known: {sorted(data)}")
+        hw = cls(**{**data, **given})
         for f in fields(cls)[1:]:
             v = getattr(hw, f.name)
             if not isinstance(v, int | float) or v < 0:
@@ -57,11 +60,14 @@ class Hardware:
             raise InvalidArgumentError(f"--hardware {path}: utilization must be in (0, 1] and lifetime_years > 0")
         return hw
 
-    def usd_per_hour(self) -> float:
-        """The cost of one working hour: write-off and overhead spread over the working hours, plus power."""
+    def fixed_usd_per_hour(self) -> float:
+        """Write-off and overhead spread over the working hours."""
         working = HOURS_PER_YEAR * self.utilization
-        return (self.price_usd / (self.lifetime_years * working) + self.overhead_usd_per_year / working
-                + self.watts / 1000 * self.electricity_usd_per_kwh)
+        return self.price_usd / (self.lifetime_years * working) + self.overhead_usd_per_year / working
+
+    def usd_per_hour(self) -> float:
+        """The cost of one working hour at the declared power."""
+        return self.fixed_usd_per_hour() + self.watts / 1000 * self.electricity_usd_per_kwh
 
 
 def api_prices(path: str | Path | None = None) -> dict[str, Any]:
@@ -80,8 +86,7 @@ def costs(hw: Hardware, tokens_per_s: float, joules_per_token: float | None = No
     hours = 1e6 / (tokens_per_s * 3600)
     jpt = joules_per_token if joules_per_token is not None else hw.watts / tokens_per_s
     kwh = jpt * 1e6 / 3.6e6
-    # the measured energy replaces the declared watts' share of the hourly cost
-    usd = hours * (hw.usd_per_hour() - hw.watts / 1000 * hw.electricity_usd_per_kwh) + kwh * hw.electricity_usd_per_kwh
+    usd = hours * hw.fixed_usd_per_hour() + kwh * hw.electricity_usd_per_kwh
     return {"usd_per_1m_tokens": usd, "kwh_per_1m_tokens": kwh, "hours_per_1m_tokens": hours}
 
 
@@ -151,7 +156,6 @@ def measure_serving(model: Any, tok: Any, meter: EnergyMeter, prompts: int = 32,
     output tokens/s, prompt tokens/s and joules per output token."""
     from corral.chat import encode_chat
     from corral.engine.sampling import SamplingParams
-    from corral.jsonl import records
     from corral.text import generate_many
 
     texts = [r["prompt"] for r in records(files("corral.train").joinpath("prompts/general.jsonl"))][:prompts]
@@ -172,7 +176,7 @@ def finetune_run(run: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidArgumentError(f"--finetune {run}: no metrics.jsonl; pass a corral finetune or distill run "
                                    "folder")
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    recs = records(path)
     timed = [r for r in recs if "train_s" in r]
     if not timed:
         raise InvalidArgumentError(f"--finetune {run}: its metrics.jsonl has no timings (made before corral "

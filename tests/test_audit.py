@@ -92,12 +92,12 @@ def make_tiny_chat_module(tmp_path_factory, tok):
 
 def test_a_memorised_canary_is_exposed_and_a_never_seen_one_is_not(setup):
     s = setup
-    got = audit.canary_exposures(s["memo"], s["tok"], [s["seen"], s["unseen"]], 255, None, 4096)
+    got = audit.canary_exposures(s["memo"], s["tok"], [s["seen"], s["unseen"]], 255, None)
     seen, unseen = got
     assert seen["rank"] == 1 and seen["exposure"] == pytest.approx(8.0)  # log2(256): the top of 256
     assert unseen["exposure"] < 5.0  # chance: 1.44 bits on average; measured 0.65 here and 1.37 below
     # the same canaries through a model that saw only the other one
-    flip = audit.canary_exposures(s["stranger"], s["tok"], [s["seen"], s["unseen"]], 255, None, 4096)
+    flip = audit.canary_exposures(s["stranger"], s["tok"], [s["seen"], s["unseen"]], 255, None)
     assert flip[1]["rank"] == 1 and flip[0]["exposure"] < 5.0
 
 

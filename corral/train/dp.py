@@ -53,14 +53,10 @@ def check(cfg: Any) -> None:
     for bad, msg in problems:
         if bad:
             raise InvalidArgumentError(msg)
-
-
-def accountant():
-    try:
-        from opacus.accountants import RDPAccountant
-    except ImportError as e:
-        raise InvalidArgumentError("--dp needs Opacus for its privacy accountant: pip install 'corral[dp]'") from e
-    return RDPAccountant()
+    try:  # before any model loads
+        import opacus  # noqa: F401
+    except ImportError:
+        raise InvalidArgumentError("--dp needs Opacus for its privacy accountant: pip install 'corral[dp]'") from None
 
 
 class DPSGD:
@@ -68,6 +64,7 @@ class DPSGD:
 
     def __init__(self, params: list[torch.Tensor], n_rows: int, batch: int, steps: int, epsilon: float,
                  delta: float | None, max_grad_norm: float, seed: int):
+        from opacus.accountants import RDPAccountant
         from opacus.accountants.utils import get_noise_multiplier
 
         if n_rows < 2:
@@ -85,7 +82,7 @@ class DPSGD:
             warnings.simplefilter("ignore")
             self.sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=self.delta, sample_rate=self.q,
                                               steps=steps, accountant="rdp")
-        self.acct = accountant()
+        self.acct = RDPAccountant()
         self.done = 0
         self.sampler = torch.Generator().manual_seed(seed)  # which rows: reproducible, like the non-DP order
         self.noise = torch.Generator(device=params[0].device).manual_seed(int.from_bytes(os.urandom(8), "little"))

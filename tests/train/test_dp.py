@@ -91,3 +91,13 @@ def test_what_dp_cannot_guarantee_is_one_clear_error(tiny_chat, tmp_path, capsys
                  "--eval-tasks", "", *args])
     assert_clean_error(code, capsys.readouterr().err, *needles)
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_without_opacus_dp_is_one_clear_error_before_any_model_loads(monkeypatch):
+    import sys
+
+    from corral.errors import InvalidArgumentError
+
+    monkeypatch.setitem(sys.modules, "opacus", None)  # as if not installed
+    with pytest.raises(InvalidArgumentError, match=r"pip install 'corral\[dp\]'"):
+        FinetuneConfig(model="m", data="d.jsonl", dp=True).check()
